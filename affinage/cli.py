@@ -1,0 +1,193 @@
+"""The `affinage` command: argument parsing only; each command is a thin call into the packages."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+from pydantic import ValidationError
+
+from affinage.settings import Settings, load_settings
+
+
+def _quiet_libraries() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # models ship in packages: never reach a hub
+    os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    import warnings
+
+    warnings.filterwarnings("ignore")
+    import transformers
+
+    transformers.utils.logging.set_verbosity_error()
+    transformers.utils.logging.disable_progress_bar()
+
+
+def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
+    from retrieval.embeddings import SentenceEmbeddings
+    from retrieval.index import ingest
+
+    paths = [Path(p) for p in args.paths]
+    for path in paths:  # fail before loading the embedder
+        if not path.exists():
+            raise FileNotFoundError(f"no such file or folder: {path}")
+    report = ingest(settings.index_dir, paths, SentenceEmbeddings(settings.embedder), settings.chunk_chars,
+                    settings.chunk_overlap_chars, progress=not args.json)
+    if args.json:
+        print(json.dumps(report.to_dict()))
+    else:
+        for label, items in (("added", report.added), ("updated", report.updated), ("removed", report.removed)):
+            for item in items:
+                print(f"{label:9} {item}")
+        for item, reason in report.skipped:
+            print(f"skipped   {item} ({reason})")
+        for item, reason in report.failed:
+            print(f"failed    {item} ({reason})", file=sys.stderr)
+        print(f"{len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed, "
+              f"{len(report.unchanged)} unchanged, {len(report.skipped)} skipped, {len(report.failed)} failed; "
+              f"{report.chunks} chunks in the index ({report.embedded} embedded now)")
+    return 1 if report.failed else 0
+
+
+def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.factory import build_agent
+    from agent.pipeline import validate_question
+
+    validate_question(args.question)
+    answer = build_agent(settings).ask(args.question, channel="cli")
+    if args.json:
+        print(json.dumps(answer.to_json(), ensure_ascii=False))
+    else:
+        print(answer.answer)
+        for citation in answer.citations:
+            print(f"  source: {citation['source']} (score {citation['score']:.2f})")
+    return 0
+
+
+def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.evaluation import read_eval_set, run_eval, score, write_results
+    from agent.factory import build_agent
+
+    items = read_eval_set(Path(args.file))
+    results = run_eval(build_agent(settings), items, progress=True)
+    write_results(Path(args.out), results)
+    summary = score(results)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        for key, value in summary.items():
+            print(f"{key:16} {'n/a' if value is None else round(value, 4)}")
+    return 0
+
+
+def cmd_examples(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.example_bank import ExampleBank
+    from agent.store import Store
+    from retrieval.embeddings import SentenceEmbeddings
+
+    store = Store(settings.db_url)
+    if args.action == "import":
+        path = Path(args.file)
+        if not path.is_file():
+            raise FileNotFoundError(f"no such file: {path}")
+        added = ExampleBank(store, embeddings=None).import_jsonl(path, added_by="cli")
+        print(f"{added} examples added")
+        return 0
+    examples = ExampleBank(store, embeddings=None).all()
+    if args.json:
+        print(json.dumps([{"id": e.id, "question": e.question, "answer": e.answer, "source": e.source,
+                           "origin": e.origin} for e in examples]))
+    else:
+        for e in examples:
+            print(f"{e.id}  [{e.origin}] {e.question}")
+    return 0
+
+
+def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
+    from langchain_core.messages import AIMessage, HumanMessage
+
+    from agent.factory import build_agent
+
+    agent = build_agent(settings)
+    history = []
+    print(f"affinage chat on {agent.model_version}: ask a support question, empty line or Ctrl-D to quit.")
+    while True:
+        try:
+            question = input("\nyou> ").strip()
+        except EOFError:
+            break
+        if not question:
+            break
+        print("assistant> ", end="", flush=True)
+        for piece in agent.stream(question, history, channel="cli"):
+            if isinstance(piece, str):
+                print(piece, end="", flush=True)
+            else:
+                print()
+                for citation in piece.citations[:3]:
+                    print(f"  source: {citation['source']} (score {citation['score']:.2f})")
+                history += [HumanMessage(question), AIMessage(piece.answer)]
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
+    parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("ingest", help="add or update documents in the knowledge base index")
+    p.add_argument("paths", nargs="+", metavar="PATH", help="files or folders (.md .txt .html .pdf)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_ingest)
+
+    p = sub.add_parser("ask", help="answer one question with citations")
+    p.add_argument("question")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_ask)
+
+    p = sub.add_parser("eval", help="answer a JSONL question set and score it")
+    p.add_argument("file", help="JSONL lines with question, answer and optional source, key_fact")
+    p.add_argument("--out", required=True, help="JSONL file for the per-question results")
+    p.add_argument("--json", action="store_true", help="print the aggregate metrics as one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("examples", help="the few-shot example bank")
+    p.add_argument("action", choices=["import", "list"])
+    p.add_argument("file", nargs="?", help="JSONL of {question, answer, source} (for import)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_examples)
+
+    p = sub.add_parser("chat", help="chat in the terminal")
+    p.set_defaults(func=cmd_chat)
+    return parser
+
+
+def _one_line(error: BaseException) -> str:
+    if isinstance(error, ValidationError):
+        parts = [f"{'.'.join(map(str, e['loc'])) or 'settings'}: {e['msg']}" for e in error.errors()]
+        return "invalid setting " + "; ".join(parts)
+    text = str(error).strip().splitlines()
+    return text[0] if text else type(error).__name__
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.command == "examples" and args.action == "import" and not args.file:
+        print("affinage: error: examples import needs a FILE", file=sys.stderr)
+        return 2
+    try:
+        settings = load_settings(args.home)
+        _quiet_libraries()
+        return args.func(settings, args)
+    except (ValueError, OSError) as error:  # bad input: one line, non-zero exit; bugs keep their traceback
+        print(f"affinage: error: {_one_line(error)}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

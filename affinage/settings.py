@@ -1,0 +1,95 @@
+"""One typed Settings object, built once by the entry point and passed in.
+
+Precedence, highest first: explicit arguments (CLI flags), ``AFFINAGE_*``
+environment variables, ``<home>/config.toml``, the defaults below.
+Nothing here is read at import time.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from pydantic import Field, SecretStr, model_validator
+from pydantic_settings import (
+    BaseSettings,
+    PydanticBaseSettingsSource,
+    SettingsConfigDict,
+    TomlConfigSettingsSource,
+)
+
+DEFAULT_HOME = Path(".affinage")
+EMBEDDED_CHAT_MODEL = "smollm2"
+EMBEDDED_EMBEDDER = "all-MiniLM-L6-v2"
+
+
+def resolve_home(home: str | os.PathLike | None = None) -> Path:
+    """The workspace: ``--home``, else ``$AFFINAGE_HOME``, else ``./.affinage``."""
+    return Path(home or os.environ.get("AFFINAGE_HOME") or DEFAULT_HOME)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="AFFINAGE_", extra="forbid", validate_default=True)
+
+    home: Path = Field(DEFAULT_HOME, description="Workspace: everything affinage writes lives here.")
+    chat_model: str = Field(
+        EMBEDDED_CHAT_MODEL,
+        description="'smollm2' (embedded SmolLM2-135M-Instruct), a Hugging Face model id or local path, "
+        "or the model name served by an OpenAI-compatible endpoint when openai_base_url is set.",
+    )
+    openai_base_url: str | None = Field(None, description="OpenAI-compatible chat endpoint, e.g. http://host:8000/v1.")
+    openai_api_key: SecretStr | None = Field(None, description="Key for openai_base_url.")
+    embedder: str = Field(
+        EMBEDDED_EMBEDDER,
+        description="'all-MiniLM-L6-v2' (embedded) or any sentence-transformers model id or local path.",
+    )
+    database_url: str | None = Field(None, description="SQLAlchemy URL; default sqlite:///<home>/affinage.db.")
+    chunk_chars: int = Field(700, ge=100, le=20_000, description="Largest chunk, in characters.")
+    chunk_overlap_chars: int = Field(120, ge=0, description="Characters shared by consecutive chunks of a section.")
+    top_k: int = Field(4, ge=1, le=50, description="Passages retrieved per question.")
+    min_score: float = Field(
+        0.3, ge=-1.0, le=1.0,
+        description="Cosine similarity below which retrieval is too weak to answer: the agent abstains.",
+    )
+    few_shot_k: int = Field(2, ge=0, le=10, description="Example-bank entries shown to the model.")
+    few_shot_min_score: float = Field(0.55, ge=-1.0, le=1.0, description="Only examples this similar are shown.")
+    max_new_tokens: int = Field(160, ge=1, le=4096, description="Longest generated answer, in tokens.")
+    temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
+    repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local models only.")
+
+    @model_validator(mode="after")
+    def _check(self) -> "Settings":
+        if self.chunk_overlap_chars >= self.chunk_chars:
+            raise ValueError(
+                f"chunk_overlap_chars ({self.chunk_overlap_chars}) must be smaller than chunk_chars ({self.chunk_chars})"
+            )
+        return self
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        home = resolve_home(init_settings.init_kwargs.get("home"))
+        return init_settings, env_settings, TomlConfigSettingsSource(settings_cls, toml_file=home / "config.toml")
+
+    @property
+    def db_url(self) -> str:
+        return self.database_url or f"sqlite:///{self.home / 'affinage.db'}"
+
+    @property
+    def index_dir(self) -> Path:
+        return self.home / "index"
+
+    @property
+    def models_dir(self) -> Path:
+        return self.home / "models"
+
+
+def load_settings(home: str | os.PathLike | None = None, **overrides) -> Settings:
+    """Build the Settings for a workspace; the entry points call this once."""
+    return Settings(home=resolve_home(home), **overrides)

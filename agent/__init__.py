@@ -1,0 +1,1 @@
+"""The assistant: LangChain pipeline, chat models, example bank, interaction log, service."""

@@ -1,0 +1,73 @@
+"""`affinage eval`: answer a question set and score answers and retrieval against references."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from tqdm import tqdm
+
+from affinage.atomic import atomic_write_text
+from agent.metrics import contains_fact, hit_at_k, mean, percentile, rouge_l, token_f1
+from agent.pipeline import SupportAgent
+
+
+def read_eval_set(path: Path) -> list[dict]:
+    """Lines of {question, answer, source?, key_fact?}; a bad line is named by number."""
+    items = []
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            item = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        if not isinstance(item, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object")
+        for key in ("question", "answer"):
+            if not isinstance(item.get(key), str) or not item[key].strip():
+                raise ValueError(f"{path}:{number}: '{key}' must be a non-empty string")
+        for key in ("source", "key_fact"):
+            if item.get(key) is not None and not isinstance(item[key], str):
+                raise ValueError(f"{path}:{number}: '{key}' must be a string or null")
+        items.append(item)
+    if not items:
+        raise ValueError(f"{path}: no questions")
+    return items
+
+
+def score(results: list[dict]) -> dict:
+    """Aggregate metrics over per-question results (pure)."""
+    with_source = [r for r in results if r.get("source")]
+    with_fact = [r for r in results if r.get("key_fact")]
+    latencies = [r["latency_s"] for r in results]
+    summary = {"n": len(results)}
+    for k in (1, 3, 5):
+        hits = [hit_at_k([c["source"] for c in r["citations"]], r["source"], k) for r in with_source]
+        summary[f"hit@{k}"] = mean([float(h) for h in hits]) if hits else None
+    summary["token_f1"] = mean([token_f1(r["answer"], r["reference"]) for r in results])
+    summary["rouge_l"] = mean([rouge_l(r["answer"], r["reference"]) for r in results])
+    summary["key_fact_recall"] = mean([float(contains_fact(r["answer"], r["key_fact"])) for r in with_fact]) if with_fact else None
+    summary["mean_latency_s"] = mean(latencies)
+    summary["p95_latency_s"] = percentile(latencies, 95)
+    return summary
+
+
+def run_eval(agent: SupportAgent, items: list[dict], progress: bool = True) -> list[dict]:
+    results = []
+    for item in tqdm(items, desc="eval", unit="q", disable=not progress):
+        answer = agent.ask(item["question"], log=False)
+        results.append({
+            "question": item["question"],
+            "reference": item["answer"],
+            "answer": answer.answer,
+            "citations": answer.citations,
+            "latency_s": round(answer.latency_s, 4),
+            "source": item.get("source"),
+            "key_fact": item.get("key_fact"),
+        })
+    return results
+
+
+def write_results(path: Path, results: list[dict]) -> None:
+    atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in results))

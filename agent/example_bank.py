@@ -1,0 +1,72 @@
+"""Curated question/answer pairs, chosen by similarity as few-shot examples: the instant remedy, no training."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy import func, select
+
+from agent.store import Example, Store
+from retrieval.embeddings import SentenceEmbeddings
+
+
+class ExampleBank:
+    def __init__(self, store: Store, embeddings: SentenceEmbeddings):
+        self.store = store
+        self.embeddings = embeddings
+        self._cache: tuple[int, list[Example], np.ndarray] | None = None
+        self._lock = threading.Lock()
+
+    def add(self, question: str, answer: str, source: str | None = None, origin: str = "curated",
+            interaction_id: str | None = None, added_by: str | None = None) -> Example:
+        if not question.strip() or not answer.strip():
+            raise ValueError("an example needs a non-empty question and answer")
+        return self.store.add(Example(question=question.strip(), answer=answer.strip(), source=source, origin=origin,
+                                      interaction_id=interaction_id, added_by=added_by))
+
+    def import_jsonl(self, path: Path, added_by: str | None = None) -> int:
+        """Add every line of a JSONL file of {question, answer, source?}; all or nothing."""
+        rows = []
+        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+            if not line.strip():
+                continue
+            try:
+                item = json.loads(line)
+            except json.JSONDecodeError as error:
+                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+            if not isinstance(item, dict) or not str(item.get("question", "")).strip() or not str(item.get("answer", "")).strip():
+                raise ValueError(f"{path}:{number}: each line needs non-empty 'question' and 'answer'")
+            rows.append(Example(question=item["question"].strip(), answer=item["answer"].strip(),
+                                source=item.get("source"), origin="curated", added_by=added_by))
+        with self.store.session() as session:
+            known = {(q, a) for q, a in session.execute(select(Example.question, Example.answer))}
+            fresh = [row for row in rows if (row.question, row.answer) not in known]
+            session.add_all(fresh)
+        return len(fresh)
+
+    def all(self) -> list[Example]:
+        with self.store.session() as session:
+            return list(session.scalars(select(Example).order_by(Example.created_at)))
+
+    def select(self, question: str, k: int, min_score: float) -> list[Example]:
+        """The k examples most similar to the question, if similar enough to help."""
+        if k <= 0:
+            return []
+        examples, vectors = self._vectors()
+        if not examples:
+            return []
+        scores = vectors @ self.embeddings.encode([question])[0]
+        best = np.argsort(-scores)[:k]
+        return [examples[i] for i in best if scores[i] >= min_score]
+
+    def _vectors(self) -> tuple[list[Example], np.ndarray]:
+        with self.store.session() as session:
+            count = session.scalar(select(func.count()).select_from(Example))
+        with self._lock:
+            if self._cache is None or self._cache[0] != count:
+                examples = self.all()
+                self._cache = (count, examples, self.embeddings.encode([e.question for e in examples]))
+            return self._cache[1], self._cache[2]

@@ -1,0 +1,28 @@
+"""Compose the agent from Settings: index, embedder, example bank, chat model, log."""
+
+from __future__ import annotations
+
+from langchain_core.language_models import BaseChatModel
+
+from affinage.settings import Settings
+from agent.chat_model import load_chat_model
+from agent.example_bank import ExampleBank
+from agent.pipeline import SupportAgent
+from agent.store import Store
+from retrieval.embeddings import SentenceEmbeddings
+from retrieval.index import VectorIndex
+from retrieval.retriever import IndexRetriever
+
+
+def build_agent(settings: Settings, llm: BaseChatModel | None = None, embeddings: SentenceEmbeddings | None = None,
+                store: Store | None = None) -> SupportAgent:
+    embeddings = embeddings or SentenceEmbeddings(settings.embedder)
+    index = VectorIndex.open(settings.index_dir)
+    if index is not None and index.meta.get("embedder") != embeddings.name:
+        raise ValueError(
+            f"the index was built with embedder {index.meta.get('embedder')!r} but the settings name {embeddings.name!r}: "
+            "run `affinage ingest` again"
+        )
+    store = store or Store(settings.db_url)
+    retriever = IndexRetriever(index=index, embeddings=embeddings, k=settings.top_k)
+    return SupportAgent(settings, retriever, llm or load_chat_model(settings), store, ExampleBank(store, embeddings))

@@ -1,0 +1,157 @@
+"""The answering pipeline: retrieve → pick few-shot examples → prompt → generate, as one LCEL runnable.
+
+The runnable maps ``{"question", "history"}`` to ``{"retrieved", "docs", "examples", "abstained", "answer"}``
+(``docs``: the retrieved passages confident enough to show the model)
+and streams: the first chunks carry the retrieved passages, later chunks the
+answer as it is generated. ``SupportAgent`` adds validation and the interaction log.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Iterator
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
+from langchain_core.retrievers import BaseRetriever
+from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda, RunnablePassthrough
+
+from affinage.settings import Settings
+from agent.example_bank import ExampleBank
+from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, support_prompt
+from agent.store import Interaction, Store
+
+MAX_HISTORY_TURNS = 3
+
+
+def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings) -> Runnable:
+    def confident(docs: list[Document]) -> list[Document]:
+        return [d for d in docs if d.metadata.get("score", 0.0) >= settings.min_score]
+
+    def shots(state: dict) -> list[BaseMessage]:
+        messages: list[BaseMessage] = []
+        for example in state["examples"]:
+            messages += [HumanMessage(f"Question: {example.question}"), AIMessage(example.answer)]
+        return messages
+
+    def prompt_inputs(state: dict) -> dict:
+        return {
+            "context": format_passages(state["docs"]),
+            "question": state["question"],
+            "shots": shots(state),
+            "history": list(state.get("history") or [])[-2 * MAX_HISTORY_TURNS:],
+        }
+
+    pick_examples = RunnableLambda(
+        lambda state: examples.select(state["question"], settings.few_shot_k, settings.few_shot_min_score) if examples else []
+    )
+    generate = RunnablePassthrough.assign(answer=RunnableLambda(prompt_inputs) | support_prompt() | llm)
+    abstain = RunnablePassthrough.assign(answer=RunnableLambda(lambda _: AIMessage(ABSTAIN_MESSAGE)))
+    return (
+        RunnablePassthrough.assign(retrieved=(lambda state: state["question"]) | retriever)
+        | RunnablePassthrough.assign(docs=lambda state: confident(state["retrieved"]))
+        | RunnablePassthrough.assign(examples=pick_examples, abstained=lambda state: not state["docs"])
+        | RunnableBranch((lambda state: state["abstained"], abstain), generate)
+    )
+
+
+@dataclass
+class Answer:
+    answer: str
+    citations: list[dict]
+    model: str
+    abstained: bool
+    latency_s: float
+    interaction_id: str | None = None
+    usage: dict = field(default_factory=dict)
+
+    def to_json(self) -> dict:
+        return {"answer": self.answer, "citations": self.citations, "interaction_id": self.interaction_id, "model": self.model}
+
+
+def cited_first(answer: str, docs: list[Document]) -> list[Document]:
+    """Passages the answer names (by ``[n]`` or by source) first, then the rest in retrieval order."""
+    named = set(int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer))
+    named |= {i for i, doc in enumerate(docs) if doc.metadata["source"] in answer}
+    return [docs[i] for i in sorted(named) if i < len(docs)] + [d for i, d in enumerate(docs) if i not in named]
+
+
+def model_version(llm: BaseChatModel) -> str:
+    return str(getattr(llm, "model_name", None) or getattr(llm, "model", None) or type(llm).__name__)
+
+
+class SupportAgent:
+    """Answers questions with the chain and logs every answer."""
+
+    def __init__(self, settings: Settings, retriever: BaseRetriever, llm: BaseChatModel, store: Store,
+                 examples: ExampleBank | None = None):
+        self.settings = settings
+        self.retriever = retriever
+        self.llm = llm
+        self.store = store
+        self.examples = examples
+        self.chain = build_chain(retriever, examples, llm, settings)
+
+    @property
+    def model_version(self) -> str:
+        return model_version(self.llm)
+
+    def ask(self, question: str, history: list[BaseMessage] | None = None, **log_fields) -> Answer:
+        answer = None
+        for item in self.stream(question, history, **log_fields):
+            answer = item
+        return answer
+
+    def stream(self, question: str, history: list[BaseMessage] | None = None, *, log: bool = True,
+               channel: str = "cli", user: str | None = None, conversation_id: str | None = None) -> Iterator[str | Answer]:
+        """Yield the answer text in pieces as it is generated, then the finished ``Answer``."""
+        question = validate_question(question)
+        started = time.perf_counter()
+        state: dict = {}
+        message: AIMessageChunk | AIMessage | None = None
+        for chunk in self.chain.stream({"question": question, "history": history or []}):
+            piece = chunk.get("answer")
+            state.update({k: v for k, v in chunk.items() if k != "answer"})
+            if piece is None:
+                continue
+            message = piece if message is None else message + piece
+            if piece.content:
+                yield piece.content
+        latency = time.perf_counter() - started
+        text = (message.content if message else "").strip()
+        docs = state.get("docs", [])
+        citations = [
+            {"source": d.metadata["source"], "score": round(float(d.metadata["score"]), 4), "text": d.page_content}
+            for d in cited_first(text, docs)
+        ]
+        usage = dict(getattr(message, "usage_metadata", None) or {})
+        result = Answer(text, citations, self.model_version, bool(state.get("abstained")), latency, usage=usage)
+        if log:
+            row = self.store.add(Interaction(
+                question=question,
+                answer=text,
+                retrieved=[{"chunk_id": d.metadata.get("chunk_id"), "source": d.metadata["source"],
+                            "score": float(d.metadata["score"])} for d in state.get("retrieved", [])],
+                citations=[{"source": c["source"], "score": c["score"]} for c in citations],
+                examples=[e.id for e in state.get("examples", [])],
+                abstained=result.abstained,
+                prompt_version=PROMPT_VERSION,
+                model_version=result.model,
+                latency_s=latency,
+                prompt_tokens=usage.get("input_tokens"),
+                completion_tokens=usage.get("output_tokens"),
+                channel=channel,
+                user=user,
+                conversation_id=conversation_id,
+            ))
+            result.interaction_id = row.id
+        yield result
+
+
+def validate_question(question: str) -> str:
+    if not isinstance(question, str) or not question.strip():
+        raise ValueError("the question is empty")
+    return question.strip()

@@ -1,0 +1,110 @@
+"""The interaction log and its neighbours, in SQLAlchemy: SQLite (WAL) by default, any URL by setting."""
+
+from __future__ import annotations
+
+import uuid
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from typing import Iterator
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+
+def new_id() -> str:
+    return uuid.uuid4().hex
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    pass
+
+
+class Interaction(Base):
+    """One answered question: enough to replay, score and learn from it later."""
+
+    __tablename__ = "interactions"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    retrieved: Mapped[list] = mapped_column(JSON, default=list)  # [{"chunk_id", "source", "score"}], best first
+    citations: Mapped[list] = mapped_column(JSON, default=list)  # [{"source", "score", "text"}] shown to the user
+    examples: Mapped[list] = mapped_column(JSON, default=list)  # ids of the few-shot examples in the prompt
+    abstained: Mapped[bool] = mapped_column(Boolean, default=False)
+    prompt_version: Mapped[str] = mapped_column(String(64))
+    model_version: Mapped[str] = mapped_column(String(200))
+    latency_s: Mapped[float] = mapped_column(Float)
+    prompt_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    completion_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    channel: Mapped[str] = mapped_column(String(32), default="cli")  # cli | api | web
+    user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+
+
+class Example(Base):
+    """A curated question/answer pair shown to the model as a few-shot example."""
+
+    __tablename__ = "examples"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    question: Mapped[str] = mapped_column(Text)
+    answer: Mapped[str] = mapped_column(Text)
+    source: Mapped[str | None] = mapped_column(String(500), nullable=True)
+    origin: Mapped[str] = mapped_column(String(32), default="curated")  # curated | correction
+    interaction_id: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"), nullable=True)
+    added_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+
+
+def make_engine(url: str) -> Engine:
+    """An engine with SQLite set up for durability: WAL, synchronous=FULL, foreign keys on."""
+    if url.startswith("sqlite:///"):
+        from pathlib import Path
+
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
+    if engine.dialect.name == "sqlite":
+
+        @event.listens_for(engine, "connect")
+        def _pragmas(dbapi_connection, _record) -> None:
+            cursor = dbapi_connection.cursor()
+            cursor.execute("PRAGMA journal_mode=WAL")
+            cursor.execute("PRAGMA synchronous=FULL")
+            cursor.execute("PRAGMA foreign_keys=ON")
+            cursor.execute("PRAGMA busy_timeout=10000")
+            cursor.close()
+
+    return engine
+
+
+class Store:
+    """Owns the engine and hands out transactional sessions."""
+
+    def __init__(self, url: str):
+        self.engine = make_engine(url)
+        Base.metadata.create_all(self.engine)
+        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
+
+    @contextmanager
+    def session(self) -> Iterator[Session]:
+        """A transaction: committed when the block ends, rolled back if it raises."""
+        with self._sessions.begin() as session:
+            yield session
+
+    def add(self, row: Base) -> Base:
+        with self.session() as session:
+            session.add(row)
+        return row
+
+    def get_interaction(self, interaction_id: str) -> Interaction | None:
+        with self.session() as session:
+            return session.get(Interaction, interaction_id)
+
+    def close(self) -> None:
+        self.engine.dispose()

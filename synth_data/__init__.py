@@ -1,0 +1,1 @@
+"""Turning logged failures into training datasets (built in a later issue)."""

@@ -1,0 +1,82 @@
+import pytest
+from langchain_core.messages import AIMessage, HumanMessage
+from sqlalchemy import select
+
+from agent.factory import build_agent
+from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION
+from agent.store import Interaction
+from retrieval.index import ingest
+
+
+@pytest.fixture
+def agent(tiny_settings, kb, embeddings):
+    ingest(tiny_settings.index_dir, [kb], embeddings, tiny_settings.chunk_chars, tiny_settings.chunk_overlap_chars)
+    return build_agent(tiny_settings, embeddings=embeddings)
+
+
+def test_answer_is_logged_with_everything_needed_to_learn_from_it(agent, tiny_model_dir):
+    answer = agent.ask("How long is the password reset link valid?", channel="api", user="alice")
+    assert answer.citations[0]["source"] == "account/passwords.md#reset-your-password"
+    assert answer.model == tiny_model_dir.name
+    with agent.store.session() as session:
+        row = session.get(Interaction, answer.interaction_id)
+    assert row.question == "How long is the password reset link valid?"
+    assert row.answer == answer.answer
+    assert row.retrieved[0]["source"] == "account/passwords.md#reset-your-password"
+    assert row.retrieved[0]["score"] == pytest.approx(answer.citations[0]["score"], abs=1e-3)
+    assert row.prompt_version == PROMPT_VERSION
+    assert row.model_version == tiny_model_dir.name
+    assert row.latency_s > 0 and row.completion_tokens >= 1 and row.prompt_tokens > 50
+    assert (row.channel, row.user) == ("api", "alice")
+
+
+def test_stream_yields_text_then_the_answer(agent):
+    items = list(agent.stream("Can I get a refund on an annual plan?", log=False))
+    *pieces, final = items
+    assert all(isinstance(p, str) for p in pieces)
+    assert "".join(pieces).strip() == final.answer
+    assert final.interaction_id is None
+
+
+def test_weak_retrieval_abstains_without_generating(agent):
+    agent.settings.min_score = 0.99
+    answer = agent.ask("What is the airspeed of an unladen swallow?")
+    assert answer.answer == ABSTAIN_MESSAGE
+    assert answer.abstained and answer.citations == []
+    with agent.store.session() as session:
+        row = session.get(Interaction, answer.interaction_id)
+    assert row.abstained and row.retrieved  # the weak scores are kept: they are the knowledge-gap signal
+
+
+def test_prompt_delimits_untrusted_context_and_uses_similar_examples(agent):
+    agent.examples.add("Can I get my money back for a yearly plan?", "Yes, within 30 days. [billing/refunds.md#annual-plan-refunds]")
+    agent.examples.add("Which browsers are supported?", "Chrome and Firefox.")
+    seen = {}
+    original = agent.llm._encode
+
+    def spy(messages):
+        seen["messages"] = messages
+        return original(messages)
+
+    agent.llm._encode = spy
+    agent.ask("Is an annual plan refundable?", history=[HumanMessage("hi"), AIMessage("hello")])
+    messages = seen["messages"]
+    assert messages[0].type == "system" and "untrusted" in messages[0].content
+    assert messages[1].content == "Question: Can I get my money back for a yearly plan?"
+    assert "browsers" not in " ".join(m.content for m in messages)
+    assert [m.content for m in messages[3:5]] == ["hi", "hello"]
+    assert "<passages>" in messages[-1].content and "source: billing/refunds.md#annual-plan-refunds" in messages[-1].content
+
+
+@pytest.mark.parametrize("question", ["", "   "])
+def test_empty_question_is_refused(agent, question):
+    with pytest.raises(ValueError, match="empty"):
+        agent.ask(question)
+    with agent.store.session() as session:
+        assert session.scalars(select(Interaction)).all() == []
+
+
+def test_sqlite_log_is_durable(agent):
+    with agent.store.engine.connect() as connection:
+        assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL

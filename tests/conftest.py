@@ -1,0 +1,85 @@
+"""Shared fixtures: the real embedder, the real default model's tokenizer, and a tiny random LM built here."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+from pathlib import Path  # noqa: E402
+
+import pytest  # noqa: E402
+
+from affinage.settings import load_settings  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+DEMO_KB = REPO / "affinage" / "demo" / "kb"
+GOLDEN = REPO / "affinage" / "demo" / "golden.jsonl"
+
+
+@pytest.fixture(scope="session")
+def embeddings():
+    from retrieval.embeddings import SentenceEmbeddings
+
+    return SentenceEmbeddings()
+
+
+@pytest.fixture(scope="session")
+def default_model_dir(tmp_path_factory) -> Path:
+    """The embedded SmolLM2 converted from its GGUF, once per test session."""
+    from agent.chat_model import resolve_model_path
+
+    settings = load_settings(tmp_path_factory.mktemp("default-home"))
+    return Path(resolve_model_path(settings))
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, default_model_dir) -> Path:
+    """A randomly initialised 2-layer Llama with the default model's tokenizer and chat template."""
+    import torch
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(default_model_dir)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer), hidden_size=32, intermediate_size=64, num_hidden_layers=2,
+        num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=4096,
+        bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id, tie_word_embeddings=True,
+    )
+    target = tmp_path_factory.mktemp("tiny-model")
+    LlamaForCausalLM(config).save_pretrained(target)
+    tokenizer.save_pretrained(target)
+    return target
+
+
+@pytest.fixture
+def home(tmp_path) -> Path:
+    return tmp_path / "home"
+
+
+@pytest.fixture
+def tiny_settings(home, tiny_model_dir):
+    return load_settings(home, chat_model=str(tiny_model_dir), max_new_tokens=8)
+
+
+@pytest.fixture
+def kb(tmp_path) -> Path:
+    """A three-page knowledge base small enough to reason about."""
+    root = tmp_path / "kb"
+    (root / "billing").mkdir(parents=True)
+    (root / "billing" / "refunds.md").write_text(
+        "# Refunds\n\n## Annual plan refunds\n\nAnnual plans are refundable within 30 days of purchase. "
+        "Open Settings > Billing and press Request refund.\n\n## Monthly plans\n\nMonthly plans are not refunded.\n"
+    )
+    (root / "account").mkdir()
+    (root / "account" / "passwords.md").write_text(
+        "# Passwords\n\n## Reset your password\n\nClick Forgot password on the sign-in page; the reset link "
+        "expires after 2 hours.\n"
+    )
+    (root / "sso.html").write_text(
+        "<html><head><title>Single sign-on</title></head><body><h1>Single sign-on</h1>"
+        "<h2 id='okta-setup'>Set up Okta</h2><p>Paste the metadata URL into Settings &gt; Security.</p></body></html>"
+    )
+    return root

@@ -1,0 +1,82 @@
+import pytest
+
+from retrieval.index import VectorIndex, ingest
+from retrieval.loaders import UnsupportedFileError
+from retrieval.retriever import IndexRetriever
+
+
+def run(home, paths, embeddings):
+    return ingest(home / "index", paths, embeddings, max_chars=500, overlap_chars=50)
+
+
+def test_ingest_then_retrieve_with_sources(tmp_path, kb, embeddings):
+    report = run(tmp_path, [kb], embeddings)
+    assert sorted(report.added) == ["account/passwords.md", "billing/refunds.md", "sso.html"]
+    retriever = IndexRetriever(index=VectorIndex.open(tmp_path / "index"), embeddings=embeddings, k=2)
+    docs = retriever.invoke("How long does the password reset email link stay valid?")
+    assert docs[0].metadata["source"] == "account/passwords.md#reset-your-password"
+    assert docs[0].metadata["score"] > docs[1].metadata["score"]
+    assert retriever.invoke("Where do I paste the Okta metadata?")[0].metadata["source"] == "sso.html#okta-setup"
+
+
+def test_reingest_embeds_only_changed_files_and_drops_deleted(tmp_path, kb, embeddings):
+    run(tmp_path, [kb], embeddings)
+    again = run(tmp_path, [kb], embeddings)
+    assert again.embedded == 0 and len(again.unchanged) == 3
+
+    (kb / "billing" / "refunds.md").write_text("# Refunds\n\n## Annual plan refunds\n\nNow 60 days.\n")
+    (kb / "sso.html").unlink()
+    (kb / "notes.xlsx").write_bytes(b"PK")
+    report = run(tmp_path, [kb], embeddings)
+    assert report.updated == ["billing/refunds.md"]
+    assert report.removed == ["sso.html"]
+    assert report.unchanged == ["account/passwords.md"]
+    assert report.skipped == [("notes.xlsx", "unsupported type .xlsx")]
+    assert report.embedded == 1
+    index = VectorIndex.open(tmp_path / "index")
+    assert {c.path for c in index.chunks} == {"account/passwords.md", "billing/refunds.md"}
+    assert any("60 days" in c.text for c in index.chunks)
+    assert len(index.vectors) == len(index.chunks) == index.faiss_index.ntotal
+
+
+def test_single_unsupported_file_or_missing_path_changes_nothing(tmp_path, kb, embeddings):
+    run(tmp_path, [kb], embeddings)
+    before = (tmp_path / "index" / "CURRENT").read_text()
+    bad = tmp_path / "data.xlsx"
+    bad.write_bytes(b"PK")
+    with pytest.raises(UnsupportedFileError, match="xlsx"):
+        run(tmp_path, [kb / "billing", bad], embeddings)
+    with pytest.raises(FileNotFoundError, match="nope"):
+        run(tmp_path, [tmp_path / "nope"], embeddings)
+    assert (tmp_path / "index" / "CURRENT").read_text() == before
+
+
+def test_unparseable_file_is_reported_and_others_still_ingested(tmp_path, kb, embeddings):
+    (kb / "broken.pdf").write_bytes(b"%PDF-1.4 this is not really a pdf")
+    report = run(tmp_path, [kb], embeddings)
+    assert [path for path, _ in report.failed] == ["broken.pdf"]
+    assert len(report.added) == 3
+
+
+def test_failed_ingest_leaves_previous_index_usable(tmp_path, kb, embeddings, monkeypatch):
+    run(tmp_path, [kb], embeddings)
+    (kb / "billing" / "refunds.md").write_text("# Refunds\n\n## Changed\n\nChanged text.\n")
+
+    def boom(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("faiss.write_index", boom)
+    with pytest.raises(OSError, match="disk full"):
+        run(tmp_path, [kb], embeddings)
+    index = VectorIndex.open(tmp_path / "index")
+    assert any("30 days" in c.text for c in index.chunks)
+    assert not [p for p in (tmp_path / "index").iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_changing_the_embedder_reembeds_everything(tmp_path, kb, embeddings):
+    run(tmp_path, [kb], embeddings)
+    index = VectorIndex.open(tmp_path / "index")
+    index.meta["embedder"] = "some-other-model"
+    index.save(tmp_path / "index")
+    report = run(tmp_path, [kb], embeddings)
+    assert report.embedded == len(VectorIndex.open(tmp_path / "index").chunks)

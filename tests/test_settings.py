@@ -1,0 +1,33 @@
+import pytest
+from pydantic import ValidationError
+
+from affinage.settings import load_settings, resolve_home
+
+
+def test_home_precedence(monkeypatch, tmp_path):
+    monkeypatch.delenv("AFFINAGE_HOME", raising=False)
+    assert str(resolve_home()) == ".affinage"
+    monkeypatch.setenv("AFFINAGE_HOME", str(tmp_path / "env"))
+    assert resolve_home() == tmp_path / "env"
+    assert resolve_home(tmp_path / "flag") == tmp_path / "flag"
+
+
+def test_env_beats_config_file_beats_defaults(monkeypatch, tmp_path):
+    (tmp_path / "config.toml").write_text("top_k = 7\nmin_score = 0.5\n")
+    monkeypatch.setenv("AFFINAGE_TOP_K", "9")
+    settings = load_settings(tmp_path)
+    assert (settings.top_k, settings.min_score, settings.max_new_tokens) == (9, 0.5, 160)
+    assert settings.db_url == f"sqlite:///{tmp_path / 'affinage.db'}"
+    assert load_settings(tmp_path, top_k=2).top_k == 2
+
+
+def test_bad_values_are_named(tmp_path):
+    (tmp_path / "config.toml").write_text('top_k = "many"\n')
+    with pytest.raises(ValidationError, match="top_k"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text("chunk_chars = 200\nchunk_overlap_chars = 300\n")
+    with pytest.raises(ValidationError, match="chunk_overlap_chars"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text("top_kk = 3\n")
+    with pytest.raises(ValidationError, match="top_kk"):
+        load_settings(tmp_path)
