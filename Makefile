@@ -28,7 +28,7 @@ install: $(VENV)/.installed
 run: install
 	$(VENV)/bin/affinage --home $(HOME_DIR) ingest affinage/demo/kb
 	$(VENV)/bin/affinage --home $(HOME_DIR) examples import affinage/demo/examples.jsonl
-	$(VENV)/bin/affinage --home $(HOME_DIR) chat
+	$(VENV)/bin/affinage --home $(HOME_DIR) serve --host $(HOST) --port $(PORT) --demo-keys
 
 test: install
 	$(PY) -m pytest -q

@@ -133,6 +133,55 @@ def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+DEMO_KEYS = (("demo-agent", "agent"), ("demo-operator", "operator"), ("demo-admin", "admin"))
+
+
+def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from agent.service import auth
+    from agent.service.app import create_app
+    from agent.service.observability import configure_logging
+
+    configure_logging()
+    app = create_app(settings)
+    url = f"http://{args.host}:{args.port}/"
+    print(f"affinage is serving {app.state.agent.model_version} at {url}")
+    print(f"  web chat: {url}   OpenAI-compatible API: {url}v1")
+    if args.demo_keys:
+        store = app.state.agent.store
+        existing = {row.name for row in auth.list_keys(store)}
+        for name, role in DEMO_KEYS:
+            if name in existing:
+                auth.revoke_key(store, name)
+            print(f"  {role:8} key ({name}): {auth.create_key(store, name, role)}")
+    sys.stdout.flush()
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
+    return 0
+
+
+def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.service import auth
+    from agent.store import Store
+
+    store = Store(settings.db_url)
+    if args.action == "create":
+        key = auth.create_key(store, args.name, args.role)
+        print(f"Created {args.role} key {args.name!r}. It is shown only this once; store it now:")
+        print(key)
+    elif args.action == "revoke":
+        auth.revoke_key(store, args.name)
+        print(f"Revoked key {args.name!r}")
+    else:
+        rows = auth.list_keys(store)
+        if args.json:
+            print(json.dumps([{"name": r.name, "role": r.role, "prefix": r.prefix, "created_at": r.created_at.isoformat()}
+                              for r in rows]))
+        for row in [] if args.json else rows:
+            print(f"{row.name:24} {row.role:9} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
@@ -162,6 +211,23 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("chat", help="chat in the terminal")
     p.set_defaults(func=cmd_chat)
+
+    p = sub.add_parser("serve", help="start the HTTP service: web chat and OpenAI-compatible API")
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--demo-keys", action="store_true", help="(re)create demo-agent/-operator/-admin keys and print them")
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("keys", help="manage API keys")
+    keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    k = keys.add_parser("create", help="create a key and print it once, alone on the last line")
+    k.add_argument("--role", required=True, choices=["agent", "operator", "admin"])
+    k.add_argument("--name", required=True)
+    k = keys.add_parser("list", help="list keys (names, roles, prefixes; never the keys)")
+    k.add_argument("--json", action="store_true")
+    k = keys.add_parser("revoke", help="revoke a key by name")
+    k.add_argument("name")
+    p.set_defaults(func=cmd_keys)
     return parser
 
 

@@ -57,6 +57,12 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local models only.")
 
+    rate_limit_per_minute: int = Field(60, ge=1, description="Chat requests per API key per minute.")
+    max_message_chars: int = Field(8000, ge=1, description="Longest accepted message or correction, in characters.")
+    max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
+    max_queue: int = Field(8, ge=0, description="Chat requests that may wait for the model; more get 503 at once.")
+    max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+
     @model_validator(mode="after")
     def _check(self) -> "Settings":
         if self.chunk_overlap_chars >= self.chunk_chars:

@@ -66,6 +66,10 @@ def resolve_model_path(settings: Settings) -> Path | str:
     return path if path.exists() else settings.chat_model
 
 
+class ContextOverflowError(ValueError):
+    """The prompt plus the requested answer length does not fit the model's context window."""
+
+
 class LocalChatModel(BaseChatModel):
     """A transformers causal LM behind LangChain's chat-model interface, with token streaming.
 
@@ -114,11 +118,26 @@ class LocalChatModel(BaseChatModel):
         chat = [{"role": _ROLES.get(m.type, "user"), "content": m.content} for m in messages]
         return self._tokenizer.apply_chat_template(chat, add_generation_prompt=True, return_tensors="pt", return_dict=True)
 
+    def _encode_checked(self, messages: list[BaseMessage], **overrides: Any):
+        inputs = self._encode(messages)
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        wanted = self._answer_budget(overrides)
+        if prompt_tokens + wanted > self.context_length:
+            raise ContextOverflowError(
+                f"the prompt needs {prompt_tokens} tokens plus {wanted} for the answer, "
+                f"but the model's context holds {self.context_length} tokens"
+            )
+        return inputs, prompt_tokens
+
+    def _answer_budget(self, overrides: dict) -> int:
+        """Tokens to generate: LangChain callers say max_tokens, transformers says max_new_tokens."""
+        return int(overrides.get("max_tokens") or overrides.get("max_new_tokens") or self.max_new_tokens)
+
     def _generation_kwargs(self, inputs, **overrides: Any) -> dict:
         temperature = overrides.get("temperature", self.temperature)
         kwargs = dict(
             **inputs,
-            max_new_tokens=overrides.get("max_new_tokens") or self.max_new_tokens,
+            max_new_tokens=self._answer_budget(overrides),
             repetition_penalty=self.repetition_penalty,
             pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
             do_sample=temperature > 0,
@@ -136,8 +155,7 @@ class LocalChatModel(BaseChatModel):
     ) -> ChatResult:
         import torch
 
-        inputs = self._encode(messages)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        inputs, prompt_tokens = self._encode_checked(messages, **kwargs)
         with self._lock, torch.inference_mode():
             output = self._model.generate(**self._generation_kwargs(inputs, **kwargs))
         new_tokens = output[0][prompt_tokens:]
@@ -156,8 +174,7 @@ class LocalChatModel(BaseChatModel):
         import torch
         from transformers import TextIteratorStreamer
 
-        inputs = self._encode(messages)
-        prompt_tokens = int(inputs["input_ids"].shape[1])
+        inputs, prompt_tokens = self._encode_checked(messages, **kwargs)
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
         cancelled = threading.Event()
         generated = [0]

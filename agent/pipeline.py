@@ -1,6 +1,6 @@
 """The answering pipeline: retrieve → pick few-shot examples → prompt → generate, as one LCEL runnable.
 
-The runnable maps ``{"question", "history"}`` to ``{"retrieved", "docs", "examples", "abstained", "answer"}``
+The runnable maps ``{"question", "history", "max_tokens"?}`` to ``{"retrieved", "docs", "examples", "abstained", "answer"}``
 (``docs``: the retrieved passages confident enough to show the model)
 and streams: the first chunks carry the retrieved passages, later chunks the
 answer as it is generated. ``SupportAgent`` adds validation and the interaction log.
@@ -48,7 +48,11 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
     pick_examples = RunnableLambda(
         lambda state: examples.select(state["question"], settings.few_shot_k, settings.few_shot_min_score) if examples else []
     )
-    generate = RunnablePassthrough.assign(answer=RunnableLambda(prompt_inputs) | support_prompt() | llm)
+    def answer_with(state: dict) -> Runnable:
+        model = llm.bind(max_tokens=state["max_tokens"]) if state.get("max_tokens") else llm
+        return RunnableLambda(prompt_inputs) | support_prompt() | model
+
+    generate = RunnablePassthrough.assign(answer=RunnableLambda(answer_with))
     abstain = RunnablePassthrough.assign(answer=RunnableLambda(lambda _: AIMessage(ABSTAIN_MESSAGE)))
     return (
         RunnablePassthrough.assign(retrieved=(lambda state: state["question"]) | retriever)
@@ -106,13 +110,14 @@ class SupportAgent:
         return answer
 
     def stream(self, question: str, history: list[BaseMessage] | None = None, *, log: bool = True,
-               channel: str = "cli", user: str | None = None, conversation_id: str | None = None) -> Iterator[str | Answer]:
+               channel: str = "cli", user: str | None = None, conversation_id: str | None = None,
+               max_tokens: int | None = None) -> Iterator[str | Answer]:
         """Yield the answer text in pieces as it is generated, then the finished ``Answer``."""
         question = validate_question(question)
         started = time.perf_counter()
         state: dict = {}
         message: AIMessageChunk | AIMessage | None = None
-        for chunk in self.chain.stream({"question": question, "history": history or []}):
+        for chunk in self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens}):
             piece = chunk.get("answer")
             state.update({k: v for k, v in chunk.items() if k != "answer"})
             if piece is None:

@@ -62,6 +62,33 @@ class Example(Base):
     added_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
 
 
+class Feedback(Base):
+    """A support agent's verdict on an answer; corrections are what later stages learn from."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
+    rating: Mapped[str] = mapped_column(String(8))  # up | down
+    correction: Mapped[str | None] = mapped_column(Text, nullable=True)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+
+
+class ApiKey(Base):
+    """An API key, stored only as its SHA-256: the plaintext is shown once, at creation."""
+
+    __tablename__ = "api_keys"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    role: Mapped[str] = mapped_column(String(16))
+    key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
+    prefix: Mapped[str] = mapped_column(String(16))
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
 def make_engine(url: str) -> Engine:
     """An engine with SQLite set up for durability: WAL, synchronous=FULL, foreign keys on."""
     if url.startswith("sqlite:///"):

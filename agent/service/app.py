@@ -1,0 +1,277 @@
+"""The FastAPI app: OpenAI-compatible chat, feedback, keys, health, metrics and the web chat page."""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+import uuid
+from pathlib import Path
+from typing import Iterator
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import FileResponse, Response, StreamingResponse
+from fastapi.staticfiles import StaticFiles
+from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.concurrency import run_in_threadpool
+
+from affinage.settings import Settings
+from agent.chat_model import ContextOverflowError
+from agent.pipeline import Answer, SupportAgent
+from agent.service import auth
+from agent.service.errors import APIError, error_response, install_error_handlers
+from agent.service.limits import GenerationQueue, RateLimiter
+from agent.service.observability import Metrics
+from agent.service.schemas import ChatRequest, CreatedKey, FeedbackRequest, FeedbackResponse, KeyInfo, KeyRequest
+from agent.store import Feedback, Interaction
+
+log = logging.getLogger("affinage.service")
+STATIC = Path(__file__).parent / "static"
+DEFAULT_MODEL = "default"
+
+
+def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI:
+    """Build the app around one agent (built from the settings when not given)."""
+    if agent is None:
+        from agent.factory import build_agent
+
+        agent = build_agent(settings)
+    store = agent.store
+    metrics = Metrics()
+    limiter = RateLimiter(settings.rate_limit_per_minute)
+    queue = GenerationQueue(settings.max_queue)
+    started = time.time()
+
+    app = FastAPI(title="affinage", version="0.1.0",
+                  description="A support assistant with an OpenAI-compatible API.")
+    app.state.agent, app.state.metrics, app.state.queue = agent, metrics, queue
+    install_error_handlers(app)
+
+    # --- dependencies: one place for who may call what -------------------------------------------
+    def caller(request: Request) -> auth.Caller:
+        header = request.headers.get("authorization", "")
+        scheme, _, key = header.partition(" ")
+        if scheme.lower() != "bearer" or not key.strip():
+            raise APIError(401, "missing API key: send 'Authorization: Bearer <key>'", "missing_api_key",
+                           headers={"WWW-Authenticate": "Bearer"})
+        found = auth.authenticate(store, key.strip())
+        if found is None:
+            raise APIError(401, "invalid API key", "invalid_api_key", headers={"WWW-Authenticate": "Bearer"})
+        request.state.caller = found.name
+        return found
+
+    def require(role: str):
+        def check(who: auth.Caller = Depends(caller)) -> auth.Caller:
+            if not who.can(role):
+                raise APIError(403, f"this needs the {role} role; key {who.name!r} has {who.role}", "insufficient_role")
+            return who
+        return check
+
+    # --- middleware: body size, metrics, access log -------------------------------------------------
+    @app.middleware("http")
+    async def observe(request: Request, call_next):
+        route = request.url.path
+        begun = time.perf_counter()
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
+            response = error_response(413, f"request body larger than {settings.max_body_bytes} bytes", "body_too_large")
+        else:
+            response = await call_next(request)
+        elapsed = time.perf_counter() - begun
+        known = request.scope.get("route")
+        label = getattr(known, "path", "other")
+        metrics.requests.labels(label, request.method, str(response.status_code)).inc()
+        metrics.latency.labels(label).observe(elapsed)
+        log.info("request", extra={"method": request.method, "path": route, "status": response.status_code,
+                                   "duration_s": round(elapsed, 4), "caller": getattr(request.state, "caller", None)})
+        return response
+
+    # --- chat ------------------------------------------------------------------------------------------
+    def model_ids() -> list[str]:
+        return [agent.model_version]
+
+    @app.get("/v1/models", tags=["openai"])
+    def list_models(_: auth.Caller = Depends(require("agent"))) -> dict:
+        ids = [DEFAULT_MODEL, *model_ids()]
+        return {"object": "list",
+                "data": [{"id": i, "object": "model", "created": int(started), "owned_by": "affinage"} for i in ids]}
+
+    def parse_chat(body: ChatRequest) -> tuple[str, list[BaseMessage], int | None]:
+        if body.model not in (None, DEFAULT_MODEL, *model_ids()):
+            raise APIError(404, f"model {body.model!r} does not exist; GET /v1/models lists them", "model_not_found", "model")
+        turns = [m for m in body.messages if m.role in ("user", "assistant")]  # the system prompt is ours
+        if not turns or turns[-1].role != "user":
+            raise APIError(400, "the last message must come from the user", "invalid_messages", "messages")
+        for i, message in enumerate(body.messages):
+            if len(message.text()) > settings.max_message_chars:
+                raise APIError(400, f"message {i} has {len(message.text())} characters; the limit is "
+                               f"{settings.max_message_chars}", "message_too_long", f"messages.{i}.content")
+        question = turns[-1].text().strip()
+        if not question:
+            raise APIError(400, "the last user message is empty", "empty_message", "messages")
+        history = [HumanMessage(m.text()) if m.role == "user" else AIMessage(m.text()) for m in turns[:-1]]
+        max_tokens = body.max_completion_tokens or body.max_tokens
+        if max_tokens is not None and max_tokens > settings.max_tokens_limit:
+            raise APIError(400, f"max_tokens is {max_tokens}; the limit is {settings.max_tokens_limit}",
+                           "max_tokens_too_large", "max_tokens")
+        return question, history, max_tokens
+
+    def completion_extras(result: Answer) -> dict:
+        return {"interaction_id": result.interaction_id, "citations": result.citations, "model_version": result.model}
+
+    def usage_of(result: Answer) -> dict:
+        prompt = int(result.usage.get("input_tokens") or 0)
+        completion = int(result.usage.get("output_tokens") or 0)
+        return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
+
+    def first_item(stream: Iterator) -> object:
+        """Run the pipeline up to the first token, so that bad input still gets a 4xx before streaming starts."""
+        try:
+            return next(stream)
+        except ContextOverflowError as error:
+            raise APIError(400, str(error), "context_length_exceeded", "messages") from None
+
+    @app.post("/v1/chat/completions", tags=["openai"])
+    async def chat_completions(body: ChatRequest, request: Request, who: auth.Caller = Depends(require("agent"))):
+        question, history, max_tokens = parse_chat(body)
+        try:
+            limiter.check(who.name)
+        except APIError:
+            metrics.rejected.labels("rate_limit").inc()
+            raise
+        try:
+            queue.enter()
+        except APIError:
+            metrics.rejected.labels("queue_full").inc()
+            raise
+        metrics.queue_depth.set(queue.depth)
+        completion_id = f"chatcmpl-{uuid.uuid4().hex}"
+        created = int(time.time())
+        begun = time.perf_counter()
+        stream = agent.stream(question, history, channel="api", user=who.name, conversation_id=body.conversation_id,
+                              max_tokens=max_tokens)
+        try:
+            first = await run_in_threadpool(first_item, stream)
+        except BaseException:
+            stream.close()
+            queue.leave()
+            metrics.queue_depth.set(queue.depth)
+            raise
+        metrics.ttft.observe(time.perf_counter() - begun)
+
+        def finish(result: Answer) -> None:
+            metrics.generation.observe(time.perf_counter() - begun)
+            metrics.tokens.inc(usage_of(result)["completion_tokens"])
+
+        if not body.stream:
+            try:
+                result = first if isinstance(first, Answer) else None
+                while result is None:
+                    item = await run_in_threadpool(next, stream)
+                    result = item if isinstance(item, Answer) else None
+            finally:
+                stream.close()
+                queue.leave()
+                metrics.queue_depth.set(queue.depth)
+            finish(result)
+            return {
+                "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
+                "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
+                             "finish_reason": "stop", "logprobs": None}],
+                "usage": usage_of(result),
+                "affinage": completion_extras(result),
+            }
+
+        def chunk(delta: dict, finish_reason: str | None = None, **extra) -> str:
+            payload = {"id": completion_id, "object": "chat.completion.chunk", "created": created,
+                       "model": agent.model_version,
+                       "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}], **extra}
+            return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
+
+        async def events():
+            try:
+                yield chunk({"role": "assistant", "content": ""})
+                item = first
+                while True:
+                    if isinstance(item, Answer):
+                        finish(item)
+                        yield chunk({}, "stop", usage=usage_of(item), affinage=completion_extras(item))
+                        break
+                    yield chunk({"content": item})
+                    item = await run_in_threadpool(next, stream, None)
+                    if item is None:
+                        break
+                yield "data: [DONE]\n\n"
+            finally:
+                await run_in_threadpool(stream.close)
+                queue.leave()
+                metrics.queue_depth.set(queue.depth)
+
+        return StreamingResponse(events(), media_type="text/event-stream",
+                                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+
+    # --- feedback --------------------------------------------------------------------------------------
+    @app.post("/api/feedback", status_code=201, response_model=FeedbackResponse, tags=["feedback"])
+    def feedback(body: FeedbackRequest, who: auth.Caller = Depends(require("agent"))) -> FeedbackResponse:
+        for field in ("correction", "comment"):
+            value = getattr(body, field)
+            if value is not None and not value.strip():
+                raise APIError(400, f"{field} is empty", f"empty_{field}", field)
+            if value is not None and len(value) > settings.max_message_chars:
+                raise APIError(400, f"{field} has {len(value)} characters; the limit is {settings.max_message_chars}",
+                               f"{field}_too_long", field)
+        with store.session() as session:
+            if session.get(Interaction, body.interaction_id) is None:
+                raise APIError(404, f"no interaction with id {body.interaction_id!r}", "interaction_not_found", "interaction_id")
+            row = Feedback(interaction_id=body.interaction_id, rating=body.rating, user=who.name,
+                           correction=body.correction.strip() if body.correction else None,
+                           comment=body.comment.strip() if body.comment else None)
+            session.add(row)
+        metrics.feedback.labels(body.rating, str(bool(body.correction)).lower()).inc()
+        return FeedbackResponse(id=row.id, interaction_id=row.interaction_id, rating=row.rating)
+
+    # --- keys (admin) ------------------------------------------------------------------------------------
+    def key_info(row) -> dict:
+        return {"name": row.name, "role": row.role, "prefix": row.prefix, "created_at": row.created_at.isoformat()}
+
+    @app.get("/api/admin/keys", response_model=list[KeyInfo], tags=["admin"])
+    def keys(_: auth.Caller = Depends(require("admin"))) -> list[dict]:
+        return [key_info(row) for row in auth.list_keys(store)]
+
+    @app.post("/api/admin/keys", status_code=201, response_model=CreatedKey, tags=["admin"])
+    def new_key(body: KeyRequest, who: auth.Caller = Depends(require("admin"))) -> dict:
+        try:
+            key = auth.create_key(store, body.name, body.role)
+        except ValueError as error:
+            raise APIError(409, str(error), "key_exists", "name") from None
+        log.info("key created", extra={"key_name": body.name, "role": body.role, "by": who.name})
+        row = next(r for r in auth.list_keys(store) if r.name == body.name)
+        return {**key_info(row), "key": key}
+
+    @app.delete("/api/admin/keys/{name}", status_code=204, tags=["admin"])
+    def delete_key(name: str, who: auth.Caller = Depends(require("admin"))) -> Response:
+        try:
+            auth.revoke_key(store, name)
+        except ValueError as error:
+            raise APIError(404, str(error), "key_not_found", "name") from None
+        log.info("key revoked", extra={"key_name": name, "by": who.name})
+        return Response(status_code=204)
+
+    # --- health, metrics, pages ------------------------------------------------------------------------------
+    @app.get("/healthz", tags=["ops"])
+    def healthz() -> dict:
+        return {"status": "ok", "model": agent.model_version, "queue_depth": queue.depth}
+
+    @app.get("/metrics", tags=["ops"])
+    def prometheus(_: auth.Caller = Depends(require("operator"))) -> Response:
+        metrics.queue_depth.set(queue.depth)
+        return Response(generate_latest(metrics.registry), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/", include_in_schema=False)
+    def index() -> FileResponse:
+        return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    if STATIC.is_dir():
+        app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app
