@@ -31,6 +31,7 @@ run: install
 	$(VENV)/bin/affinage --home $(HOME_DIR) serve --host $(HOST) --port $(PORT) --demo-keys
 
 test: install
+	bash scripts/install-browser.sh
 	$(PY) -m pytest -q
 
 clean:

@@ -51,9 +51,13 @@ class Settings(BaseSettings):
         0.3, ge=-1.0, le=1.0,
         description="Cosine similarity below which retrieval is too weak to answer: the agent abstains.",
     )
+    score_margin: float = Field(
+        0.15, ge=0.0, le=2.0,
+        description="Passages scoring this far below the best one are left out of the prompt: less noise for small models.",
+    )
     few_shot_k: int = Field(2, ge=0, le=10, description="Example-bank entries shown to the model.")
     few_shot_min_score: float = Field(0.55, ge=-1.0, le=1.0, description="Only examples this similar are shown.")
-    max_new_tokens: int = Field(160, ge=1, le=4096, description="Longest generated answer, in tokens.")
+    max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest generated answer, in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local models only.")
 

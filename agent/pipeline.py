@@ -29,7 +29,10 @@ MAX_HISTORY_TURNS = 3
 
 def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings) -> Runnable:
     def confident(docs: list[Document]) -> list[Document]:
-        return [d for d in docs if d.metadata.get("score", 0.0) >= settings.min_score]
+        """Passages good enough to answer from: above min_score and close to the best one."""
+        best = max((d.metadata["score"] for d in docs), default=0.0)
+        floor = max(settings.min_score, best - settings.score_margin)
+        return [d for d in docs if d.metadata["score"] >= floor]
 
     def shots(state: dict) -> list[BaseMessage]:
         messages: list[BaseMessage] = []

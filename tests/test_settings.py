@@ -16,7 +16,7 @@ def test_env_beats_config_file_beats_defaults(monkeypatch, tmp_path):
     (tmp_path / "config.toml").write_text("top_k = 7\nmin_score = 0.5\n")
     monkeypatch.setenv("AFFINAGE_TOP_K", "9")
     settings = load_settings(tmp_path)
-    assert (settings.top_k, settings.min_score, settings.max_new_tokens) == (9, 0.5, 160)
+    assert (settings.top_k, settings.min_score, settings.max_new_tokens) == (9, 0.5, 128)
     assert settings.db_url == f"sqlite:///{tmp_path / 'affinage.db'}"
     assert load_settings(tmp_path, top_k=2).top_k == 2
 
