@@ -20,7 +20,7 @@ from affinage.settings import Settings
 from agent.chat_model import ContextOverflowError
 from agent.pipeline import Answer, SupportAgent
 from agent.service import auth
-from agent.service.errors import APIError, error_response, install_error_handlers
+from agent.service.errors import APIError, error_body, error_response, install_error_handlers
 from agent.service.limits import GenerationQueue, RateLimiter
 from agent.service.observability import Metrics
 from agent.service.schemas import ChatRequest, CreatedKey, FeedbackRequest, FeedbackResponse, KeyInfo, KeyRequest
@@ -29,6 +29,11 @@ from agent.store import Feedback, Interaction
 log = logging.getLogger("affinage.service")
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MODEL = "default"
+SECURITY_HEADERS = {
+    "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "no-referrer",
+}
 
 
 def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI:
@@ -78,6 +83,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             response = error_response(413, f"request body larger than {settings.max_body_bytes} bytes", "body_too_large")
         else:
             response = await call_next(request)
+        response.headers.update(SECURITY_HEADERS)
         elapsed = time.perf_counter() - begun
         known = request.scope.get("route")
         label = getattr(known, "path", "other")
@@ -193,16 +199,15 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             try:
                 yield chunk({"role": "assistant", "content": ""})
                 item = first
-                while True:
-                    if isinstance(item, Answer):
-                        finish(item)
-                        yield chunk({}, "stop", usage=usage_of(item), affinage=completion_extras(item))
-                        break
+                while not isinstance(item, Answer):
                     yield chunk({"content": item})
-                    item = await run_in_threadpool(next, stream, None)
-                    if item is None:
-                        break
+                    item = await run_in_threadpool(next, stream)
+                finish(item)
+                yield chunk({}, "stop", usage=usage_of(item), affinage=completion_extras(item))
                 yield "data: [DONE]\n\n"
+            except Exception:  # headers are sent: the client learns of the failure in-stream, as OpenAI does
+                log.exception("generation failed mid-stream", extra={"completion_id": completion_id})
+                yield f"data: {json.dumps(error_body(500, 'generation failed; the answer is incomplete', 'generation_failed'))}\n\n"
             finally:
                 await run_in_threadpool(stream.close)
                 queue.leave()

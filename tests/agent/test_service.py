@@ -265,3 +265,49 @@ def test_stream_chunks_follow_openai_format(client_and_keys):
     assert all(p["object"] == "chat.completion.chunk" and p["id"] == payloads[0]["id"] for p in payloads)
     assert [p for p in payloads if "affinage" in p] == [payloads[-1]]
     assert payloads[-1]["usage"]["total_tokens"] == payloads[-1]["usage"]["prompt_tokens"] + payloads[-1]["usage"]["completion_tokens"]
+
+
+def test_failure_mid_stream_is_reported_in_the_stream(tiny_settings, kb, embeddings):
+    from fastapi.testclient import TestClient
+    from langchain_core.language_models import BaseChatModel
+    from langchain_core.messages import AIMessageChunk
+    from langchain_core.outputs import ChatGenerationChunk
+
+    from agent.factory import build_agent
+    from agent.service import auth
+    from agent.service.app import create_app
+    from retrieval.index import ingest
+
+    class BreaksAfterOneToken(BaseChatModel):
+        @property
+        def _llm_type(self) -> str:
+            return "broken"
+
+        def _generate(self, *args, **kwargs):
+            raise RuntimeError("GPU fell off")
+
+        def _stream(self, *args, **kwargs):
+            yield ChatGenerationChunk(message=AIMessageChunk(content="Annual"))
+            raise RuntimeError("GPU fell off")
+
+    ingest(tiny_settings.index_dir, [kb], embeddings, tiny_settings.chunk_chars, tiny_settings.chunk_overlap_chars)
+    agent = build_agent(tiny_settings, llm=BreaksAfterOneToken(), embeddings=embeddings)
+    app = create_app(tiny_settings, agent=agent)
+    key = auth.create_key(agent.store, "a", "agent")
+    with TestClient(app) as client:
+        response = chat(client, key, stream=True)
+        events = [line.removeprefix("data: ") for line in response.text.split("\n\n") if line.startswith("data: ")]
+        assert json.loads(events[1])["choices"][0]["delta"]["content"] == "Annual"
+        assert json.loads(events[-1])["error"]["code"] == "generation_failed"
+        assert "[DONE]" not in events
+        assert app.state.queue.in_flight == 0  # the slot is given back
+        assert client.get("/healthz").status_code == 200
+
+
+def test_pages_and_api_send_security_headers(client_and_keys):
+    client, _ = client_and_keys
+    for path in ("/", "/static/chat.js", "/healthz"):
+        response = client.get(path)
+        assert response.status_code == 200
+        assert "frame-ancestors 'none'" in response.headers["Content-Security-Policy"]
+        assert response.headers["X-Content-Type-Options"] == "nosniff"
