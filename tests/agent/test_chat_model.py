@@ -1,0 +1,48 @@
+"""Chat models are chosen by configuration: embedded, a local folder, or any OpenAI-compatible endpoint."""
+
+from langchain_openai import ChatOpenAI
+from pydantic import SecretStr
+from sqlalchemy import select
+
+from agent.chat_model import LocalChatModel, load_chat_model
+from agent.factory import build_agent
+from agent.store import Interaction
+from retrieval.embeddings import SentenceEmbeddings, embedded_embedder_path
+from retrieval.index import ingest
+from tests.agent.service_harness import LiveServer
+
+
+def test_default_model_is_converted_once_to_safetensors(default_model_dir):
+    files = {p.name for p in default_model_dir.iterdir()}
+    assert "model.safetensors" in files and "config.json" in files
+    assert not any(name.endswith((".bin", ".pt", ".pkl")) for name in files)
+    assert "quantization_config" not in (default_model_dir / "config.json").read_text()
+
+
+def test_local_folder_model(tiny_settings, tiny_model_dir):
+    llm = load_chat_model(tiny_settings)
+    assert isinstance(llm, LocalChatModel) and llm.model_name == tiny_model_dir.name
+
+
+def test_openai_compatible_endpoint_is_used_through_langchain(service, tiny_settings, embeddings, kb):
+    """affinage's own service stands in for any OpenAI-compatible server."""
+    app, keys = service()
+    with LiveServer(app) as server:
+        remote = tiny_settings.model_copy(update={
+            "home": tiny_settings.home.parent / "client-home", "chat_model": "default",
+            "openai_base_url": f"{server.url}/v1", "openai_api_key": SecretStr(keys["agent"]),
+        })
+        ingest(remote.index_dir, [kb], embeddings, remote.chunk_chars, remote.chunk_overlap_chars)
+        agent = build_agent(remote, embeddings=embeddings)
+        assert isinstance(agent.llm, ChatOpenAI)
+        answer = agent.ask("How long is the password reset link valid?")
+        assert answer.model == "default"
+        assert answer.citations[0]["source"] == "account/passwords.md#reset-your-password"
+        with app.state.agent.store.session() as session:  # the server logged the request it answered
+            rows = session.scalars(select(Interaction)).all()
+        assert len(rows) == 1 and rows[0].user == "test-agent"
+
+
+def test_embedder_is_swappable_by_path():
+    embedder = SentenceEmbeddings(str(embedded_embedder_path()))
+    assert embedder.dim == 384 and embedder.name == str(embedded_embedder_path())
