@@ -10,7 +10,8 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from datetime import timedelta, timezone
 from typing import Iterator
 
 from langchain_core.documents import Document
@@ -18,11 +19,13 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda, RunnablePassthrough
+from sqlalchemy import select
 
 from affinage.settings import Settings
+from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
 from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, support_prompt
-from agent.store import Interaction, Store
+from agent.store import Interaction, Store, utcnow
 
 MAX_HISTORY_TURNS = 3
 
@@ -101,6 +104,21 @@ class SupportAgent:
         self.store = store
         self.examples = examples
         self.chain = build_chain(retriever, examples, llm, settings)
+        # Flag knowledge gaps a little above the abstain threshold: borderline answers that were attempted too.
+        self.detectors = DetectorConfig(retrieval_threshold=min(1.0, settings.min_score + 0.1))
+
+    def _earlier_questions(self, user: str | None) -> list[tuple[str, float]]:
+        """The same user's recent questions, for the rephrase detector."""
+        if user is None:
+            return []
+        since = utcnow() - timedelta(seconds=self.detectors.rephrase_window_s)
+        with self.store.session() as session:
+            rows = session.execute(
+                select(Interaction.question, Interaction.created_at)
+                .where(Interaction.user == user, Interaction.created_at >= since)
+                .order_by(Interaction.created_at.desc()).limit(20)
+            ).all()
+        return [(q, (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()) for q, at in rows]
 
     @property
     def model_version(self) -> str:
@@ -138,6 +156,12 @@ class SupportAgent:
         usage = dict(getattr(message, "usage_metadata", None) or {})
         result = Answer(text, citations, self.model_version, bool(state.get("abstained")), latency, usage=usage)
         if log:
+            view = InteractionView(
+                question=question, answer=text, created_at=time.time(),
+                retrieved_scores=[float(d.metadata["score"]) for d in state.get("retrieved", [])],
+                passages=[d.page_content for d in docs],
+                earlier_questions=self._earlier_questions(user),
+            )
             row = self.store.add(Interaction(
                 question=question,
                 answer=text,
@@ -146,6 +170,7 @@ class SupportAgent:
                 citations=[{"source": c["source"], "score": c["score"]} for c in citations],
                 examples=[e.id for e in state.get("examples", [])],
                 abstained=result.abstained,
+                signals=[asdict(signal) for signal in detect_all(view, self.detectors)],
                 prompt_version=PROMPT_VERSION,
                 model_version=result.model,
                 latency_s=latency,

@@ -37,6 +37,7 @@ class Interaction(Base):
     citations: Mapped[list] = mapped_column(JSON, default=list)  # [{"source", "score", "text"}] shown to the user
     examples: Mapped[list] = mapped_column(JSON, default=list)  # ids of the few-shot examples in the prompt
     abstained: Mapped[bool] = mapped_column(Boolean, default=False)
+    signals: Mapped[list] = mapped_column(JSON, default=list)  # failure signals: [{"kind", "reason", "strength"}]
     prompt_version: Mapped[str] = mapped_column(String(64))
     model_version: Mapped[str] = mapped_column(String(200))
     latency_s: Mapped[float] = mapped_column(Float)

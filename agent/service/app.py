@@ -18,13 +18,13 @@ from starlette.concurrency import run_in_threadpool
 
 from affinage.settings import Settings
 from agent.chat_model import ContextOverflowError
+from agent.feedback import UnknownInteraction, record_feedback
 from agent.pipeline import Answer, SupportAgent
 from agent.service import auth
 from agent.service.errors import APIError, error_body, error_response, install_error_handlers
 from agent.service.limits import GenerationQueue, RateLimiter
 from agent.service.observability import Metrics
 from agent.service.schemas import ChatRequest, CreatedKey, FeedbackRequest, FeedbackResponse, KeyInfo, KeyRequest
-from agent.store import Feedback, Interaction
 
 log = logging.getLogger("affinage.service")
 STATIC = Path(__file__).parent / "static"
@@ -226,13 +226,12 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             if value is not None and len(value) > settings.max_message_chars:
                 raise APIError(400, f"{field} has {len(value)} characters; the limit is {settings.max_message_chars}",
                                f"{field}_too_long", field)
-        with store.session() as session:
-            if session.get(Interaction, body.interaction_id) is None:
-                raise APIError(404, f"no interaction with id {body.interaction_id!r}", "interaction_not_found", "interaction_id")
-            row = Feedback(interaction_id=body.interaction_id, rating=body.rating, user=who.name,
-                           correction=body.correction.strip() if body.correction else None,
-                           comment=body.comment.strip() if body.comment else None)
-            session.add(row)
+        try:
+            row = record_feedback(store, body.interaction_id, body.rating, user=who.name,
+                                  correction=body.correction.strip() if body.correction else None,
+                                  comment=body.comment.strip() if body.comment else None)
+        except UnknownInteraction as error:
+            raise APIError(404, str(error), "interaction_not_found", "interaction_id") from None
         metrics.feedback.labels(body.rating, str(bool(body.correction)).lower()).inc()
         return FeedbackResponse(id=row.id, interaction_id=row.interaction_id, rating=row.rating)
 

@@ -80,3 +80,17 @@ def test_sqlite_log_is_durable(agent):
     with agent.store.engine.connect() as connection:
         assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
         assert connection.exec_driver_sql("PRAGMA synchronous").scalar() == 2  # FULL
+
+
+def test_failure_signals_are_recorded_with_each_answer(tiny_settings, kb, embeddings):
+    tiny_settings.min_score = 0.99
+    ingest(tiny_settings.index_dir, [kb], embeddings, tiny_settings.chunk_chars, tiny_settings.chunk_overlap_chars)
+    agent = build_agent(tiny_settings, embeddings=embeddings)
+    first = agent.ask("Can I talk to a real person about my refund?", user="dana")
+    second = agent.ask("Can I talk to a real person about my refund please?", user="dana")
+    with agent.store.session() as session:
+        kinds = [s["kind"] for s in session.get(Interaction, first.interaction_id).signals]
+        later = {s["kind"]: s for s in session.get(Interaction, second.interaction_id).signals}
+    assert kinds == ["weak_retrieval", "refusal", "human_request"]
+    assert set(later) == {"weak_retrieval", "refusal", "rephrase", "human_request"}
+    assert 0 < later["rephrase"]["strength"] <= 1 and "earlier" in later["rephrase"]["reason"]

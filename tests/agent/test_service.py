@@ -87,6 +87,8 @@ def test_feedback_is_stored_against_the_interaction(client_and_keys):
         row = session.scalars(select(Feedback)).one()
     assert (row.interaction_id, row.rating, row.correction, row.comment, row.user) == (
         interaction_id, "down", "The link expires after 2 hours.", "too vague", "test-agent")
+    kinds = [s["kind"] for s in store.get_interaction(interaction_id).signals]
+    assert kinds[:2] == ["thumbs_down", "correction_submitted"]
 
 
 @pytest.mark.parametrize("body, status, code", [

@@ -1,0 +1,424 @@
+"""Filters that every training example passes before anything is written: pure functions, each counting its drops.
+
+Redaction rewrites text; the other filters keep or drop whole items and return ``(kept, dropped[, details])``,
+so ``run_filters`` can chain them and account for every item that went in.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import math
+import re
+import unicodedata
+from collections import Counter, defaultdict
+from collections.abc import Callable, Collection, Hashable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field, is_dataclass
+from typing import Any, TypeVar
+
+import numpy as np
+
+T = TypeVar("T")
+
+# --- PII redaction ----------------------------------------------------------------------------------------------
+
+# A generated token: URL-safe/base64 characters and dots (JWTs), not ending in a dot (end of sentence).
+_SECRET_TOKEN = r"[A-Za-z0-9_\-./+=]{11,}[A-Za-z0-9_\-/+=]"
+_SECRETS = (
+    re.compile(r"\bsk-(?:proj-|ant-)?[A-Za-z0-9_\-]{20,}"),  # OpenAI / Anthropic style
+    re.compile(r"\bafk_[A-Za-z0-9_\-]{16,}"),  # this project's own API keys
+    re.compile(r"\b(?:gh[pousr]_[A-Za-z0-9]{30,}|github_pat_[A-Za-z0-9_]{30,})"),  # GitHub tokens
+    re.compile(r"\bAKIA[0-9A-Z]{16}\b"),  # AWS access key ids
+    re.compile(r"\bxox[abprs]-[A-Za-z0-9\-]{10,}"),  # Slack tokens
+)
+# Only the value after these is replaced, so "Authorization: Bearer [SECRET]" still reads as what it was.
+_BEARER = re.compile(rf"(\bBearer\s+)({_SECRET_TOKEN})", re.IGNORECASE)
+_PASSWORD = re.compile(
+    r"""(\b(?:password|passwd|pwd|passphrase)\s*[:=]\s*)(?!\[[A-Z]+\])(\S{3,}[^\s.,;:!?)\]"'])""", re.IGNORECASE
+)
+# "api_key=…", "token: …", "client secret is …": the value must look generated (long, letters and digits mixed),
+# so "the token is documented-in-settings" is left alone.
+_KEYWORD_SECRET = re.compile(
+    r"(\b(?:api[_ -]?key|apikey|access[_ -]?key|secret(?:[_ -]?key)?|client[_ -]?secret"
+    r"|(?:access[_ -]?|auth[_ -]?)?token)"
+    rf"\s*(?:[:=]|\bis\b)\s*[\"']?)({_SECRET_TOKEN})",
+    re.IGNORECASE,
+)
+_EMAIL = re.compile(r"(?<![\w.%+-])[A-Za-z0-9][A-Za-z0-9._%+-]*@[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?"
+                    r"(?:\.[A-Za-z0-9](?:[A-Za-z0-9-]*[A-Za-z0-9])?)*\.[A-Za-z]{2,}\b")
+# 13–19 digits, single spaces or dashes between them, not part of a longer run of digits.
+_CARD = re.compile(r"(?<![\w+-])(?<!\d )\d(?:[ -]?\d){12,18}(?![ -]?\d)(?!\w)")
+_IPV6 = re.compile(r"(?<![\w:.])(?:[0-9A-Fa-f]{0,4}:){2,7}(?:\d{1,3}(?:\.\d{1,3}){3}|[0-9A-Fa-f]{0,4})(?![\w:.]*\w)")
+_OCTET = r"(?:25[0-5]|2[0-4]\d|1\d\d|[1-9]?\d)"
+_IPV4 = re.compile(rf"(?<![\w.]){_OCTET}(?:\.{_OCTET}){{3}}(?!\.?\w)")
+# Phones need a shape, not just digits: +country code, North American 3-3-4, or a national number with a
+# leading 0 and one kind of separator. A run that touches more digits is left whole (never a partial number).
+_PHONE = re.compile(
+    r"(?<![\w+.-])(?<!\d[ .-])(?:"
+    r"\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
+    r"|(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}"
+    r"|0\d{1,4}(?P<sep>[ /-])\d{2,8}(?:(?P=sep)\d{2,8}){0,3}"
+    r")(?![.-]?\d)(?! \d)"
+)
+# "call me at 5550199876": a bare run of digits counts only right after a word that says it is a phone number.
+_PHONE_BY_CONTEXT = re.compile(
+    r"(\b(?:phone|tel|telephone|mobile|cell|call|text|fax|whatsapp)\b(?:\s+(?:me|us|number|no\.?|#))?"
+    r"\s*(?:at|on|is|:)?\s*)(\+?\d{7,15})(?!\d)",
+    re.IGNORECASE,
+)
+_DATE_LIKE = re.compile(r"\d{1,4}([./-])\d{1,2}\1\d{2,4}(?!\d)")
+_PLACEHOLDER = {"secret": "[SECRET]", "email": "[EMAIL]", "card": "[CARD]", "ip": "[IP]", "phone": "[PHONE]"}
+
+
+def luhn_valid(digits: str) -> bool:
+    """The Luhn checksum that every payment card number satisfies (spaces and dashes are ignored)."""
+    squashed = re.sub(r"[ -]", "", digits)
+    if not squashed.isdigit() or not squashed.isascii():
+        raise ValueError(f"luhn_valid takes digits, got {digits!r}")
+    total = 0
+    for position, char in enumerate(reversed(squashed)):
+        value = int(char)
+        if position % 2:
+            value = value * 2 - 9 if value > 4 else value * 2
+        total += value
+    return total % 10 == 0
+
+
+def _is_card(text: str) -> bool:
+    digits = re.sub(r"\D", "", text)
+    return 13 <= len(digits) <= 19 and luhn_valid(digits)
+
+
+def _is_ip(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return any(c.isalnum() for c in text)
+
+
+def _is_phone(text: str) -> bool:
+    digits = sum(c.isdigit() for c in text)
+    if _DATE_LIKE.match(text):
+        return False
+    if text.startswith("+"):
+        return 7 <= digits <= 15
+    if text.startswith("0"):
+        return 9 <= digits <= 13
+    return digits in (10, 11)
+
+
+def redact_pii(text: str, keep: Collection[str] = ()) -> tuple[str, dict[str, int]]:
+    """Replace emails, phone numbers, card numbers, IP addresses and secrets by ``[EMAIL]``, ``[PHONE]``,
+    ``[CARD]``, ``[IP]`` and ``[SECRET]``; return the text and how many of each kind were replaced.
+
+    Secrets go first (they may contain digits that look like a phone), then emails, cards (only when the Luhn
+    check passes: a 16-digit order number stays), IPv6, IPv4 and phones. Placeholders hold no digits, so a
+    second pass changes nothing. ``keep`` lists exact strings (case-insensitive) to leave alone, such as the
+    public support address the knowledge base itself gives.
+    """
+    kept = {k.lower() for k in keep}
+    counts: Counter[str] = Counter()
+
+    def whole(kind: str, accept: Callable[[str], bool] = lambda _: True) -> Callable[[re.Match], str]:
+        def replace(match: re.Match) -> str:
+            found = match.group(0)
+            if found.lower() in kept or not accept(found):
+                return found
+            counts[kind] += 1
+            return _PLACEHOLDER[kind]
+        return replace
+
+    def value(kind: str, accept: Callable[[str], bool] = lambda _: True) -> Callable[[re.Match], str]:
+        def replace(match: re.Match) -> str:
+            found = match.group(2)
+            if found.lower() in kept or not accept(found):
+                return match.group(0)
+            counts[kind] += 1
+            return match.group(1) + _PLACEHOLDER[kind]
+        return replace
+
+    for pattern in _SECRETS:
+        text = pattern.sub(whole("secret"), text)
+    text = _BEARER.sub(value("secret"), text)
+    text = _PASSWORD.sub(value("secret"), text)
+    text = _KEYWORD_SECRET.sub(value("secret", _looks_generated), text)
+    text = _EMAIL.sub(whole("email"), text)
+    text = _CARD.sub(whole("card", _is_card), text)
+    text = _IPV6.sub(whole("ip", _is_ip), text)
+    text = _IPV4.sub(whole("ip"), text)
+    text = _PHONE.sub(whole("phone", _is_phone), text)
+    text = _PHONE_BY_CONTEXT.sub(value("phone"), text)
+    return text, dict(counts)
+
+
+def _looks_generated(token: str) -> bool:
+    """Letters and digits mixed with some variety: an API key, not an English word."""
+    has_mix = any(c.isdigit() for c in token) and any(c.isalpha() for c in token)
+    frequencies = Counter(token).values()
+    entropy = -sum(n / len(token) * math.log2(n / len(token)) for n in frequencies)
+    return has_mix and entropy >= 3.0
+
+
+def redact_records(records: Sequence[Mapping[str, Any]], fields: Sequence[str] = ("question", "answer", "correction"),
+                   keep: Collection[str] = ()) -> tuple[list[dict[str, Any]], int, dict[str, int]]:
+    """``redact_pii`` over the named text fields of each record: a filter step that drops nothing and reports
+    what it replaced. Missing or ``None`` fields are left as they are."""
+    total: Counter[str] = Counter()
+    out = []
+    for record in records:
+        copy = dict(record)
+        for name in fields:
+            if isinstance(copy.get(name), str):
+                copy[name], counts = redact_pii(copy[name], keep)
+                total.update(counts)
+        out.append(copy)
+    return out, 0, dict(total)
+
+
+# --- near-duplicates and decontamination ------------------------------------------------------------------------
+
+def normalise(text: str) -> str:
+    """Case, accents' compatibility forms and punctuation folded away; words separated by single spaces."""
+    return " ".join(re.findall(r"[^\W_]+", unicodedata.normalize("NFKC", text).lower()))
+
+
+def shingles(text: str, size: int = 5) -> set[str]:
+    """Character ``size``-grams of the normalised text (the whole text when it is shorter)."""
+    if size < 1:
+        raise ValueError(f"shingle size must be at least 1, got {size!r}")
+    flat = normalise(text)
+    return {flat[i:i + size] for i in range(len(flat) - size + 1)} or ({flat} if flat else set())
+
+
+def jaccard(a: set, b: set) -> float:
+    return len(a & b) / len(a | b) if a and b else 0.0
+
+
+def _check_unit(name: str, value: float) -> float:
+    if not isinstance(value, (int, float)) or math.isnan(value) or not 0.0 < value <= 1.0:
+        raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+    return float(value)
+
+
+class _ShingleIndex:
+    """Finds indexed texts whose shingle Jaccard with a query reaches ``threshold`` without comparing every pair.
+
+    Prefix filtering: with each set's shingles in one global order (rarest first, so prefixes are selective),
+    two sets with Jaccard >= t share a shingle among each one's first ``|x| - ceil(t|x|) + 1``. Only those
+    prefixes are indexed and looked up; the few candidates are then scored exactly.
+    """
+
+    def __init__(self, threshold: float, frequency: Counter[str]) -> None:
+        self.threshold = threshold
+        self.frequency = frequency
+        self.sets: list[set[str]] = []
+        self.postings: dict[str, list[int]] = defaultdict(list)
+
+    def _prefix(self, grams: set[str]) -> list[str]:
+        ordered = sorted(grams, key=lambda gram: (self.frequency[gram], gram))
+        return ordered[: len(grams) - math.ceil(self.threshold * len(grams) - 1e-9) + 1]
+
+    def add(self, grams: set[str]) -> None:
+        for gram in self._prefix(grams):
+            self.postings[gram].append(len(self.sets))
+        self.sets.append(grams)
+
+    def best(self, grams: set[str]) -> tuple[int, float] | None:
+        """The most similar indexed text at or above the threshold (the earliest on a tie) and its Jaccard."""
+        candidates = {i for gram in self._prefix(grams) for i in self.postings.get(gram, ())}
+        scored = [(jaccard(grams, self.sets[i]), -i) for i in candidates]
+        score, negative_index = max(scored, default=(0.0, 0))
+        return (-negative_index, score) if score >= self.threshold else None
+
+
+def dedupe(items: Sequence[T], key: Callable[[T], str], threshold: float = 0.8) -> tuple[list[T], int]:
+    """Keep the first item of each group whose texts' character 5-gram Jaccard reaches ``threshold``.
+
+    Near-copies would weigh one failure many times in training; keeping the first makes the choice stable.
+    """
+    threshold = _check_unit("dedupe threshold", threshold)
+    grams = [shingles(key(item)) for item in items]
+    index = _ShingleIndex(threshold, Counter(gram for item_grams in grams for gram in item_grams))
+    kept: list[T] = []
+    for item, item_grams in zip(items, grams, strict=True):
+        if index.best(item_grams) is None:
+            index.add(item_grams)
+            kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+@dataclass(frozen=True)
+class Contamination:
+    """Why an item was dropped by ``decontaminate``: the protected question it is near, how, and how near."""
+
+    index: int  # position of the dropped item in the input
+    question: str
+    protected_index: int
+    protected_question: str
+    method: str  # "ngram" | "jaccard" | "embedding"
+    score: float  # share of the item's n-grams found, the Jaccard, or the cosine similarity
+
+
+def _ngrams(text: str, n: int) -> set[tuple[str, ...]]:
+    words = normalise(text).split()
+    if len(words) < n:
+        return {tuple(words)} if words else set()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def decontaminate(
+    items: Sequence[T],
+    key: Callable[[T], str],
+    protected_questions: Sequence[str],
+    ngram: int = 8,
+    jaccard_threshold: float = 0.5,
+    embed: Callable[[list[str]], Sequence[Sequence[float]]] | None = None,
+    embedding_threshold: float = 0.9,
+) -> tuple[list[T], int, list[Contamination]]:
+    """Drop every item whose question is near any protected (evaluation, golden, held-out) question.
+
+    Near means any of: a shared run of ``ngram`` normalised words (a question shorter than that must match
+    one whole); character 5-gram Jaccard at least ``jaccard_threshold``; or, when ``embed`` (texts → vectors,
+    e.g. ``Embeddings.embed_documents``) is given, cosine similarity at least ``embedding_threshold``.
+    Thresholds lean low on purpose: a lost training example is cheap, a contaminated gate is not.
+    """
+    if ngram < 1:
+        raise ValueError(f"ngram must be at least 1, got {ngram!r}")
+    jaccard_threshold = _check_unit("jaccard_threshold", jaccard_threshold)
+    embedding_threshold = _check_unit("embedding_threshold", embedding_threshold)
+    questions = [key(item) for item in items]
+    question_grams = [shingles(q) for q in questions]
+    protected_grams = [shingles(q) for q in protected_questions]
+    index = _ShingleIndex(jaccard_threshold, Counter(g for grams in question_grams + protected_grams for g in grams))
+    by_ngram: dict[tuple[str, ...], int] = {}
+    for i, protected in enumerate(protected_questions):
+        for gram in _ngrams(protected, ngram):
+            by_ngram.setdefault(gram, i)
+        index.add(protected_grams[i])
+    cosine = None
+    if embed is not None and questions and protected_questions:
+        cosine = _cosine_matrix(embed, questions, list(protected_questions))
+
+    kept: list[T] = []
+    matches: list[Contamination] = []
+    for i, (item, question) in enumerate(zip(items, questions, strict=True)):
+        grams = _ngrams(question, ngram)
+        hits = [by_ngram[g] for g in grams if g in by_ngram]
+        if hits:
+            match = (min(hits), "ngram", len(hits) / len(grams))
+        elif (best := index.best(question_grams[i])) is not None:
+            match = (best[0], "jaccard", best[1])
+        elif cosine is not None and max(cosine[i]) >= embedding_threshold:
+            row = cosine[i]
+            j = row.index(max(row))
+            match = (j, "embedding", row[j])
+        else:
+            kept.append(item)
+            continue
+        j, method, score = match
+        matches.append(Contamination(i, question, j, protected_questions[j], method, float(score)))
+    return kept, len(items) - len(kept), matches
+
+
+def _cosine_matrix(embed: Callable[[list[str]], Sequence[Sequence[float]]], rows: list[str],
+                   columns: list[str]) -> list[list[float]]:
+    a = np.asarray(embed(rows), dtype=float)
+    b = np.asarray(embed(columns), dtype=float)
+    if a.ndim != 2 or b.ndim != 2 or a.shape[0] != len(rows) or b.shape[0] != len(columns) or a.shape[1] != b.shape[1]:
+        raise ValueError(f"embed returned arrays of shapes {a.shape} and {b.shape} for {len(rows)} and "
+                         f"{len(columns)} texts; expected one vector of the same width per text")
+    a /= np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    b /= np.maximum(np.linalg.norm(b, axis=1, keepdims=True), 1e-12)
+    return (a @ b.T).tolist()
+
+
+# --- per-item filters -------------------------------------------------------------------------------------------
+
+def length_ok(text: str, min_chars: int, max_chars: int) -> bool:
+    """The stripped text is between ``min_chars`` and ``max_chars`` long, inclusive."""
+    if not 0 <= min_chars <= max_chars:
+        raise ValueError(f"need 0 <= min_chars <= max_chars, got min_chars={min_chars!r}, max_chars={max_chars!r}")
+    return min_chars <= len(text.strip()) <= max_chars
+
+
+def keep_if(items: Sequence[T], predicate: Callable[[T], bool]) -> tuple[list[T], int]:
+    """The items the predicate accepts, in order, and how many it refused: turns a check into a filter step."""
+    kept = [item for item in items if predicate(item)]
+    return kept, len(items) - len(kept)
+
+
+def groundedness_at_least(items: Sequence[T], score: Callable[[T], float | None],
+                          threshold: float) -> tuple[list[T], int]:
+    """Keep items whose groundedness reaches ``threshold``; ``None`` (no claim could be scored) is dropped,
+    since an example whose support cannot be shown must not be taught."""
+    threshold = _check_unit("groundedness threshold", threshold)
+    return keep_if(items, lambda item: (value := score(item)) is not None and value >= threshold)
+
+
+ANONYMOUS = "anonymous"
+
+
+def cap_per_user(items: Sequence[T], user_key: Callable[[T], Hashable | None], cap: int) -> tuple[list[T], int]:
+    """Keep each user's first ``cap`` items in the given order: one account cannot flood a dataset (poisoning).
+
+    Items without a user (``None`` or empty) share the bucket ``ANONYMOUS`` and are capped together; exempting
+    them would let unattributed feedback bypass the cap.
+    """
+    if isinstance(cap, bool) or not isinstance(cap, int) or cap < 1:
+        raise ValueError(f"cap must be a positive integer, got {cap!r}")
+    seen: Counter[Hashable] = Counter()
+    kept: list[T] = []
+    for item in items:
+        user = user_key(item) or ANONYMOUS
+        seen[user] += 1
+        if seen[user] <= cap:
+            kept.append(item)
+    return kept, len(items) - len(kept)
+
+
+# --- the pipeline -----------------------------------------------------------------------------------------------
+
+Step = Callable[[list[Any]], tuple]  # items -> (kept, dropped) or (kept, dropped, details)
+
+
+@dataclass
+class FilterReport:
+    """How many items went in and came out, and what each named step dropped, in the order the steps ran."""
+
+    items_in: int = 0
+    items_out: int = 0
+    dropped: dict[str, int] = field(default_factory=dict)
+    details: dict[str, Any] = field(default_factory=dict)  # a step's third return value, e.g. redaction counts
+
+    def to_json(self) -> dict[str, Any]:
+        details = {name: [_plain(v) for v in value] if isinstance(value, list) else _plain(value)
+                   for name, value in self.details.items()}
+        return {"in": self.items_in, "out": self.items_out, "dropped": dict(self.dropped), "details": details}
+
+
+def _plain(value: Any) -> Any:
+    return asdict(value) if is_dataclass(value) and not isinstance(value, type) else value
+
+
+def run_filters(items: Sequence[T], steps: Sequence[tuple[str, Step]]) -> tuple[list[T], FilterReport]:
+    """Apply the named steps in order, recording each one's drops; the report always adds up.
+
+    A step returns ``(kept, dropped)`` or ``(kept, dropped, details)``; a count that disagrees with what the
+    step actually removed is refused, since a report that does not add up is worse than none.
+    """
+    names = [name for name, _ in steps]
+    if len(set(names)) != len(names):
+        raise ValueError(f"filter step names must be unique, got {names!r}")
+    current = list(items)
+    report = FilterReport(items_in=len(current))
+    for name, step in steps:
+        kept, dropped, *details = step(current)
+        if dropped != len(current) - len(kept):
+            raise ValueError(f"filter step {name!r} reported {dropped} dropped "
+                             f"but went from {len(current)} to {len(kept)} items")
+        report.dropped[name] = dropped
+        if details:
+            report.details[name] = details[0]
+        current = list(kept)
+    report.items_out = len(current)
+    return current, report

@@ -1,0 +1,209 @@
+import json
+
+import pytest
+
+from synth_data.filters import (
+    ANONYMOUS,
+    FilterReport,
+    cap_per_user,
+    decontaminate,
+    dedupe,
+    groundedness_at_least,
+    jaccard,
+    keep_if,
+    length_ok,
+    luhn_valid,
+    redact_pii,
+    redact_records,
+    run_filters,
+    shingles,
+)
+from tests.conftest import GOLDEN
+
+
+def test_redaction_exact_output():
+    assert redact_pii("Contact jane.doe@example.com or +44 20 7946 0958.") == (
+        "Contact [EMAIL] or [PHONE].", {"email": 1, "phone": 1})
+    assert redact_pii("Paid with 4111 1111 1111 1111, order 1234 5678 9012 3456.") == (
+        "Paid with [CARD], order 1234 5678 9012 3456.", {"card": 1})
+    assert redact_pii("Authorization: Bearer eyJhbGciOiJIUzI1NiJ9.abc123def456. Server 10.0.0.12.") == (
+        "Authorization: Bearer [SECRET]. Server [IP].", {"secret": 1, "ip": 1})
+
+
+@pytest.mark.parametrize("planted, kind", [
+    ("JOHN.Smith+support@mail.example.co.uk", "email"),
+    ("4111-1111-1111-1111", "card"),
+    ("4111111111111111", "card"),
+    ("3782 822463 10005", "card"),  # Amex, 15 digits
+    ("+1 (555) 010-9999", "phone"),
+    ("+4915112345678", "phone"),
+    ("(555) 010-9999", "phone"),
+    ("555-010-9999", "phone"),
+    ("555.010.9999", "phone"),
+    ("030 1234567", "phone"),
+    ("06 12 34 56 78", "phone"),
+    ("192.168.1.254", "ip"),
+    ("2001:db8::8a2e:370:7334", "ip"),
+    ("fe80::1ff:fe23:4567:890a", "ip"),
+    ("::ffff:192.0.2.1", "ip"),
+    ("sk-proj-abcdefghijklmnopqrstuvwx123", "secret"),
+    ("afk_Xy3_kq9LmN0pQrStUvWxYz12AbCdEf", "secret"),
+    ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "secret"),
+    ("AKIAIOSFODNN7EXAMPLE", "secret"),
+    ("xoxb-1234567890-abcdefghij", "secret"),
+])
+def test_planted_pii_is_replaced(planted, kind):
+    text, counts = redact_pii(f"Details: {planted} (see above).")
+    assert text == f"Details: [{kind.upper()}] (see above)."
+    assert counts == {kind: 1}
+
+
+@pytest.mark.parametrize("text, expected", [
+    ("call me at 5550199876 please", "call me at [PHONE] please"),
+    ("password: hunter22.", "password: [SECRET]."),
+    ("api_key=3f9a8c7e6d5b4a39281706f5e4d3c2b1", "api_key=[SECRET]"),
+    ("The token is 9f8e7d6c5b4a3f2e1d0c", "The token is [SECRET]"),
+])
+def test_secrets_and_phones_by_context(text, expected):
+    assert redact_pii(text)[0] == expected
+
+
+@pytest.mark.parametrize("text", [
+    "On 2024-05-01, 01.05.2024 and 01/05/2024 10:30 and 01-05-2024 12:00",
+    "Upgrade from version 1.2.3 to 10.0.19045.2965",
+    "It costs $1,299.99 (or 1.299,00 €) for 5 500 users",
+    "error 404 after 3 days, ticket #123456, 1,000,000 rows, 2019-2024",
+    "order 1234567890123456 failed",  # 16 digits, fails Luhn
+    "not an address: 999.1.1.1 or 1.2.3.256; time 10:30:00",
+    "the token is documented-in-settings; tokens: 1500",
+    "Use the Settings > Security page and TLS 1.2 or higher.",
+])
+def test_numbers_that_are_not_pii_stay(text):
+    assert redact_pii(text) == (text, {})
+
+
+def test_redaction_is_idempotent_and_respects_keep():
+    once, counts = redact_pii("Mail support@acme.example or me@home.example, card 4111 1111 1111 1111, "
+                              "password=s3cret-Pass, ip 8.8.8.8", keep={"SUPPORT@acme.example"})
+    assert "support@acme.example" in once and counts == {"email": 1, "card": 1, "secret": 1, "ip": 1}
+    assert redact_pii(once, keep={"support@acme.example"}) == (once, {})
+
+
+def test_luhn():
+    assert luhn_valid("4111 1111 1111 1111")
+    assert luhn_valid("79927398713")  # the textbook example
+    assert not luhn_valid("1234-5678-9012-3456")
+    with pytest.raises(ValueError, match="12ab"):
+        luhn_valid("12ab")
+
+
+def test_redact_records_counts_every_field_and_drops_nothing():
+    records = [{"question": "I am jane@example.com", "answer": "ok", "correction": None, "user": "u1"},
+               {"question": "card 4111111111111111", "answer": "mail bob@example.org"}]
+    out, dropped, counts = redact_records(records)
+    assert dropped == 0 and counts == {"email": 2, "card": 1}
+    assert out[0] == {"question": "I am [EMAIL]", "answer": "ok", "correction": None, "user": "u1"}
+    assert records[0]["question"] == "I am jane@example.com"  # inputs untouched
+
+
+def test_shingle_jaccard_ignores_case_and_punctuation():
+    assert shingles("Reset, PASSWORD!") == shingles("reset password")
+    # "abcdef" -> {abcde, bcdef}; "abcdeg" -> {abcde, bcdeg}: 1 shared of 3
+    assert jaccard(shingles("abcdef"), shingles("abcdeg")) == pytest.approx(1 / 3)
+
+
+def test_dedupe_keeps_the_first_of_near_identical_items():
+    items = ["How do I reset my password?", "how do I reset my password", "How do I reset my password??!",
+             "How do I export invoices?"]
+    kept, dropped = dedupe(items, str)
+    assert kept == ["How do I reset my password?", "How do I export invoices?"] and dropped == 2
+    with pytest.raises(ValueError, match="1.2"):
+        dedupe(items, str, threshold=1.2)
+
+
+def golden_questions() -> list[str]:
+    return [json.loads(line)["question"] for line in GOLDEN.read_text().splitlines() if line.strip()]
+
+
+def test_decontamination_removes_near_copies_of_golden_questions():
+    golden = golden_questions()
+    assert "After I mark a conversation as resolved, how long until it gets locked for good?" in golden
+    items = [
+        {"question": "after i mark a conversation RESOLVED -- how long until it's locked for good"},  # casing, words
+        {"question": "Which characters can I use in the web address my team logs in at??"},  # shares 8 words
+        {"question": "How do I export all my invoices as one PDF?"},
+    ]
+    kept, dropped, matches = decontaminate(items, lambda item: item["question"], golden)
+    assert kept == [items[2]] and dropped == 2
+    assert [(m.index, m.method) for m in matches] == [(0, "jaccard"), (1, "ngram")]
+    assert matches[0].protected_question == golden[1]
+
+
+def test_decontamination_by_injected_embeddings():
+    protected = ["What characters may our login subdomain contain?"]
+    vectors = {protected[0]: [1.0, 0.0], "Which letters are allowed in the workspace URL?": [0.95, 0.05],
+               "How do refunds work?": [0.0, 1.0]}
+    items = ["Which letters are allowed in the workspace URL?", "How do refunds work?"]
+    embed = lambda texts: [vectors[t] for t in texts]  # noqa: E731
+    assert decontaminate(items, str, protected)[1] == 0  # lexically far
+    kept, dropped, matches = decontaminate(items, str, protected, embed=embed, embedding_threshold=0.9)
+    assert kept == ["How do refunds work?"] and dropped == 1
+    assert matches[0].method == "embedding" and matches[0].score == pytest.approx(0.95 / (0.95**2 + 0.05**2) ** 0.5)
+    with pytest.raises(ValueError, match="shapes"):
+        decontaminate(items, str, protected, embed=lambda texts: [[1.0]])
+
+
+def test_length_and_groundedness_filters():
+    assert length_ok("  hello  ", 5, 5) and not length_ok("hi", 3, 10) and not length_ok("x" * 11, 0, 10)
+    with pytest.raises(ValueError, match="min_chars=10"):
+        length_ok("x", 10, 5)
+    items = [{"g": 0.9}, {"g": 0.4}, {"g": None}]
+    assert groundedness_at_least(items, lambda item: item["g"], 0.5) == ([{"g": 0.9}], 2)
+    assert keep_if([1, 2, 3, 4], lambda n: n % 2 == 0) == ([2, 4], 2)
+
+
+def test_cap_per_user_keeps_each_users_first_items():
+    items = [{"user": "mallory", "n": n} for n in range(300)] + [{"user": "alice", "n": 0}]
+    kept, dropped = cap_per_user(items, lambda item: item["user"], cap=20)
+    assert [item["n"] for item in kept if item["user"] == "mallory"] == list(range(20))
+    assert len(kept) == 21 and dropped == 280
+    with pytest.raises(ValueError, match="0"):
+        cap_per_user(items, lambda item: item["user"], cap=0)
+
+
+def test_cap_per_user_caps_anonymous_items_together():
+    items = [{"user": None}, {"user": ""}, {"user": ANONYMOUS}, {"user": "bob"}]
+    kept, dropped = cap_per_user(items, lambda item: item["user"], cap=2)
+    assert kept == [{"user": None}, {"user": ""}, {"user": "bob"}] and dropped == 1
+
+
+def test_run_filters_report_adds_up():
+    golden = golden_questions()
+    items = ([{"question": "How do I reset my password?", "user": "mallory", "answer": "Mail me at x@example.com"}] * 5
+             + [{"question": f"How do I configure webhook number {n} for tickets?", "user": "mallory", "answer": "ok"}
+                for n in range(10)]
+             + [{"question": golden[1].upper(), "user": "alice", "answer": "ok"},
+                {"question": "Hi", "user": "bob", "answer": "ok"}])
+    question = lambda item: item["question"]  # noqa: E731
+    kept, report = run_filters(items, [
+        ("pii", redact_records),
+        ("length", lambda xs: keep_if(xs, lambda x: length_ok(x["question"], 5, 500))),
+        ("dedupe", lambda xs: dedupe(xs, question, 0.95)),
+        ("decontaminate", lambda xs: decontaminate(xs, question, golden)),
+        ("cap_per_user", lambda xs: cap_per_user(xs, lambda x: x["user"], 6)),
+    ])
+    assert isinstance(report, FilterReport)
+    assert report.dropped == {"pii": 0, "length": 1, "dedupe": 4, "decontaminate": 1, "cap_per_user": 5}
+    assert report.items_in - report.items_out == sum(report.dropped.values()) == 11
+    assert len(kept) == report.items_out == 6
+    assert report.details["pii"] == {"email": 5}
+    as_json = report.to_json()
+    assert as_json["details"]["decontaminate"][0]["protected_index"] == 1
+    json.dumps(as_json)
+
+
+def test_run_filters_refuses_inconsistent_steps():
+    with pytest.raises(ValueError, match="'liar'"):
+        run_filters([1, 2, 3], [("liar", lambda xs: (xs[:1], 1))])
+    with pytest.raises(ValueError, match="unique"):
+        run_filters([1], [("a", lambda xs: (xs, 0)), ("a", lambda xs: (xs, 0))])
