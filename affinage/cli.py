@@ -182,6 +182,43 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_corrections(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.corrections import pending_corrections, review_correction
+    from agent.store import Store
+
+    store = Store(settings.db_url)
+    if args.action in ("approve", "reject"):
+        example = review_correction(store, args.id, args.action == "approve", reviewer=f"cli:{os.environ.get('USER', 'operator')}")
+        print(f"approved {args.id}: example {example.id} is in the example bank" if example else f"rejected {args.id}")
+        return 0
+    pending = pending_corrections(store)
+    if args.json:
+        print(json.dumps([{"id": f.id, "interaction_id": i.id, "question": i.question, "answer": i.answer,
+                           "correction": f.correction, "submitted_by": f.user} for f, i in pending]))
+    else:
+        for feedback, interaction in pending:
+            print(f"{feedback.id}  by {feedback.user}\n  Q: {interaction.question}\n  A: {interaction.answer[:200]}\n"
+                  f"  correction: {feedback.correction}")
+        print(f"{len(pending)} corrections waiting for review")
+    return 0
+
+
+def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
+    from datetime import datetime, timedelta, timezone
+
+    from agent.store import Store
+    from agent.triage import render_text, triage
+    from retrieval.embeddings import SentenceEmbeddings
+
+    if args.days <= 0:
+        raise ValueError(f"--days must be positive, got {args.days}")
+    since = datetime.now(timezone.utc) - timedelta(days=args.days)
+    topics = triage(Store(settings.db_url), SentenceEmbeddings(settings.embedder).encode, since=since,
+                    threshold=args.threshold)
+    print(json.dumps([t.to_json() for t in topics]) if args.json else render_text(topics))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
@@ -218,6 +255,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--demo-keys", action="store_true", help="(re)create demo-agent/-operator/-admin keys and print them")
     p.set_defaults(func=cmd_serve)
 
+    p = sub.add_parser("failures", help="group recent failures into topics, each with a suggested remedy")
+    p.add_argument("--days", type=float, default=30, help="look back this many days (default 30)")
+    p.add_argument("--threshold", type=float, default=0.6, help="cosine similarity that joins questions into a topic")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("corrections", help="review submitted corrections (approved ones join the example bank)")
+    p.add_argument("action", nargs="?", default="list", choices=["list", "approve", "reject"])
+    p.add_argument("id", nargs="?", help="the correction (feedback) id, for approve and reject")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_corrections)
+
     p = sub.add_parser("keys", help="manage API keys")
     keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     k = keys.add_parser("create", help="create a key and print it once, alone on the last line")
@@ -243,6 +292,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.command == "examples" and args.action == "import" and not args.file:
         print("affinage: error: examples import needs a FILE", file=sys.stderr)
+        return 2
+    if args.command == "corrections" and args.action != "list" and not args.id:
+        print(f"affinage: error: corrections {args.action} needs an ID", file=sys.stderr)
         return 2
     try:
         settings = load_settings(args.home)

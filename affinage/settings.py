@@ -57,6 +57,10 @@ class Settings(BaseSettings):
     )
     few_shot_k: int = Field(2, ge=0, le=10, description="Example-bank entries shown to the model.")
     few_shot_min_score: float = Field(0.55, ge=-1.0, le=1.0, description="Only examples this similar are shown.")
+    verified_answer_min_score: float = Field(
+        0.9, ge=-1.0, le=1.0,
+        description="An operator-approved correction answers a question at least this similar verbatim.",
+    )
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest generated answer, in tokens.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local models only.")

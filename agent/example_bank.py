@@ -51,8 +51,8 @@ class ExampleBank:
         with self.store.session() as session:
             return list(session.scalars(select(Example).order_by(Example.created_at)))
 
-    def select(self, question: str, k: int, min_score: float) -> list[Example]:
-        """The k examples most similar to the question, if similar enough to help."""
+    def select(self, question: str, k: int, min_score: float) -> list[tuple[Example, float]]:
+        """The k examples most similar to the question, with their cosine similarity, if similar enough to help."""
         if k <= 0:
             return []
         examples, vectors = self._vectors()
@@ -60,7 +60,7 @@ class ExampleBank:
             return []
         scores = vectors @ self.embeddings.encode([question])[0]
         best = np.argsort(-scores)[:k]
-        return [examples[i] for i in best if scores[i] >= min_score]
+        return [(examples[i], float(scores[i])) for i in best if scores[i] >= min_score]
 
     def _vectors(self) -> tuple[list[Example], np.ndarray]:
         with self.store.session() as session:

@@ -1,7 +1,9 @@
 """The answering pipeline: retrieve → pick few-shot examples → prompt → generate, as one LCEL runnable.
 
-The runnable maps ``{"question", "history", "max_tokens"?}`` to ``{"retrieved", "docs", "examples", "abstained", "answer"}``
-(``docs``: the retrieved passages confident enough to show the model)
+The runnable maps ``{"question", "history", "max_tokens"?}`` to
+``{"retrieved", "docs", "examples", "verified", "abstained", "answer"}``
+(``docs``: the retrieved passages confident enough to show the model). An operator-approved correction for
+(nearly) the same question is reused verbatim (``verified``), the cheapest remedy there is.
 and streams: the first chunks carry the retrieved passages, later chunks the
 answer as it is generated. ``SupportAgent`` adds validation and the interaction log.
 """
@@ -25,7 +27,7 @@ from affinage.settings import Settings
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
 from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, support_prompt
-from agent.store import Interaction, Store, utcnow
+from agent.store import Example, Interaction, Store, utcnow
 
 MAX_HISTORY_TURNS = 3
 
@@ -39,7 +41,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
 
     def shots(state: dict) -> list[BaseMessage]:
         messages: list[BaseMessage] = []
-        for example in state["examples"]:
+        for example, _ in state["examples"]:
             messages += [HumanMessage(f"Question: {example.question}"), AIMessage(example.answer)]
         return messages
 
@@ -58,13 +60,24 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
         model = llm.bind(max_tokens=state["max_tokens"]) if state.get("max_tokens") else llm
         return RunnableLambda(prompt_inputs) | support_prompt() | model
 
+    def verified(state: dict) -> Example | None:
+        """An operator-approved correction for (nearly) this very question: answer with it verbatim."""
+        for example, score in state["examples"]:
+            if example.origin == "correction" and score >= settings.verified_answer_min_score:
+                return example
+        return None
+
     generate = RunnablePassthrough.assign(answer=RunnableLambda(answer_with))
     abstain = RunnablePassthrough.assign(answer=RunnableLambda(lambda _: AIMessage(ABSTAIN_MESSAGE)))
+    reuse = RunnablePassthrough.assign(answer=RunnableLambda(lambda state: AIMessage(state["verified"].answer)))
     return (
         RunnablePassthrough.assign(retrieved=(lambda state: state["question"]) | retriever)
         | RunnablePassthrough.assign(docs=lambda state: confident(state["retrieved"]))
-        | RunnablePassthrough.assign(examples=pick_examples, abstained=lambda state: not state["docs"])
-        | RunnableBranch((lambda state: state["abstained"], abstain), generate)
+        | RunnablePassthrough.assign(examples=pick_examples)
+        | RunnablePassthrough.assign(verified=verified)
+        | RunnablePassthrough.assign(abstained=lambda state: not state["docs"] and state["verified"] is None)
+        | RunnableBranch((lambda state: state["verified"] is not None, reuse),
+                         (lambda state: state["abstained"], abstain), generate)
     )
 
 
@@ -82,10 +95,10 @@ class Answer:
         return {"answer": self.answer, "citations": self.citations, "interaction_id": self.interaction_id, "model": self.model}
 
 
-def cited_first(answer: str, docs: list[Document]) -> list[Document]:
-    """Passages the answer names (by ``[n]`` or by source) first, then the rest in retrieval order."""
+def cited_first(answer: str, docs: list[Document], sources: tuple[str, ...] = ()) -> list[Document]:
+    """Passages the answer names (by ``[n]`` or by source) or that ``sources`` lists first, then the rest in order."""
     named = set(int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer))
-    named |= {i for i, doc in enumerate(docs) if doc.metadata["source"] in answer}
+    named |= {i for i, doc in enumerate(docs) if doc.metadata["source"] in answer or doc.metadata["source"] in sources}
     return [docs[i] for i in sorted(named) if i < len(docs)] + [d for i, d in enumerate(docs) if i not in named]
 
 
@@ -151,7 +164,7 @@ class SupportAgent:
         docs = state.get("docs", [])
         citations = [
             {"source": d.metadata["source"], "score": round(float(d.metadata["score"]), 4), "text": d.page_content}
-            for d in cited_first(text, docs)
+            for d in cited_first(text, docs, (state["verified"].source,) if state.get("verified") else ())
         ]
         usage = dict(getattr(message, "usage_metadata", None) or {})
         result = Answer(text, citations, self.model_version, bool(state.get("abstained")), latency, usage=usage)
@@ -168,7 +181,7 @@ class SupportAgent:
                 retrieved=[{"chunk_id": d.metadata.get("chunk_id"), "source": d.metadata["source"],
                             "score": float(d.metadata["score"])} for d in state.get("retrieved", [])],
                 citations=[{"source": c["source"], "score": c["score"]} for c in citations],
-                examples=[e.id for e in state.get("examples", [])],
+                examples=[e.id for e, _ in state.get("examples", [])],
                 abstained=result.abstained,
                 signals=[asdict(signal) for signal in detect_all(view, self.detectors)],
                 prompt_version=PROMPT_VERSION,

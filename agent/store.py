@@ -75,6 +75,9 @@ class Feedback(Base):
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
     comment: Mapped[str | None] = mapped_column(Text, nullable=True)
     user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    review: Mapped[str | None] = mapped_column(String(16), nullable=True)  # approved | rejected (corrections only)
+    reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
 class ApiKey(Base):

@@ -7,7 +7,7 @@ import logging
 import time
 import uuid
 from pathlib import Path
-from typing import Iterator
+from typing import Iterator, Literal
 
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
@@ -18,13 +18,23 @@ from starlette.concurrency import run_in_threadpool
 
 from affinage.settings import Settings
 from agent.chat_model import ContextOverflowError
+from agent.corrections import UnknownCorrection, pending_corrections, review_correction
 from agent.feedback import UnknownInteraction, record_feedback
 from agent.pipeline import Answer, SupportAgent
 from agent.service import auth
 from agent.service.errors import APIError, error_body, error_response, install_error_handlers
 from agent.service.limits import GenerationQueue, RateLimiter
 from agent.service.observability import Metrics
-from agent.service.schemas import ChatRequest, CreatedKey, FeedbackRequest, FeedbackResponse, KeyInfo, KeyRequest
+from agent.service.schemas import (
+    ChatRequest,
+    CorrectionInfo,
+    CreatedKey,
+    FeedbackRequest,
+    FeedbackResponse,
+    KeyInfo,
+    KeyRequest,
+    ReviewResult,
+)
 
 log = logging.getLogger("affinage.service")
 STATIC = Path(__file__).parent / "static"
@@ -234,6 +244,26 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             raise APIError(404, str(error), "interaction_not_found", "interaction_id") from None
         metrics.feedback.labels(body.rating, str(bool(body.correction)).lower()).inc()
         return FeedbackResponse(id=row.id, interaction_id=row.interaction_id, rating=row.rating)
+
+    # --- operator: review corrections ----------------------------------------------------------------------
+    @app.get("/api/operator/corrections", response_model=list[CorrectionInfo], tags=["operator"])
+    def corrections(_: auth.Caller = Depends(require("operator"))) -> list[dict]:
+        return [{"id": f.id, "interaction_id": i.id, "question": i.question, "answer": i.answer,
+                 "correction": f.correction, "comment": f.comment, "submitted_by": f.user,
+                 "created_at": f.created_at.isoformat()} for f, i in pending_corrections(store)]
+
+    @app.post("/api/operator/corrections/{feedback_id}/{decision}", response_model=ReviewResult, tags=["operator"])
+    def review(feedback_id: str, decision: Literal["approve", "reject"],
+               who: auth.Caller = Depends(require("operator"))) -> dict:
+        try:
+            example = review_correction(store, feedback_id, decision == "approve", who.name)
+        except UnknownCorrection as error:
+            raise APIError(404, str(error), "correction_not_found", "feedback_id") from None
+        except ValueError as error:
+            raise APIError(409, str(error), "already_reviewed", "feedback_id") from None
+        log.info("correction reviewed", extra={"feedback_id": feedback_id, "decision": decision, "by": who.name})
+        return {"id": feedback_id, "review": "approved" if example else "rejected",
+                "example_id": example.id if example else None}
 
     # --- keys (admin) ------------------------------------------------------------------------------------
     def key_info(row) -> dict:

@@ -75,3 +75,20 @@ class KeyInfo(BaseModel):
 
 class CreatedKey(KeyInfo):
     key: str = Field(..., description="Shown once; only its hash is stored.")
+
+
+class CorrectionInfo(BaseModel):
+    id: str
+    interaction_id: str
+    question: str
+    answer: str
+    correction: str
+    comment: str | None
+    submitted_by: str | None
+    created_at: str
+
+
+class ReviewResult(BaseModel):
+    id: str
+    review: Literal["approved", "rejected"]
+    example_id: str | None = None

@@ -110,7 +110,8 @@ def test_bad_feedback_is_refused_and_nothing_stored(client_and_keys, body, statu
 # --- roles and keys ------------------------------------------------------------------------------
 
 ROUTES = [("GET", "/v1/models", "agent"), ("POST", "/v1/chat/completions", "agent"), ("POST", "/api/feedback", "agent"),
-          ("GET", "/metrics", "operator"), ("GET", "/api/admin/keys", "admin"), ("POST", "/api/admin/keys", "admin"),
+          ("GET", "/metrics", "operator"), ("GET", "/api/operator/corrections", "operator"),
+          ("POST", "/api/operator/corrections/x/approve", "operator"), ("GET", "/api/admin/keys", "admin"), ("POST", "/api/admin/keys", "admin"),
           ("DELETE", "/api/admin/keys/someone", "admin")]
 
 

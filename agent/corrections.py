@@ -1,0 +1,47 @@
+"""Operator review of submitted corrections: an approved one joins the example bank at once, scrubbed of PII."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+
+from agent.store import Example, Feedback, Interaction, Store, utcnow
+from synth_data.filters import redact_pii
+
+
+class UnknownCorrection(LookupError):
+    pass
+
+
+def pending_corrections(store: Store) -> list[tuple[Feedback, Interaction]]:
+    """Corrections not yet reviewed, oldest first."""
+    with store.session() as session:
+        rows = session.execute(
+            select(Feedback, Interaction).join(Interaction, Feedback.interaction_id == Interaction.id)
+            .where(Feedback.correction.is_not(None), Feedback.review.is_(None))
+            .order_by(Feedback.created_at)
+        ).all()
+    return [(feedback, interaction) for feedback, interaction in rows]
+
+
+def review_correction(store: Store, feedback_id: str, approve: bool, reviewer: str) -> Example | None:
+    """Approve (into the example bank, PII redacted) or reject one pending correction, in one transaction."""
+    with store.session() as session:
+        feedback = session.get(Feedback, feedback_id)
+        if feedback is None or feedback.correction is None:
+            raise UnknownCorrection(f"no correction with id {feedback_id!r}")
+        if feedback.review is not None:
+            raise ValueError(f"correction {feedback_id!r} was already {feedback.review} by {feedback.reviewed_by}")
+        feedback.review, feedback.reviewed_by, feedback.reviewed_at = ("approved" if approve else "rejected"), reviewer, utcnow()
+        if not approve:
+            return None
+        interaction = session.get(Interaction, feedback.interaction_id)
+        example = Example(
+            question=redact_pii(interaction.question)[0],
+            answer=redact_pii(feedback.correction)[0],
+            source=(interaction.citations or [{}])[0].get("source"),
+            origin="correction",
+            interaction_id=interaction.id,
+            added_by=reviewer,
+        )
+        session.add(example)
+    return example
