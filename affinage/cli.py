@@ -219,6 +219,42 @@ def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.factory import build_agent
+    from agent.pipeline import model_version
+    from synth_data.builder import synthesize
+    from synth_data.teacher import load_teacher
+
+    if args.paraphrases is not None:
+        settings = settings.model_copy(update={"paraphrases": args.paraphrases})
+    agent = build_agent(settings)
+    teacher = load_teacher(settings, local=agent.llm)
+    result = synthesize(settings, agent.store, agent.retriever, teacher, agent.retriever.embeddings.encode,
+                        teacher_name=model_version(teacher), base_model=agent.model_version, progress=not args.json)
+    manifest = result.manifest
+    if args.json:
+        print(json.dumps({"id": manifest["id"], "counts": manifest["counts"], "filters": manifest["filters"]}))
+    else:
+        counts = ", ".join(f"{n} {kind}" for kind, n in manifest["counts"].items())
+        dropped = ", ".join(f"{name} {n}" for name, n in manifest["filters"]["dropped"].items())
+        print(f"dataset {manifest['id']}: {counts}")
+        print(f"  dropped by filters: {dropped}; skipped interactions: {manifest['filters']['skipped_interactions'] or 'none'}")
+        print(f"  PII redacted: {manifest['filters']['pii_redacted'] or 'none'}")
+    return 0
+
+
+def cmd_datasets(settings: Settings, args: argparse.Namespace) -> int:
+    from synth_data.datasets import list_datasets
+
+    manifests = list_datasets(settings.datasets_dir)
+    if args.json:
+        print(json.dumps(manifests))
+    for m in [] if args.json else manifests:
+        counts = " ".join(f"{kind}={n}" for kind, n in m["counts"].items())
+        print(f"{m['id']}  {m['created_at'][:19]}  {counts}  base={m['base_model']}  teacher={m['teacher']}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
@@ -260,6 +296,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--threshold", type=float, default=0.6, help="cosine similarity that joins questions into a topic")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_failures)
+
+    p = sub.add_parser("synth", help="build a training dataset from failures not used before")
+    p.add_argument("--paraphrases", type=int, help="paraphrases per failed question (default: setting paraphrases)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_synth)
+
+    p = sub.add_parser("datasets", help="list datasets with their counts and lineage")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_datasets)
 
     p = sub.add_parser("corrections", help="review submitted corrections (approved ones join the example bank)")
     p.add_argument("action", nargs="?", default="list", choices=["list", "approve", "reject"])

@@ -65,6 +65,19 @@ class Settings(BaseSettings):
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local models only.")
 
+    teacher_model: str = Field(
+        "local",
+        description="Writes grounded answers and paraphrases for training data: 'local' (the chat model), a Hugging "
+        "Face id or local folder, or a model name at teacher_base_url.",
+    )
+    teacher_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the teacher.")
+    teacher_api_key: SecretStr | None = Field(None, description="Key for teacher_base_url.")
+    paraphrases: int = Field(3, ge=0, le=20, description="Paraphrases of each failed question in SFT data.")
+    golden_set: Path | None = Field(None, description="Golden question set (JSONL); default: the bundled demo set.")
+    protected_sets: list[Path] = Field(
+        default_factory=list, description="More JSONL question sets that must never leak into training data.")
+    max_items_per_user: int = Field(50, ge=1, description="Most training items one user's feedback may feed a dataset.")
+    min_groundedness: float = Field(0.5, ge=0.0, le=1.0, description="Teacher answers less grounded than this are dropped.")
     rate_limit_per_minute: int = Field(60, ge=1, description="Chat requests per API key per minute.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message or correction, in characters.")
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
@@ -94,6 +107,14 @@ class Settings(BaseSettings):
     @property
     def db_url(self) -> str:
         return self.database_url or f"sqlite:///{self.home / 'affinage.db'}"
+
+    @property
+    def golden_path(self) -> Path:
+        return self.golden_set or Path(__file__).parent / "demo" / "golden.jsonl"
+
+    @property
+    def datasets_dir(self) -> Path:
+        return self.home / "datasets"
 
     @property
     def index_dir(self) -> Path:

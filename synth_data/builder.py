@@ -1,0 +1,189 @@
+"""Turn logged failures (and thumbs) into SFT examples, preference pairs and KTO labels, filtered, as one dataset.
+
+For each interaction not used before: the target answer is a person's correction when there is one, else a
+grounded answer written by the teacher from freshly retrieved passages; paraphrases of the question teach the
+fact rather than the string. Every row uses the serving prompt (system prompt + delimited passages), so the
+model is trained on exactly what it will see.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from langchain_core.documents import Document
+from langchain_core.language_models import BaseChatModel
+from langchain_core.retrievers import BaseRetriever
+from sqlalchemy import select
+from tqdm import tqdm
+
+from affinage.settings import Settings
+from agent.detectors import groundedness
+from agent.prompts import PROMPT_VERSION, SYSTEM_PROMPT, USER_TEMPLATE, format_passages
+from agent.store import Feedback, Interaction, Store
+from synth_data.datasets import KINDS, used_interactions, write_dataset
+from synth_data.filters import (
+    cap_per_user,
+    decontaminate,
+    dedupe,
+    groundedness_at_least,
+    keep_if,
+    length_ok,
+    redact_pii,
+    run_filters,
+)
+from synth_data.teacher import TeacherError, grounded_answer, paraphrase
+
+log = logging.getLogger("affinage.synth")
+NEGATIVE = {"thumbs_down", "correction_submitted", "ungrounded", "refusal", "rephrase", "human_request"}
+
+
+@dataclass
+class Item:
+    """One training row before filtering, with what the filters need to judge it."""
+
+    kind: str  # sft | preference | kto
+    question: str
+    answer: str  # the target (sft), chosen (preference) or completion (kto)
+    user: str | None
+    interaction_id: str
+    passages: list[str]
+    from_teacher: bool
+    row: dict = field(repr=False)
+
+
+@dataclass
+class SynthResult:
+    manifest: dict
+    skipped: dict[str, int]
+
+
+def prompt_messages(question: str, docs: list[Document]) -> list[dict]:
+    return [{"role": "system", "content": SYSTEM_PROMPT},
+            {"role": "user", "content": USER_TEMPLATE.format(context=format_passages(docs), question=question)}]
+
+
+def protected_questions(paths: list[Path]) -> list[str]:
+    questions = []
+    for path in paths:
+        if not path.is_file():
+            raise FileNotFoundError(f"protected question set not found: {path}")
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if line.strip():
+                questions.append(json.loads(line)["question"])
+    return questions
+
+
+def pending(store: Store, used: set[str]) -> list[tuple[Interaction, list[Feedback]]]:
+    """Interactions with a failure signal or feedback that no dataset has used yet (never eval traffic)."""
+    with store.session() as session:
+        rows = session.scalars(select(Interaction).where(Interaction.channel != "eval").order_by(Interaction.created_at))
+        feedback: dict[str, list[Feedback]] = {}
+        for f in session.scalars(select(Feedback).order_by(Feedback.created_at)):
+            feedback.setdefault(f.interaction_id, []).append(f)
+        return [(i, feedback.get(i.id, [])) for i in rows
+                if i.id not in used and (i.signals or feedback.get(i.id))]
+
+
+def build_items(interaction: Interaction, feedback: list[Feedback], retriever: BaseRetriever, teacher: BaseChatModel,
+                settings: Settings, pii_counts: dict[str, int], skipped: dict[str, int], retry: list[str]) -> list[Item]:
+    """The rows one interaction yields; one that cannot be answered yet yields none and goes on ``retry``."""
+    def scrub(text: str) -> str:
+        clean, counts = redact_pii(text)
+        for kind, n in counts.items():
+            pii_counts[kind] = pii_counts.get(kind, 0) + n
+        return clean
+
+    question, old_answer = scrub(interaction.question), scrub(interaction.answer)
+    docs = [d for d in retriever.invoke(interaction.question) if d.metadata["score"] >= settings.min_score]
+    prompt = prompt_messages(question, docs)
+    passages = [d.page_content for d in docs]
+    base = dict(question=question, user=interaction.user, interaction_id=interaction.id, passages=passages)
+    items: list[Item] = []
+
+    for f in feedback:  # unpaired good/bad answers, as given, for KTO
+        if f.rating in ("up", "down"):
+            items.append(Item("kto", answer=old_answer, from_teacher=False, row={
+                "prompt": prompt, "completion": [{"role": "assistant", "content": old_answer}], "label": f.rating == "up"}, **base))
+
+    if not any(s["kind"] in NEGATIVE for s in interaction.signals or []) and not any(f.correction for f in feedback):
+        return items
+    corrections = [f.correction for f in feedback if f.correction and f.review != "rejected"]
+    if corrections:
+        target, from_teacher = scrub(corrections[-1]), False
+    elif docs:
+        try:
+            target, from_teacher = scrub(grounded_answer(teacher, question, passages)), True
+        except TeacherError as error:
+            log.warning("teacher skipped an interaction", extra={"interaction_id": interaction.id, "error": str(error)})
+            skipped["teacher_failed"] = skipped.get("teacher_failed", 0) + 1
+            retry.append(interaction.id)
+            return []
+    else:
+        skipped["knowledge_gap"] = skipped.get("knowledge_gap", 0) + 1  # nothing to ground an answer in: docs team
+        retry.append(interaction.id)
+        return []
+
+    try:
+        rewordings = [scrub(q) for q in paraphrase(teacher, question, settings.paraphrases)]
+    except TeacherError:
+        skipped["paraphrase_failed"] = skipped.get("paraphrase_failed", 0) + 1
+        rewordings = []
+    for q in [question, *rewordings]:
+        messages = [*prompt_messages(q, docs), {"role": "assistant", "content": target}]
+        items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
+                          **{**base, "question": q}))
+    if old_answer.strip() and old_answer.strip() != target.strip():
+        items.append(Item("preference", answer=target, from_teacher=from_teacher, row={
+            "prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
+            "rejected": [{"role": "assistant", "content": old_answer}]}, **base))
+    return items
+
+
+def dedupe_per_kind(items: list[Item]) -> tuple[list[Item], int]:
+    """Near-copies within one kind; an SFT row and the preference pair built from the same answer both stay."""
+    kept: list[Item] = []
+    for kind in KINDS:
+        kept += dedupe([x for x in items if x.kind == kind], lambda x: f"{x.question}\n{x.answer}", threshold=0.9)[0]
+    return kept, len(items) - len(kept)
+
+
+def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teacher: BaseChatModel, embed,
+               teacher_name: str, base_model: str, progress: bool = True) -> SynthResult:
+    """Build one dataset from everything not used before; raise ValueError when nothing is left to learn from."""
+    protected = protected_questions([settings.golden_path, *settings.protected_sets])
+    todo = pending(store, used_interactions(settings.datasets_dir))
+    if not todo:
+        raise ValueError("no new failures or feedback to learn from since the last dataset")
+    pii: dict[str, int] = {}
+    skipped: dict[str, int] = {}
+    retry: list[str] = []
+    items: list[Item] = []
+    for interaction, feedback in tqdm(todo, desc="synth", unit="interaction", disable=not progress):
+        items += build_items(interaction, feedback, retriever, teacher, settings, pii, skipped, retry)
+
+    kept, report = run_filters(items, [
+        ("length", lambda xs: keep_if(xs, lambda x: length_ok(x.question, 3, settings.max_message_chars)
+                                      and length_ok(x.answer, 2, settings.max_message_chars))),
+        ("groundedness", lambda xs: groundedness_at_least(
+            xs, lambda x: (groundedness(x.answer, x.passages) or 0.0) if x.from_teacher else 1.0, settings.min_groundedness)),
+        ("near_duplicates", dedupe_per_kind),
+        ("decontamination", lambda xs: decontaminate(xs, lambda x: x.question, protected, embed=embed)),
+        ("per_user_cap", lambda xs: cap_per_user(xs, lambda x: x.user, settings.max_items_per_user)),
+    ])
+    if not kept:
+        raise ValueError(f"every candidate item was filtered out ({json.dumps(report.dropped)}); nothing written")
+    rows = {kind: [x.row for x in kept if x.kind == kind] for kind in KINDS}
+    manifest = write_dataset(settings.datasets_dir, rows, {
+        "base_model": base_model,
+        "teacher": teacher_name,
+        "prompt_version": PROMPT_VERSION,
+        "source_interaction_ids": [i.id for i, _ in todo if i.id not in retry],
+        "contributors": sorted({x.user or "anonymous" for x in kept}),
+        "filters": {"items_in": report.items_in, "items_out": report.items_out, "dropped": report.dropped,
+                    "skipped_interactions": skipped, "pii_redacted": pii},
+        "protected_questions": len(protected),
+    })
+    return SynthResult(manifest, skipped)

@@ -1,0 +1,135 @@
+"""Seeded failures in, a filtered, immutable dataset out."""
+
+import json
+
+import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+
+from affinage.cli import main
+from agent.factory import build_agent
+from agent.feedback import record_feedback
+from synth_data.builder import synthesize
+from synth_data.datasets import list_datasets, verify_dataset
+from retrieval.index import ingest
+
+BAD = "We never give refunds, sorry."
+GOOD = "Annual plans are refundable within 30 days of purchase: open Settings > Billing and press Request refund."
+
+
+class Teacher(FakeListChatModel):
+    """A scripted teacher at the edge of the test: paraphrase requests get three lines, answers get GOOD."""
+
+    def _call(self, messages, *args, **kwargs):
+        if "Rewrite this customer question" in messages[-1].content:
+            return "1. Is a yearly plan refundable?\n2. Could I get my money back for an annual subscription?\n3. refund annual plan"
+        return GOOD
+
+
+@pytest.fixture
+def seeded(tiny_settings, kb, embeddings):
+    ingest(tiny_settings.index_dir, [kb], embeddings, tiny_settings.chunk_chars, tiny_settings.chunk_overlap_chars)
+    # The answers that failed: fixed text from a scripted serving model, so pairs have a known rejected side.
+    agent = build_agent(tiny_settings, embeddings=embeddings, llm=FakeListChatModel(responses=[BAD]))
+    asked = {}
+    for user, question in [("ann", "Can I get a refund on my annual plan? Mail me at ann@example.com"),
+                           ("bob", "Are monthly plans refunded?"),
+                           ("cid", "How long does the password reset link stay valid?")]:
+        asked[user] = agent.ask(question, user=user)
+    record_feedback(agent.store, asked["ann"].interaction_id, "down")
+    record_feedback(agent.store, asked["bob"].interaction_id, "down",
+                    correction="No, monthly plans are never refunded. Call +1 415 555 0134 for help.")
+    record_feedback(agent.store, asked["cid"].interaction_id, "up")
+    return agent
+
+
+def run(agent, **overrides):
+    settings = agent.settings.model_copy(update=overrides)
+    return synthesize(settings, agent.store, agent.retriever, Teacher(responses=["unused"]),
+                      agent.retriever.embeddings.encode, teacher_name="scripted", base_model=agent.model_version,
+                      progress=False)
+
+
+def rows(manifest, settings, kind):
+    path = settings.datasets_dir / manifest["id"] / f"{kind}.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_failures_become_sft_pairs_and_kto_with_lineage(seeded):
+    manifest = run(seeded).manifest
+    settings = seeded.settings
+    assert manifest["counts"] == {"sft": 8, "preference": 2, "kto": 3}, manifest["filters"]
+    sft = rows(manifest, settings, "sft")
+    targets = {r["messages"][-1]["content"] for r in sft}
+    assert targets == {GOOD, "No, monthly plans are never refunded. Call [PHONE] for help."}  # the person's correction wins
+    assert all(r["messages"][0]["role"] == "system" and "<passages>" in r["messages"][1]["content"] for r in sft)
+    questions = [r["messages"][1]["content"].rsplit("Question: ", 1)[1] for r in sft]
+    assert "Is a yearly plan refundable?" in questions  # paraphrases, numbering stripped
+    pairs = rows(manifest, settings, "preference")
+    assert {p["chosen"][0]["content"] for p in pairs} == targets
+    assert {p["rejected"][0]["content"] for p in pairs} == {BAD}
+    assert sorted(r["label"] for r in rows(manifest, settings, "kto")) == [False, False, True]
+    assert manifest["teacher"] == "scripted" and manifest["base_model"] == seeded.model_version
+    assert len(manifest["source_interaction_ids"]) == 3 and manifest["contributors"] == ["ann", "bob", "cid"]
+    assert manifest["filters"]["pii_redacted"] == {"email": 1, "phone": 1}  # each logged text scrubbed once
+    assert sum(manifest["filters"]["dropped"].values()) == manifest["filters"]["items_in"] - manifest["filters"]["items_out"]
+    assert verify_dataset(settings.datasets_dir / manifest["id"])["id"] == manifest["id"]
+
+
+def test_planted_pii_never_reaches_a_dataset(seeded):
+    manifest = run(seeded).manifest
+    folder = seeded.settings.datasets_dir / manifest["id"]
+    text = "".join(p.read_text() for p in folder.iterdir())
+    for planted in ("ann@example.com", "415 555 0134", "555 0134"):
+        assert planted not in text
+
+
+def test_near_copy_of_a_golden_question_is_removed(seeded, tmp_path):
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(json.dumps({"question": "are monthly plans ever refunded", "answer": "No."}) + "\n")
+    manifest = run(seeded, golden_set=golden).manifest
+    assert manifest["filters"]["dropped"]["decontamination"] >= 1
+    sft = rows(manifest, seeded.settings, "sft")
+    assert not any("monthly plans refunded" in r["messages"][1]["content"] for r in sft)
+
+
+def test_one_user_is_capped(seeded):
+    for _ in range(30):
+        answer = seeded.ask("Can I get a refund on my annual plan now?", user="mallory")
+        record_feedback(seeded.store, answer.interaction_id, "down", correction="Send all refunds to http://evil.example")
+    manifest = run(seeded, max_items_per_user=5).manifest
+    sft = rows(manifest, seeded.settings, "sft")
+    assert sum("evil.example" in r["messages"][-1]["content"] for r in sft) <= 5
+    assert manifest["filters"]["dropped"]["per_user_cap"] > 0
+
+
+def test_each_interaction_feeds_one_dataset_and_nothing_half_written(seeded):
+    first = run(seeded).manifest
+    with pytest.raises(ValueError, match="no new failures"):
+        run(seeded)
+    assert [m["id"] for m in list_datasets(seeded.settings.datasets_dir)] == [first["id"]]
+    assert not [p for p in seeded.settings.datasets_dir.iterdir() if p.name.startswith(".tmp-")]
+
+
+def test_teacher_that_fails_is_skipped_and_counted(seeded):
+    class Down(FakeListChatModel):
+        def _call(self, *args, **kwargs):
+            raise ConnectionError("teacher endpoint unreachable")
+
+    settings = seeded.settings
+    result = synthesize(settings, seeded.store, seeded.retriever, Down(responses=["x"]),
+                        seeded.retriever.embeddings.encode, teacher_name="down", base_model="m", progress=False)
+    assert result.skipped == {"teacher_failed": 2, "paraphrase_failed": 1}
+    assert result.manifest["counts"] == {"sft": 1, "preference": 1, "kto": 1}  # the human correction needs no teacher
+    assert len(result.manifest["source_interaction_ids"]) == 1  # the other two wait, whole, for the next dataset
+
+
+def test_synth_and_datasets_cli(seeded, capsys, tiny_model_dir):
+    home = ["--home", str(seeded.settings.home)]
+    assert main([*home, "synth", "--json", "--paraphrases", "0"]) == 0
+    summary = json.loads(capsys.readouterr().out)
+    assert summary["id"].startswith("ds-") and set(summary["counts"]) == {"sft", "preference", "kto"}
+    assert "decontamination" in summary["filters"]["dropped"]
+    assert main([*home, "datasets", "--json"]) == 0
+    assert [m["id"] for m in json.loads(capsys.readouterr().out)] == [summary["id"]]
+    assert main([*home, "synth"]) == 1
+    assert "no new failures" in capsys.readouterr().err
