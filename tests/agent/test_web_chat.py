@@ -8,69 +8,36 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import socket
-import threading
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
 
 import pytest
+from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from playwright import sync_api
 from sqlalchemy import select
 
+# Installed by `make test` (scripts/install-browser.sh); a missing browser fails these tests rather than skipping them.
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
     "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
     "--disable-component-update", "--disable-sync",
 ]
 
-sync_api = pytest.importorskip("playwright.sync_api", reason="the browser tests need playwright (pip install playwright)")
-if not shutil.which(CHROMIUM):
-    pytest.skip(f"the browser tests need {CHROMIUM}: run scripts/install-browser.sh", allow_module_level=True)
-
-import uvicorn  # noqa: E402
-from langchain_core.language_models.fake_chat_models import FakeListChatModel  # noqa: E402
-
-from affinage.settings import load_settings  # noqa: E402
-from agent.chat_model import LocalChatModel  # noqa: E402
-from agent.factory import build_agent  # noqa: E402
-from agent.service.app import create_app  # noqa: E402
-from agent.service.auth import create_key  # noqa: E402
-from agent.store import Feedback, Interaction  # noqa: E402
-from retrieval.index import ingest  # noqa: E402
+from affinage.settings import load_settings
+from agent.chat_model import LocalChatModel
+from agent.factory import build_agent
+from agent.service.app import create_app
+from agent.service.auth import create_key
+from agent.store import Feedback, Interaction
+from retrieval.index import ingest
+from tests.agent.service_harness import LiveServer
 
 expect = sync_api.expect
 HOSTILE = '<script>window.__pwned=1</script> ![x](http://127.0.0.2:9/x.png) <img src=x onerror="window.__pwned=1">'
 
 
 # --- a live server and a browser ---------------------------------------------------------------------------
-
-class LiveServer:
-    """The app under uvicorn in a background thread, on a free port of 127.0.0.1."""
-
-    def __init__(self, app):
-        self.socket = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.socket.bind(("127.0.0.1", 0))
-        self.port = self.socket.getsockname()[1]
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(app, log_level="warning", lifespan="off"))
-        self.thread = threading.Thread(target=self.server.run, kwargs={"sockets": [self.socket]}, daemon=True)
-
-    def __enter__(self) -> "LiveServer":
-        self.thread.start()
-        deadline = time.monotonic() + 30
-        while not self.server.started:
-            if not self.thread.is_alive() or time.monotonic() > deadline:
-                raise RuntimeError("uvicorn did not start")
-            time.sleep(0.02)
-        return self
-
-    def __exit__(self, *_) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=15)
-        self.socket.close()
-
 
 @pytest.fixture(scope="module")
 def browser():
@@ -283,6 +250,7 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
         assert page.evaluate("sessionStorage.getItem('affinage-key')") is None
         page.fill("#key-input", key)
         page.click("#key-save")
+        expect(page.locator("#question")).to_be_visible()  # the key is saved once the server accepted it
         assert page.evaluate("sessionStorage.getItem('affinage-key')") == key
 
         page.click("#send")
