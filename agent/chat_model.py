@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import shutil
 import tempfile
 import threading
@@ -83,6 +84,7 @@ class LocalChatModel(BaseChatModel):
     max_new_tokens: int = 200
     temperature: float = 0.0
     repetition_penalty: float = 1.1
+    max_sentences: int = 0
     _model: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
@@ -153,16 +155,14 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> ChatResult:
-        import torch
-
-        inputs, prompt_tokens = self._encode_checked(messages, **kwargs)
-        with self._lock, torch.inference_mode():
-            output = self._model.generate(**self._generation_kwargs(inputs, **kwargs))
-        new_tokens = output[0][prompt_tokens:]
-        text = _cut_at_stop(self._tokenizer.decode(new_tokens, skip_special_tokens=True), stop).strip()
-        usage = {"input_tokens": prompt_tokens, "output_tokens": len(new_tokens), "total_tokens": prompt_tokens + len(new_tokens)}
-        message = AIMessage(content=text, usage_metadata=usage, response_metadata={"model_name": self.model_name})
-        return ChatResult(generations=[ChatGeneration(message=message)])
+        """The streamed answer, gathered: one code path for stop strings, sentence limits and usage."""
+        chunks = list(self._stream(messages, stop, run_manager, **kwargs))
+        message = chunks[0].message
+        for chunk in chunks[1:]:
+            message += chunk.message
+        final = AIMessage(content=message.content, usage_metadata=message.usage_metadata,
+                          response_metadata=message.response_metadata)
+        return ChatResult(generations=[ChatGeneration(message=final)])
 
     def _stream(
         self,
@@ -200,7 +200,7 @@ class LocalChatModel(BaseChatModel):
                 emitted = ""
                 for piece in streamer:
                     text = (emitted + piece).lstrip()
-                    cut = _cut_at_stop(text, stop)
+                    cut = _cut_at_sentences(_cut_at_stop(text, stop), self.max_sentences)
                     delta = cut[len(emitted):]
                     emitted = cut
                     if delta:
@@ -216,6 +216,19 @@ class LocalChatModel(BaseChatModel):
             raise error[0]
         usage = {"input_tokens": prompt_tokens, "output_tokens": generated[0], "total_tokens": prompt_tokens + generated[0]}
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": self.model_name}))
+
+
+_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\s*\n")
+
+
+def _cut_at_sentences(text: str, limit: int) -> str:
+    """The text up to the end of its ``limit``-th sentence (0: no limit): small models ramble past a short answer."""
+    if limit <= 0:
+        return text
+    for count, match in enumerate(_SENTENCE_END.finditer(text), start=1):
+        if count == limit:
+            return text[: match.end()].rstrip()
+    return text
 
 
 def _cut_at_stop(text: str, stop: list[str] | None) -> str:
@@ -248,4 +261,5 @@ def load_chat_model(settings: Settings) -> BaseChatModel:
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         repetition_penalty=settings.repetition_penalty,
+        max_sentences=settings.max_answer_sentences,
     )

@@ -91,9 +91,17 @@ class VectorIndex:
 
     def search(self, query_vectors: np.ndarray, k: int) -> list[list[tuple[Chunk, float]]]:
         """Top-k chunks per query vector with their cosine similarity, best first."""
+        import faiss
+
         if not self.chunks:
             return [[] for _ in range(len(query_vectors))]
-        scores, ids = self.faiss_index.search(np.ascontiguousarray(query_vectors, dtype=np.float32), min(k, len(self.chunks)))
+        threads = faiss.omp_get_max_threads()
+        faiss.omp_set_num_threads(1)  # for a handful of queries a second thread costs more than it brings (measured)
+        try:
+            scores, ids = self.faiss_index.search(np.ascontiguousarray(query_vectors, dtype=np.float32),
+                                                  min(k, len(self.chunks)))
+        finally:
+            faiss.omp_set_num_threads(threads)
         return [
             [(self.chunks[i], float(s)) for s, i in zip(row_scores, row_ids) if i >= 0]
             for row_scores, row_ids in zip(scores, ids)

@@ -46,3 +46,13 @@ def test_openai_compatible_endpoint_is_used_through_langchain(service, tiny_sett
 def test_embedder_is_swappable_by_path():
     embedder = SentenceEmbeddings(str(embedded_embedder_path()))
     assert embedder.dim == 384 and embedder.name == str(embedded_embedder_path())
+
+
+def test_answers_stop_after_the_sentence_limit():
+    from agent.chat_model import _cut_at_sentences
+
+    assert _cut_at_sentences("First one. Second one!\n\nThird part? Fourth. Fifth", 2) == "First one. Second one!"
+    assert _cut_at_sentences("Steps:\n\nOpen settings. Done.", 1) == "Steps:"
+    assert _cut_at_sentences("Use obj.method() here. Then go.", 1) == "Use obj.method() here."
+    assert _cut_at_sentences("No end yet", 3) == "No end yet"
+    assert _cut_at_sentences("A. B. C.", 0) == "A. B. C."

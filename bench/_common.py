@@ -1,0 +1,71 @@
+"""What every benchmark script shares: the machine it ran on, its command line, and its BENCHMARKS.md section."""
+
+from __future__ import annotations
+
+import os
+import platform
+import re
+import shlex
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+BENCHMARKS = ROOT / "BENCHMARKS.md"
+HEADER = "# Benchmarks\n\nEvery figure below is written by a script in bench/; do not edit by hand.\n"
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def nproc() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def memory_gib() -> str:
+    try:
+        return f"{os.sysconf('SC_PAGE_SIZE') * os.sysconf('SC_PHYS_PAGES') / 2**30:.0f} GiB"
+    except (ValueError, OSError):
+        return "n/a"
+
+
+def load_average() -> float | None:
+    """The 1-minute load: a busy machine inflates every timing, so each section records it."""
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):
+        return None
+
+
+def command_line(script: str, argv: list[str]) -> str:
+    """The exact command that reproduces a run, relative to the repository."""
+    exe = Path(sys.executable)
+    try:
+        python = str(exe.relative_to(ROOT)) if exe.is_absolute() else str(exe)
+    except ValueError:
+        python = str(exe)
+    return shlex.join(["HF_HUB_OFFLINE=1", python, str(Path(script).resolve().relative_to(ROOT)), *argv])
+
+
+def markers(name: str) -> tuple[str, str]:
+    return f"<!-- bench:{name}:start -->", f"<!-- bench:{name}:end -->"
+
+
+def update_section(section: str, name: str, path: Path = BENCHMARKS) -> None:
+    """Replace one script's section (markers included in ``section``), read right before an atomic write."""
+    from affinage.atomic import atomic_write_text
+
+    start, end = markers(name)
+    text = path.read_text(encoding="utf-8") if path.exists() else HEADER
+    pattern = re.compile(re.escape(start) + r".*?" + re.escape(end), re.S)
+    if pattern.search(text):
+        text = pattern.sub(lambda _m: section, text, count=1)
+    else:
+        text = text.rstrip("\n") + "\n\n" + section + "\n"
+    atomic_write_text(path, text)
