@@ -86,7 +86,6 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_examples(settings: Settings, args: argparse.Namespace) -> int:
     from agent.example_bank import ExampleBank
     from agent.store import Store
-    from retrieval.embeddings import SentenceEmbeddings
 
     store = Store(settings.db_url)
     if args.action == "import":

@@ -1,11 +1,10 @@
 """The answering pipeline: retrieve → pick few-shot examples → prompt → generate, as one LCEL runnable.
 
 The runnable maps ``{"question", "history", "max_tokens"?}`` to
-``{"retrieved", "docs", "examples", "verified", "abstained", "answer"}``
-(``docs``: the retrieved passages confident enough to show the model). An operator-approved correction for
-(nearly) the same question is reused verbatim (``verified``), the cheapest remedy there is.
-and streams: the first chunks carry the retrieved passages, later chunks the
-answer as it is generated. ``SupportAgent`` adds validation and the interaction log.
+``{"retrieved", "docs", "examples", "verified", "abstained", "answer"}`` and streams: the first chunks carry
+the retrieved passages, later chunks the answer as it is generated. ``docs`` are the retrieved passages
+confident enough to show the model; an operator-approved correction for (nearly) the same question is reused
+verbatim (``verified``), the cheapest remedy there is. ``SupportAgent`` adds validation and the log.
 """
 
 from __future__ import annotations
@@ -56,6 +55,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
     pick_examples = RunnableLambda(
         lambda state: examples.select(state["question"], settings.few_shot_k, settings.few_shot_min_score) if examples else []
     )
+
     def answer_with(state: dict) -> Runnable:
         model = llm.bind(max_tokens=state["max_tokens"]) if state.get("max_tokens") else llm
         return RunnableLambda(prompt_inputs) | support_prompt() | model

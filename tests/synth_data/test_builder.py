@@ -8,9 +8,9 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from affinage.cli import main
 from agent.factory import build_agent
 from agent.feedback import record_feedback
+from retrieval.index import ingest
 from synth_data.builder import synthesize
 from synth_data.datasets import list_datasets, verify_dataset
-from retrieval.index import ingest
 
 BAD = "We never give refunds, sorry."
 GOOD = "Annual plans are refundable within 30 days of purchase: open Settings > Billing and press Request refund."
