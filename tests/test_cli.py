@@ -109,3 +109,21 @@ def test_examples_import_and_list(cli_home, tmp_path, capsys):
     assert "0 examples added" in capsys.readouterr().out
     assert main(["--home", str(cli_home), "examples", "list", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 6
+
+
+def test_keys_create_list_revoke(home, capsys):
+    from agent.service.auth import authenticate
+    from agent.store import Store
+
+    assert main(["--home", str(home), "keys", "create", "--role", "operator", "--name", "olga"]) == 0
+    key = capsys.readouterr().out.strip().splitlines()[-1]  # the key alone on the last line
+    assert key.startswith("afk_") and " " not in key
+    assert authenticate(Store(f"sqlite:///{home / 'affinage.db'}"), key).role == "operator"
+    assert main(["--home", str(home), "keys", "list", "--json"]) == 0
+    listed = capsys.readouterr().out
+    assert json.loads(listed)[0]["name"] == "olga" and key not in listed
+    assert main(["--home", str(home), "keys", "create", "--role", "agent", "--name", "olga"]) == 1
+    assert "already exists" in capsys.readouterr().err
+    assert main(["--home", str(home), "keys", "revoke", "olga"]) == 0
+    assert authenticate(Store(f"sqlite:///{home / 'affinage.db'}"), key) is None
+    assert main(["--home", str(home), "keys", "revoke", "olga"]) == 1
