@@ -174,15 +174,14 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     else:
         rows = auth.list_keys(store)
         if args.json:
-            print(json.dumps([{"name": r.name, "role": r.role, "prefix": r.prefix, "created_at": r.created_at.isoformat()}
-                              for r in rows]))
+            print(json.dumps([auth.key_info(r) for r in rows]))
         for row in [] if args.json else rows:
             print(f"{row.name:24} {row.role:9} {row.prefix}…  created {row.created_at:%Y-%m-%d %H:%M}")
     return 0
 
 
 def cmd_corrections(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.corrections import pending_corrections, review_correction
+    from agent.corrections import correction_info, pending_corrections, review_correction
     from agent.store import Store
 
     store = Store(settings.db_url)
@@ -192,8 +191,7 @@ def cmd_corrections(settings: Settings, args: argparse.Namespace) -> int:
         return 0
     pending = pending_corrections(store)
     if args.json:
-        print(json.dumps([{"id": f.id, "interaction_id": i.id, "question": i.question, "answer": i.answer,
-                           "correction": f.correction, "submitted_by": f.user} for f, i in pending]))
+        print(json.dumps([correction_info(f, i) for f, i in pending]))
     else:
         for feedback, interaction in pending:
             print(f"{feedback.id}  by {feedback.user}\n  Q: {interaction.question}\n  A: {interaction.answer[:200]}\n"

@@ -23,6 +23,13 @@ def pending_corrections(store: Store) -> list[tuple[Feedback, Interaction]]:
     return [(feedback, interaction) for feedback, interaction in rows]
 
 
+def correction_info(feedback: Feedback, interaction: Interaction) -> dict:
+    """A pending correction as the operator sees it (API and CLI alike)."""
+    return {"id": feedback.id, "interaction_id": interaction.id, "question": interaction.question,
+            "answer": interaction.answer, "correction": feedback.correction, "comment": feedback.comment,
+            "submitted_by": feedback.user, "created_at": feedback.created_at.isoformat()}
+
+
 def review_correction(store: Store, feedback_id: str, approve: bool, reviewer: str) -> Example | None:
     """Approve (into the example bank, PII redacted) or reject one pending correction, in one transaction."""
     with store.session() as session:

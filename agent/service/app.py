@@ -18,7 +18,7 @@ from starlette.concurrency import run_in_threadpool
 
 from affinage.settings import Settings
 from agent.chat_model import ContextOverflowError
-from agent.corrections import UnknownCorrection, pending_corrections, review_correction
+from agent.corrections import UnknownCorrection, correction_info, pending_corrections, review_correction
 from agent.feedback import UnknownInteraction, record_feedback
 from agent.pipeline import Answer, SupportAgent
 from agent.service import auth
@@ -248,9 +248,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     # --- operator: review corrections ----------------------------------------------------------------------
     @app.get("/api/operator/corrections", response_model=list[CorrectionInfo], tags=["operator"])
     def corrections(_: auth.Caller = Depends(require("operator"))) -> list[dict]:
-        return [{"id": f.id, "interaction_id": i.id, "question": i.question, "answer": i.answer,
-                 "correction": f.correction, "comment": f.comment, "submitted_by": f.user,
-                 "created_at": f.created_at.isoformat()} for f, i in pending_corrections(store)]
+        return [correction_info(f, i) for f, i in pending_corrections(store)]
 
     @app.post("/api/operator/corrections/{feedback_id}/{decision}", response_model=ReviewResult, tags=["operator"])
     def review(feedback_id: str, decision: Literal["approve", "reject"],
@@ -266,12 +264,9 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                 "example_id": example.id if example else None}
 
     # --- keys (admin) ------------------------------------------------------------------------------------
-    def key_info(row) -> dict:
-        return {"name": row.name, "role": row.role, "prefix": row.prefix, "created_at": row.created_at.isoformat()}
-
     @app.get("/api/admin/keys", response_model=list[KeyInfo], tags=["admin"])
     def keys(_: auth.Caller = Depends(require("admin"))) -> list[dict]:
-        return [key_info(row) for row in auth.list_keys(store)]
+        return [auth.key_info(row) for row in auth.list_keys(store)]
 
     @app.post("/api/admin/keys", status_code=201, response_model=CreatedKey, tags=["admin"])
     def new_key(body: KeyRequest, who: auth.Caller = Depends(require("admin"))) -> dict:
@@ -281,7 +276,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             raise APIError(409, str(error), "key_exists", "name") from None
         log.info("key created", extra={"key_name": body.name, "role": body.role, "by": who.name})
         row = next(r for r in auth.list_keys(store) if r.name == body.name)
-        return {**key_info(row), "key": key}
+        return {**auth.key_info(row), "key": key}
 
     @app.delete("/api/admin/keys/{name}", status_code=204, tags=["admin"])
     def delete_key(name: str, who: auth.Caller = Depends(require("admin"))) -> Response:

@@ -45,6 +45,11 @@ def create_key(store: Store, name: str, role: str) -> str:
     return key
 
 
+def key_info(row: ApiKey) -> dict:
+    """What may be shown about a key: never the key, nor its hash."""
+    return {"name": row.name, "role": row.role, "prefix": row.prefix, "created_at": row.created_at.isoformat()}
+
+
 def list_keys(store: Store) -> list[ApiKey]:
     with store.session() as session:
         return list(session.scalars(select(ApiKey).order_by(ApiKey.created_at)))
