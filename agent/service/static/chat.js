@@ -239,18 +239,18 @@
     const form = el("form", "feedback-form");
     form.hidden = true;
     const uid = "fb-" + Math.random().toString(36).slice(2, 10);
-    const correctionLabel = el("label", null, "What should the answer have been?");
-    correctionLabel.htmlFor = uid + "-correction";
-    const correction = el("textarea", "correction");
-    correction.id = uid + "-correction";
-    correction.rows = 3;
-    correction.setAttribute("data-testid", "correction");
-    const commentLabel = el("label", null, "Comment (optional)");
-    commentLabel.htmlFor = uid + "-comment";
-    const comment = el("textarea", "comment");
-    comment.id = uid + "-comment";
-    comment.rows = 2;
-    comment.setAttribute("data-testid", "comment");
+    // A labelled textarea; its class doubles as its test id.
+    const field = (name, text, rows) => {
+      const label = el("label", null, text);
+      label.htmlFor = uid + "-" + name;
+      const area = el("textarea", name);
+      area.id = uid + "-" + name;
+      area.rows = rows;
+      area.setAttribute("data-testid", name);
+      return [label, area];
+    };
+    const [correctionLabel, correction] = field("correction", "What should the answer have been?", 3);
+    const [commentLabel, comment] = field("comment", "Comment (optional)", 2);
     const submit = el("button", "button primary feedback-submit", "Submit");
     submit.type = "submit";
     submit.setAttribute("data-testid", "feedback-submit");
