@@ -151,28 +151,29 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(body: ChatRequest, request: Request, who: auth.Caller = Depends(require("agent"))):
         question, history, max_tokens = parse_chat(body)
-        try:
-            limiter.check(who.name)
-        except APIError:
-            metrics.rejected.labels("rate_limit").inc()
-            raise
-        try:
-            queue.enter()
-        except APIError:
-            metrics.rejected.labels("queue_full").inc()
-            raise
+        for reason, admit in (("rate_limit", lambda: limiter.check(who.name)), ("queue_full", queue.enter)):
+            try:
+                admit()
+            except APIError:
+                metrics.rejected.labels(reason).inc()
+                raise
         metrics.queue_depth.set(queue.depth)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         begun = time.perf_counter()
         stream = agent.stream(question, history, channel="api", user=who.name, conversation_id=body.conversation_id,
                               max_tokens=max_tokens)
-        try:
-            first = await run_in_threadpool(first_item, stream)
-        except BaseException:
+
+        def release() -> None:
+            """Stop generating (if still running) and give the queue slot back."""
             stream.close()
             queue.leave()
             metrics.queue_depth.set(queue.depth)
+
+        try:
+            first = await run_in_threadpool(first_item, stream)
+        except BaseException:
+            release()
             raise
         metrics.ttft.observe(time.perf_counter() - begun)
 
@@ -187,9 +188,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                     item = await run_in_threadpool(next, stream)
                     result = item if isinstance(item, Answer) else None
             finally:
-                stream.close()
-                queue.leave()
-                metrics.queue_depth.set(queue.depth)
+                release()
             finish(result)
             return {
                 "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
@@ -219,9 +218,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                 log.exception("generation failed mid-stream", extra={"completion_id": completion_id})
                 yield f"data: {json.dumps(error_body(500, 'generation failed; the answer is incomplete', 'generation_failed'))}\n\n"
             finally:
-                await run_in_threadpool(stream.close)
-                queue.leave()
-                metrics.queue_depth.set(queue.depth)
+                await run_in_threadpool(release)
 
         return StreamingResponse(events(), media_type="text/event-stream",
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
