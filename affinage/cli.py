@@ -135,6 +135,16 @@ def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
 DEMO_KEYS = (("demo-agent", "agent"), ("demo-operator", "operator"), ("demo-admin", "admin"))
 
 
+def _limit_malloc_arenas(arenas: int = 2) -> None:
+    """glibc gives each request thread its own malloc arena; capping them keeps the server's memory flat."""
+    import ctypes
+
+    try:
+        ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
+    except OSError:  # not glibc: nothing to tune
+        pass
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -143,6 +153,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from agent.service.observability import configure_logging
 
     configure_logging()
+    _limit_malloc_arenas()
     app = create_app(settings)
     url = f"http://{args.host}:{args.port}/"
     print(f"affinage is serving {app.state.agent.model_version} at {url}")
