@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import getpass
 import json
 import os
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from affinage.settings import Settings, load_settings
+from tuning.config import METHODS
 
 
 def _quiet_libraries() -> None:
@@ -263,6 +265,59 @@ def cmd_datasets(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.config import describe
+    from tuning.train import train
+
+    if args.config_help:
+        print(describe())
+        return 0
+    version = train(settings, args.method, args.dataset, Path(args.config) if args.config else None, progress=True)
+    metrics = version.manifest["metrics"]
+    print(f"candidate {version.id}: {metrics['steps']} steps, train loss {_fmt(metrics['train_loss'])}, "
+          f"best validation loss {_fmt(metrics['best_validation_loss'])}, {_fmt(metrics['tokens_per_s'])} tokens/s")
+    print(version.id)
+    return 0
+
+
+def _fmt(value) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.registry import BASE, Registry
+
+    registry = Registry(settings.registry_dir)
+    versions = [v.to_json() for v in registry.list()]
+    active = registry.active_id()
+    if args.json:
+        print(json.dumps({"active": active or BASE, "versions": versions}))
+        return 0
+    print(f"{'base model':40} {'active' if active is None else 'base':12}")
+    for v in versions:
+        m = v["metrics"]
+        print(f"{v['id']:40} {v['state']:12} train loss {_fmt(m.get('train_loss')):>7}  "
+              f"val loss {_fmt(m.get('best_validation_loss')):>7}  {_fmt(m.get('tokens_per_s')):>6} tok/s  "
+              f"data {','.join(v['datasets'])}")
+    return 0
+
+
+def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.registry import Registry
+
+    version = Registry(settings.registry_dir).promote(args.id, actor=f"cli:{getpass.getuser()}")
+    print(f"{version.id} is now active; running services switch to it within {settings.registry_poll_seconds:g} s")
+    return 0
+
+
+def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.registry import BASE, Registry
+
+    previous = Registry(settings.registry_dir).rollback(actor=f"cli:{getpass.getuser()}")
+    print(f"rolled back: {previous or BASE} is active again")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
@@ -313,6 +368,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("datasets", help="list datasets with their counts and lineage")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_datasets)
+
+    p = sub.add_parser("train", help="fine-tune a candidate version from a dataset; prints its id on the last line")
+    p.add_argument("--method", choices=METHODS, default="sft")
+    p.add_argument("--dataset", help="dataset id (default: the newest)")
+    p.add_argument("--config", help="TOML or JSON run config (see --config-help)")
+    p.add_argument("--config-help", action="store_true", help="list every run config key with its default and exit")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("models", help="list model versions with their state and metrics")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("promote", help="make a version that passed its gates the active one")
+    p.add_argument("id")
+    p.set_defaults(func=cmd_promote)
+
+    p = sub.add_parser("rollback", help="serve the previously active version again")
+    p.set_defaults(func=cmd_rollback)
 
     p = sub.add_parser("corrections", help="review submitted corrections (approved ones join the example bank)")
     p.add_argument("action", nargs="?", default="list", choices=["list", "approve", "reject"])

@@ -85,6 +85,8 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
     max_queue: int = Field(8, ge=0, description="Chat requests that may wait for the model; more get 503 at once.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    registry_poll_seconds: float = Field(
+        2.0, gt=0, le=3600, description="How often the service checks the registry for a promotion or rollback.")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":
@@ -117,6 +119,10 @@ class Settings(BaseSettings):
     @property
     def datasets_dir(self) -> Path:
         return self.home / "datasets"
+
+    @property
+    def registry_dir(self) -> Path:
+        return self.home / "registry"
 
     @property
     def index_dir(self) -> Path:

@@ -87,12 +87,29 @@ class LocalChatModel(BaseChatModel):
     max_sentences: int = 0
     _model: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
+    _version: str | None = PrivateAttr(default=None)
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
-    def __init__(self, model: Any, tokenizer: Any, **kwargs: Any):
+    def __init__(self, model: Any, tokenizer: Any, version: str | None = None, **kwargs: Any):
         super().__init__(**kwargs)
         self._model = model.eval()
         self._tokenizer = tokenizer
+        self._version = version
+
+    @property
+    def served_version(self) -> str:
+        """What answers: the base model's name, plus ``@version`` while a trained version is active."""
+        return f"{self.model_name}@{self._version}" if self._version else self.model_name
+
+    @property
+    def adapter_version(self) -> str | None:
+        return self._version
+
+    def swap(self, model: Any, version: str | None) -> None:
+        """Serve ``model`` from the next request on; waits for the one in flight, which finishes on the old model."""
+        model.eval()
+        with self._lock:
+            self._model, self._version = model, version
 
     @classmethod
     def from_pretrained(cls, location: Path | str, name: str | None = None, **kwargs: Any) -> "LocalChatModel":
@@ -188,12 +205,13 @@ class LocalChatModel(BaseChatModel):
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    self._model.generate(**self._generation_kwargs(inputs, **kwargs), streamer=streamer, stopping_criteria=[keep_going])
+                    model.generate(**self._generation_kwargs(inputs, **kwargs), streamer=streamer, stopping_criteria=[keep_going])
             except BaseException as exc:  # surfaced to the consumer below
                 error.append(exc)
                 streamer.end()
 
         with self._lock:
+            model, served = self._model, self.served_version  # a swap waits for this request to finish
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
             try:
@@ -215,7 +233,7 @@ class LocalChatModel(BaseChatModel):
         if error:
             raise error[0]
         usage = {"input_tokens": prompt_tokens, "output_tokens": generated[0], "total_tokens": prompt_tokens + generated[0]}
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": self.model_name}))
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": served}))
 
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\s*\n")

@@ -25,4 +25,12 @@ def build_agent(settings: Settings, llm: BaseChatModel | None = None, embeddings
         )
     store = store or Store(settings.db_url)
     retriever = IndexRetriever(index=index, embeddings=embeddings, k=settings.top_k)
-    return SupportAgent(settings, retriever, llm or load_chat_model(settings), store, ExampleBank(store, embeddings))
+    watcher = None
+    if llm is None:
+        from tuning.serving import follow_registry
+
+        llm = load_chat_model(settings)
+        watcher = follow_registry(settings, llm)
+    agent = SupportAgent(settings, retriever, llm, store, ExampleBank(store, embeddings))
+    agent.watcher = watcher
+    return agent

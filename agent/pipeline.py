@@ -103,11 +103,14 @@ def cited_first(answer: str, docs: list[Document], sources: tuple[str, ...] = ()
 
 
 def model_version(llm: BaseChatModel) -> str:
-    return str(getattr(llm, "model_name", None) or getattr(llm, "model", None) or type(llm).__name__)
+    return str(getattr(llm, "served_version", None) or getattr(llm, "model_name", None) or getattr(llm, "model", None)
+               or type(llm).__name__)
 
 
 class SupportAgent:
     """Answers questions with the chain and logs every answer."""
+
+    watcher = None  # follows registry promotions when the model is local (set by the factory)
 
     def __init__(self, settings: Settings, retriever: BaseRetriever, llm: BaseChatModel, store: Store,
                  examples: ExampleBank | None = None):
@@ -167,7 +170,8 @@ class SupportAgent:
             for d in cited_first(text, docs, (state["verified"].source,) if state.get("verified") else ())
         ]
         usage = dict(getattr(message, "usage_metadata", None) or {})
-        result = Answer(text, citations, self.model_version, bool(state.get("abstained")), latency, usage=usage)
+        answered_by = (getattr(message, "response_metadata", None) or {}).get("model_name") or self.model_version
+        result = Answer(text, citations, answered_by, bool(state.get("abstained")), latency, usage=usage)
         if log:
             view = InteractionView(
                 question=question, answer=text, created_at=time.time(),

@@ -6,6 +6,7 @@ import json
 import logging
 import time
 import uuid
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
@@ -58,7 +59,16 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     queue = GenerationQueue(settings.max_queue)
     started = time.time()
 
-    app = FastAPI(title="affinage", version="0.1.0",
+    @asynccontextmanager
+    async def follow_promotions(_: FastAPI):
+        """Promotions and rollbacks reach the running service without a restart."""
+        if agent.watcher:
+            agent.watcher.start()
+        yield
+        if agent.watcher:
+            agent.watcher.stop()
+
+    app = FastAPI(title="affinage", version="0.1.0", lifespan=follow_promotions,
                   description="A support assistant with an OpenAI-compatible API.")
     app.state.agent, app.state.metrics, app.state.queue = agent, metrics, queue
     install_error_handlers(app)

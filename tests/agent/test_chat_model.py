@@ -36,7 +36,7 @@ def test_openai_compatible_endpoint_is_used_through_langchain(service, tiny_sett
         agent = build_agent(remote, embeddings=embeddings)
         assert isinstance(agent.llm, ChatOpenAI)
         answer = agent.ask("How long is the password reset link valid?")
-        assert answer.model == "default"
+        assert answer.model == app.state.agent.model_version  # the version the server says answered
         assert answer.citations[0]["source"] == "account/passwords.md#reset-your-password"
         with app.state.agent.store.session() as session:  # the server logged the request it answered
             rows = session.scalars(select(Interaction)).all()

@@ -1,0 +1,52 @@
+import pytest
+
+from tuning.config import RunConfig, describe, load_config
+
+
+def test_method_defaults_are_filled_in():
+    sft, dpo = RunConfig(method="sft").resolved(), RunConfig(method="dpo").resolved()
+    assert sft.packing is True and sft.learning_rate == 2e-4
+    assert dpo.packing is False and dpo.learning_rate == 5e-5
+
+
+@pytest.mark.parametrize("overrides, named", [
+    ({"method": "dpo", "packing": True}, "packing"),
+    ({"save_steps": 15, "eval_steps": 10}, "save_steps (15) must be a multiple of eval_steps (10)"),
+    ({"lora_r": 0}, "lora_r"),
+    ({"val_fraction": 0.7}, "val_fraction"),
+    ({"lr_scheduler": "sawtooth"}, "lr_scheduler"),
+    ({"epochs": 0, "max_steps": -1}, "epochs"),
+    ({"method": "rlhf"}, "method 'rlhf'"),
+    ({"start_from": "yesterday"}, "start_from"),
+])
+def test_conflicting_or_bad_values_are_named(overrides, named):
+    with pytest.raises(ValueError, match="bad run config") as error:
+        RunConfig(**overrides).resolved()
+    assert named in str(error.value)
+
+
+def test_config_file_is_checked(tmp_path):
+    path = tmp_path / "run.toml"
+    path.write_text("lora_r = 8\nlearning_rate = 1e-3\n")
+    config = load_config(path, "sft")
+    assert (config.lora_r, config.learning_rate, config.method) == (8, 1e-3, "sft")
+
+    path.write_text("lora_rank = 8\n")
+    with pytest.raises(ValueError, match="unknown keys lora_rank"):
+        load_config(path, "sft")
+    path.write_text('lora_r = "eight"\n')
+    with pytest.raises(ValueError, match="lora_r = 'eight' is not a int"):
+        load_config(path, "sft")
+    path.write_text('method = "dpo"\n')
+    with pytest.raises(ValueError, match="sets method 'dpo' but --method is 'sft'"):
+        load_config(path, "sft")
+    path.write_text("lora_r = [\n")
+    with pytest.raises(ValueError, match="not valid TOML"):
+        load_config(path, "sft")
+    with pytest.raises(FileNotFoundError):
+        load_config(tmp_path / "missing.toml", "sft")
+
+
+def test_every_field_is_documented():
+    for line in describe().splitlines():
+        assert line.split("#", 1)[1].strip(), line

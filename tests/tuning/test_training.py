@@ -1,0 +1,152 @@
+"""Real training on the tiny model: what changes, what is saved, what a kill leaves behind."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from tuning.config import load_config
+from tuning.recipes import RECIPES
+from tuning.registry import Registry
+from tuning.train import prepare, train
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def base_weights(model_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(model_dir / "model.safetensors"))
+
+
+def run(settings, method, config_file):
+    job, _ = prepare(settings, load_config(config_file, method), None, Registry(settings.registry_dir), progress=False)
+    return RECIPES[method](job)
+
+
+@pytest.mark.parametrize("method", ["sft", "dpo", "kto"])
+def test_lora_methods_change_only_the_adapter(tiny_settings, tiny_model_dir, dataset, quick_config, method):
+    trainer = run(tiny_settings, method, quick_config())
+    before = base_weights(tiny_model_dir)
+    lora = {n: p for n, p in trainer.model.named_parameters() if "lora_" in n}
+    assert lora and all(p.requires_grad for p in lora.values())
+    assert any(p.abs().sum() > 0 for n, p in lora.items() if "lora_B" in n)  # B starts at zero: it moved
+    for name, param in trainer.model.get_base_model().named_parameters():
+        if "lora_" not in name:
+            key = name.replace(".base_layer", "")
+            assert torch.equal(param.detach(), before[key]), f"{key} changed"
+
+
+def test_partial_trains_only_the_top_blocks(tiny_settings, tiny_model_dir, dataset, quick_config):
+    trainer = run(tiny_settings, "partial", quick_config(top_blocks=1))
+    before = base_weights(tiny_model_dir)
+    changed = {n for n, p in trainer.model.named_parameters() if not torch.equal(p.detach(), before[n])}
+    assert changed and all(n.startswith("model.layers.1.") for n in changed)
+
+
+def test_full_trains_every_block(tiny_settings, tiny_model_dir, dataset, quick_config):
+    trainer = run(tiny_settings, "full", quick_config())
+    before = base_weights(tiny_model_dir)
+    changed = {n.split(".")[2] for n, p in trainer.model.named_parameters()
+               if n.startswith("model.layers.") and not torch.equal(p.detach(), before[n])}
+    assert changed == {"0", "1"}
+
+
+def test_qlora_without_cuda_is_refused_before_loading(tiny_settings, dataset, quick_config):
+    with pytest.raises(ValueError, match="qlora needs a CUDA GPU"):
+        train(tiny_settings, "qlora", config_path=quick_config(), progress=False)
+
+
+def test_candidate_round_trip_gives_identical_outputs(tiny_settings, tiny_model_dir, dataset, quick_config):
+    from tuning.serving import load_weights
+
+    version = train(tiny_settings, "sft", config_path=quick_config(), progress=False)
+    manifest = version.manifest
+    assert manifest["kind"] == "lora" and manifest["datasets"][0]["id"] == dataset["id"]
+    assert manifest["base_model"]["name"] == tiny_model_dir.name and len(manifest["base_model"]["sha256"]) == 64
+    assert manifest["curves"]["train"] and manifest["curves"]["validation"]
+    assert set(manifest["files"]) >= {"adapter_model.safetensors", "adapter_config.json"}
+    assert not [p for p in version.path.rglob("*") if p.suffix in (".bin", ".pt", ".pth", ".pkl")]
+    assert not (tiny_settings.home / "runs").exists() or not any((tiny_settings.home / "runs").iterdir())
+
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    registry = Registry(tiny_settings.registry_dir)
+    ids = torch.tensor([[1, 2, 3, 4, 5]])
+    unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(version.path))
+    served = load_weights(tiny_model_dir, registry, version.id)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        expected = unmerged.eval()(ids).logits
+        assert torch.allclose(served.eval()(ids).logits, expected, atol=1e-5)
+        assert not torch.allclose(base.eval()(ids).logits, expected, atol=1e-5)  # the adapter does something
+
+
+def test_dpo_continues_the_active_adapter(tiny_settings, dataset, quick_config):
+    registry = Registry(tiny_settings.registry_dir)
+    sft = train(tiny_settings, "sft", config_path=quick_config(), progress=False)
+    registry.record_gate(sft.id, True, {})
+    registry.promote(sft.id, actor="test")
+    dpo = train(tiny_settings, "dpo", config_path=quick_config(), progress=False)
+    assert dpo.manifest["start_from"] == sft.id
+    fresh = train(tiny_settings, "dpo", config_path=quick_config(start_from="base"), progress=False)
+    assert fresh.manifest["start_from"] == "base"
+
+
+def adapter(path: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(path / "adapter_model.safetensors"))
+
+
+def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_settings, tiny_model_dir, dataset,
+                                                                     quick_config, tmp_path):
+    from synth_data.datasets import write_dataset
+    from tests.tuning.conftest import rows
+
+    config = quick_config(max_steps=6, save_steps=2, eval_steps=2, lora_dropout=0.1)
+    other = tiny_settings.model_copy(update={"home": tmp_path / "uninterrupted"})
+    write_dataset(other.datasets_dir, rows(), {"base_model": tiny_model_dir.name})
+    uninterrupted = train(other, "sft", config_path=config, progress=False)
+
+    home = tiny_settings.home
+    (home / "config.toml").write_text(f'chat_model = "{tiny_model_dir}"\n')
+    process = subprocess.Popen([sys.executable, "-m", "affinage.cli", "--home", str(home), "train", "--config", str(config)],
+                               cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 120
+    while not list(home.glob("runs/*/checkpoints/checkpoint-4/trainer_state.json")):
+        assert process.poll() is None and time.monotonic() < deadline, "training ended before it could be killed"
+        time.sleep(0.05)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert Registry(tiny_settings.registry_dir).list() == []  # nothing registered by the killed run
+
+    resumed = train(tiny_settings, "sft", config_path=config, progress=False)
+    assert resumed.manifest["resumed_from"] in ("checkpoint-4", "checkpoint-6")
+    assert resumed.manifest["metrics"]["steps"] == uninterrupted.manifest["metrics"]["steps"] == 6
+    first, second = adapter(uninterrupted.path), adapter(resumed.path)
+    assert first.keys() == second.keys()
+    for name in first:
+        assert torch.allclose(first[name], second[name], atol=1e-6), name
+
+
+def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quick_config):
+    """Padding-free packing must give each conversation the logits it has alone: no attention across them."""
+    from tuning.recipes import load_base, lora, sft_trainer
+
+    config = load_config(quick_config(packing=True, batch_size=8, val_fraction=0.49), "sft")
+    job, _ = prepare(tiny_settings, config, None, Registry(tiny_settings.registry_dir), progress=False)
+    model, tokenizer = load_base(job)
+    trainer = sft_trainer(job, model, tokenizer, lora(config))
+    batch = next(iter(trainer.get_eval_dataloader()))
+    ids, positions = batch["input_ids"], batch["position_ids"]
+    starts = (positions[0] == 0).nonzero().flatten().tolist() + [positions.shape[1]]
+    assert ids.shape[0] == 1 and len(starts) > 2  # several conversations share one flat row
+    with torch.no_grad():
+        packed = trainer.model(input_ids=ids, position_ids=positions).logits
+        alone = torch.cat([trainer.model(input_ids=ids[:, a:b]).logits for a, b in zip(starts, starts[1:])], dim=1)
+    assert torch.allclose(packed, alone, atol=1e-5)

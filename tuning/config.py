@@ -1,0 +1,139 @@
+"""The run config: every knob of a training run, documented, validated before anything is loaded."""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+
+METHODS = ("sft", "dpo", "kto", "partial", "full", "qlora")
+PACKABLE = ("sft", "partial", "full", "qlora")  # methods that train on plain conversations
+SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
+DEFAULT_LEARNING_RATE = {"sft": 2e-4, "qlora": 2e-4, "dpo": 5e-5, "kto": 5e-5, "partial": 5e-5, "full": 2e-5}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """One training run. ``None`` means "the method's default", resolved by :meth:`resolved`."""
+
+    method: str = "sft"
+    # LoRA (sft, dpo, kto, qlora)
+    lora_r: int = field(default=16, metadata={"doc": "LoRA rank."})
+    lora_alpha: int = field(default=32, metadata={"doc": "LoRA scaling numerator (scale = alpha / r)."})
+    lora_dropout: float = field(default=0.05, metadata={"doc": "Dropout on the LoRA input."})
+    target_modules: str | list[str] = field(
+        default="all-linear", metadata={"doc": "Module names that get LoRA, or 'all-linear'."})
+    # partial
+    top_blocks: int = field(default=2, metadata={"doc": "partial: how many of the last transformer blocks train."})
+    # optimisation
+    learning_rate: float | None = field(default=None, metadata={"doc": "Peak learning rate; default per method."})
+    lr_scheduler: str = field(default="cosine", metadata={"doc": f"One of {', '.join(SCHEDULERS)}."})
+    warmup_ratio: float = field(default=0.1, metadata={"doc": "Share of steps spent warming the rate up."})
+    weight_decay: float = field(default=0.0, metadata={"doc": "AdamW weight decay."})
+    epochs: float = field(default=3.0, metadata={"doc": "Passes over the training split."})
+    max_steps: int = field(default=-1, metadata={"doc": "Stop after this many optimiser steps (-1: use epochs)."})
+    batch_size: int = field(default=4, metadata={"doc": "Sequences (or packed rows) per device per step."})
+    grad_accum: int = field(default=1, metadata={"doc": "Batches accumulated per optimiser step."})
+    max_length: int = field(default=1024, metadata={"doc": "Longest training sequence in tokens; longer are cut."})
+    packing: bool | None = field(
+        default=None, metadata={"doc": "Pack conversations padding-free (sft, partial, full, qlora; default on)."})
+    seed: int = field(default=42, metadata={"doc": "Seeds data order, initialisation and the validation split."})
+    # validation, early stopping, checkpoints
+    val_fraction: float = field(default=0.1, metadata={"doc": "Share of rows held out for validation loss."})
+    eval_steps: int = field(default=10, metadata={"doc": "Validate every N optimiser steps."})
+    save_steps: int = field(default=10, metadata={"doc": "Checkpoint every N steps; a multiple of eval_steps."})
+    early_stopping_patience: int = field(
+        default=3, metadata={"doc": "Stop after N validations without improvement (0: never)."})
+    # preference tuning (dpo, kto)
+    beta: float = field(default=0.1, metadata={"doc": "dpo/kto: strength of the pull towards the reference."})
+    start_from: str = field(
+        default="active", metadata={"doc": "dpo/kto: continue the active LoRA adapter ('active') or train a new one "
+                                           "on the base model ('base')."})
+    precompute_ref: bool = field(
+        default=True, metadata={"doc": "dpo/kto: compute reference log-probs once before training, "
+                                        "so no reference forward pass (or reference copy) is kept during it."})
+    # hardware
+    bf16: bool | None = field(default=None, metadata={"doc": "bf16 mixed precision (default: when a GPU supports it)."})
+    activation_checkpointing: bool = field(default=False, metadata={"doc": "Trade compute for activation memory."})
+
+    def resolved(self) -> "RunConfig":
+        """The config with method defaults filled in, after checking every value and every combination."""
+        errors = []
+        if self.method not in METHODS:
+            errors.append(f"method {self.method!r} is not one of {', '.join(METHODS)}")
+        for name in ("lora_r", "lora_alpha", "batch_size", "grad_accum", "max_length", "eval_steps", "save_steps"):
+            if getattr(self, name) < 1:
+                errors.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        for name, low, high in (("lora_dropout", 0, 1), ("warmup_ratio", 0, 1), ("val_fraction", 0, 0.5)):
+            if not low <= getattr(self, name) < high:
+                errors.append(f"{name} must be in [{low}, {high}) (got {getattr(self, name)})")
+        if self.top_blocks < 1:
+            errors.append(f"top_blocks must be at least 1 (got {self.top_blocks})")
+        if self.learning_rate is not None and not 0 < self.learning_rate < 1:
+            errors.append(f"learning_rate must be in (0, 1) (got {self.learning_rate})")
+        if self.lr_scheduler not in SCHEDULERS:
+            errors.append(f"lr_scheduler {self.lr_scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if self.epochs <= 0 and self.max_steps < 1:
+            errors.append(f"epochs ({self.epochs}) or max_steps ({self.max_steps}) must be positive")
+        if self.early_stopping_patience < 0 or self.beta <= 0:
+            errors.append("early_stopping_patience must be >= 0 and beta > 0")
+        if self.early_stopping_patience and self.val_fraction and self.save_steps % self.eval_steps:
+            errors.append(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
+                          "when early stopping keeps the best checkpoint")
+        if self.start_from not in ("active", "base"):
+            errors.append(f"start_from must be 'active' or 'base' (got {self.start_from!r})")
+        if self.packing and self.method not in PACKABLE:
+            errors.append(f"packing=true conflicts with method {self.method!r}: only {', '.join(PACKABLE)} pack")
+        if not isinstance(self.target_modules, str) and not (
+                self.target_modules and all(isinstance(m, str) and m for m in self.target_modules)):
+            errors.append(f"target_modules must be 'all-linear' or a non-empty list of names (got {self.target_modules!r})")
+        if errors:
+            raise ValueError("bad run config: " + "; ".join(errors))
+        return replace(
+            self,
+            learning_rate=self.learning_rate or DEFAULT_LEARNING_RATE[self.method],
+            packing=self.method in PACKABLE if self.packing is None else self.packing,
+        )
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def load_config(path: Path | None, method: str) -> RunConfig:
+    """A run config from a TOML or JSON file (unknown keys refused), for ``method``; no file: the defaults."""
+    values: dict = {}
+    if path is not None:
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        text = path.read_text(encoding="utf-8")
+        try:
+            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+            raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from error
+        known = {f.name for f in fields(RunConfig)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"config file {path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
+        if values.get("method", method) != method:
+            raise ValueError(f"config file {path} sets method {values['method']!r} but --method is {method!r}")
+    for f in fields(RunConfig):
+        if f.name in values and not _type_ok(values[f.name], f.default):
+            raise ValueError(f"config file {path}: {f.name} = {values[f.name]!r} is not a {type(f.default).__name__}")
+    return RunConfig(**{**values, "method": method}).resolved()
+
+
+def _type_ok(value, default) -> bool:
+    if default is None or isinstance(default, str) and isinstance(value, list):
+        return value is None or isinstance(value, (bool, int, float, str, list))
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(value, bool) and isinstance(default, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def describe() -> str:
+    """Every field with its default and documentation, for ``affinage train --help-config``."""
+    return "\n".join(f"{f.name} = {f.default!r}  # {f.metadata.get('doc', '')}" for f in fields(RunConfig)
+                     if f.name != "method")

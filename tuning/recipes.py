@@ -1,0 +1,238 @@
+"""One short recipe per method: set up the model and trainer, train (resuming any checkpoint), return the trainer.
+
+TRL and PEFT do the work; a recipe only chooses. Saving into the registry is shared (``tuning.train``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+from contextlib import redirect_stdout
+from dataclasses import dataclass
+from pathlib import Path
+
+from tuning.config import RunConfig
+from tuning.data import TrainingData
+
+
+@dataclass
+class Job:
+    """Everything a recipe needs, resolved and checked before any weights load."""
+
+    config: RunConfig
+    data: TrainingData
+    base_path: Path  # local folder of the base model's weights
+    start_adapter: Path | None  # dpo/kto: the active LoRA adapter to continue from
+    run_dir: Path  # checkpoints of this run (the same inputs give the same folder, so a restart resumes)
+    progress: bool = True
+    resumed_from: str | None = None  # the checkpoint a restarted run went on from
+
+
+def hardware_problem(config: RunConfig) -> str | None:
+    """Why this machine cannot run ``config``, or None."""
+    import torch
+
+    if config.method == "qlora":
+        if not torch.cuda.is_available():
+            return "qlora needs a CUDA GPU (4-bit weights via bitsandbytes); this machine has none: use --method sft"
+        if importlib.util.find_spec("bitsandbytes") is None:
+            return "qlora needs the bitsandbytes package: pip install bitsandbytes"
+    if config.bf16 and not (torch.cuda.is_available() and torch.cuda.is_bf16_supported()):
+        return "bf16=true needs a GPU that supports bfloat16; this machine trains in float32"
+    return None
+
+
+def use_bf16(config: RunConfig) -> bool:
+    import torch
+
+    if config.bf16 is not None:
+        return config.bf16
+    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+
+
+# -- shared steps ----------------------------------------------------------------------------------------------------
+def load_base(job: Job, quantized: bool = False):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    kwargs = {"dtype": torch.bfloat16 if use_bf16(job.config) else torch.float32}
+    if quantized:
+        from transformers import BitsAndBytesConfig
+
+        kwargs["quantization_config"] = BitsAndBytesConfig(
+            load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
+            bnb_4bit_use_double_quant=True)
+    model = AutoModelForCausalLM.from_pretrained(str(job.base_path), **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(str(job.base_path))
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return model, tokenizer
+
+
+def lora(config: RunConfig):
+    from peft import LoraConfig
+
+    return LoraConfig(r=config.lora_r, lora_alpha=config.lora_alpha, lora_dropout=config.lora_dropout,
+                      target_modules=config.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def arguments(args_class, job: Job, **method_specific):
+    """The TrainingArguments every method shares: schedule, validation, early stopping, checkpoints, precision."""
+    import torch
+
+    c, validate = job.config, bool(job.data.validation)
+    return args_class(
+        output_dir=str(job.run_dir / "checkpoints"),
+        learning_rate=c.learning_rate,
+        lr_scheduler_type=c.lr_scheduler,
+        warmup_steps=c.warmup_ratio,  # below 1: a share of the steps
+        weight_decay=c.weight_decay,
+        num_train_epochs=c.epochs,
+        max_steps=c.max_steps,
+        per_device_train_batch_size=c.batch_size,
+        per_device_eval_batch_size=c.batch_size,
+        gradient_accumulation_steps=c.grad_accum,
+        activation_checkpointing=c.activation_checkpointing,
+        dataloader_pin_memory=torch.cuda.is_available(),
+        seed=c.seed,
+        data_seed=c.seed,
+        bf16=use_bf16(c),
+        eval_strategy="steps" if validate else "no",
+        eval_steps=c.eval_steps,
+        save_strategy="steps",
+        save_steps=c.save_steps,
+        save_total_limit=2,
+        load_best_model_at_end=validate and c.early_stopping_patience > 0,
+        metric_for_best_model="eval_loss",
+        greater_is_better=False,
+        logging_steps=1,
+        include_num_input_tokens_seen="non_padding",
+        report_to=[],
+        disable_tqdm=not job.progress,
+        dataloader_num_workers=0,
+        **method_specific,
+    )
+
+
+def callbacks(job: Job) -> list:
+    from transformers import EarlyStoppingCallback
+
+    if job.data.validation and job.config.early_stopping_patience:
+        return [EarlyStoppingCallback(early_stopping_patience=job.config.early_stopping_patience)]
+    return []
+
+
+def datasets(job: Job):
+    from datasets import Dataset
+
+    train = Dataset.from_list(job.data.train)
+    return train, Dataset.from_list(job.data.validation) if job.data.validation else None
+
+
+def last_checkpoint(folder: Path) -> Path | None:
+    """The newest complete checkpoint: ``trainer_state.json`` is written last, so a folder without it was cut off."""
+    if not folder.is_dir():
+        return None
+    complete = [p for p in folder.glob("checkpoint-*") if (p / "trainer_state.json").is_file()]
+    return max(complete, key=lambda p: int(p.name.split("-")[1]), default=None)
+
+
+def sft_trainer(job: Job, model, tokenizer, peft_config=None):
+    """SFTTrainer on prompt/completion rows (loss on the answer only), bfd-packed padding-free when packing is on."""
+    from trl import SFTConfig, SFTTrainer
+
+    train, validation = datasets(job)
+    args = arguments(SFTConfig, job, max_length=job.config.max_length, packing=job.config.packing,
+                     packing_strategy="bfd", completion_only_loss=True)
+    return SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                      processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
+
+
+def fit(trainer, job: Job):
+    """Train, resuming from the newest complete checkpoint; library chatter goes to stderr, not stdout."""
+    checkpoint = last_checkpoint(job.run_dir / "checkpoints")
+    job.resumed_from = checkpoint.name if checkpoint else None
+    with redirect_stdout(sys.stderr):
+        trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    return trainer
+
+
+def starting_policy(job: Job, model):
+    """dpo/kto continue the active adapter (TRL keeps a frozen copy as the reference) or get a fresh LoRA."""
+    if job.start_adapter is None:
+        return model, lora(job.config)
+    from peft import PeftModel
+
+    return PeftModel.from_pretrained(model, str(job.start_adapter), is_trainable=True), None
+
+
+# -- recipes ---------------------------------------------------------------------------------------------------------
+def sft(job: Job, quantized: bool = False):
+    """LoRA SFT; the loss covers the assistant's answer only; conversations packed into rows."""
+    model, tokenizer = load_base(job, quantized)
+    return fit(sft_trainer(job, model, tokenizer, lora(job.config)), job)
+
+
+def qlora(job: Job):
+    """LoRA SFT over a 4-bit base (CUDA + bitsandbytes)."""
+    return sft(job, quantized=True)
+
+
+def dpo(job: Job):
+    """DPO on preference pairs, from the active adapter or the base model."""
+    from trl import DPOConfig, DPOTrainer
+
+    model, tokenizer = load_base(job)
+    model, peft_config = starting_policy(job, model)
+    train, validation = datasets(job)
+    args = arguments(DPOConfig, job, beta=job.config.beta, max_length=job.config.max_length,
+                     precompute_ref_log_probs=job.config.precompute_ref)
+    trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
+    return fit(trainer, job)
+
+
+def kto(job: Job):
+    """KTO on unpaired thumbs-up / thumbs-down answers, from the active adapter or the base model."""
+    from trl import KTOConfig, KTOTrainer
+
+    model, tokenizer = load_base(job)
+    model, peft_config = starting_policy(job, model)
+    train, validation = datasets(job)
+    args = arguments(KTOConfig, job, beta=job.config.beta, max_length=job.config.max_length,
+                     precompute_ref_log_probs=job.config.precompute_ref)
+    trainer = KTOTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
+    return fit(trainer, job)
+
+
+def partial(job: Job):
+    """Only the top ``top_blocks`` transformer blocks train; everything else stays frozen."""
+    model, tokenizer = load_base(job)
+    blocks = transformer_blocks(model)
+    if job.config.top_blocks > len(blocks):
+        raise ValueError(f"top_blocks ({job.config.top_blocks}) exceeds the model's {len(blocks)} transformer blocks")
+    model.requires_grad_(False)
+    for block in blocks[-job.config.top_blocks:]:
+        block.requires_grad_(True)
+    return fit(sft_trainer(job, model, tokenizer), job)
+
+
+def full(job: Job):
+    """Every weight trains: for small models, and as the yardstick for LoRA."""
+    model, tokenizer = load_base(job)
+    return fit(sft_trainer(job, model, tokenizer), job)
+
+
+def transformer_blocks(model) -> list:
+    """The decoder's block list, wherever the architecture keeps it."""
+    for path in ("model.layers", "transformer.h", "model.decoder.layers", "gpt_neox.layers"):
+        node = model
+        for part in path.split("."):
+            node = getattr(node, part, None)
+        if node is not None:
+            return list(node)
+    raise ValueError(f"cannot find the transformer blocks of {type(model).__name__} for method partial")
+
+
+RECIPES = {"sft": sft, "dpo": dpo, "kto": kto, "partial": partial, "full": full, "qlora": qlora}

@@ -1,0 +1,90 @@
+"""Serving the active version: load it (hash-checked) on start, and follow promotions and rollbacks while running."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from pathlib import Path
+
+from tuning.registry import Registry
+
+log = logging.getLogger("affinage.serving")
+
+
+def load_weights(base_path: Path, registry: Registry, version_id: str | None):
+    """The model for ``version_id`` (None: the base), LoRA merged in so serving pays nothing for the adapter."""
+    from transformers import AutoModelForCausalLM
+
+    if version_id is None:
+        return AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
+    folder = registry.verify(version_id)
+    if registry.get(version_id).manifest.get("kind") == "full":
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto")
+    from peft import PeftModel
+
+    base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
+    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+
+
+class ActiveVersionWatcher:
+    """Polls the registry pointer; a change loads the new version beside the serving one, then swaps it in.
+
+    Loading happens outside the model's lock, so requests keep being answered meanwhile; the swap itself waits
+    for the request in flight. A version that fails to load is logged and the old one keeps serving.
+    """
+
+    def __init__(self, llm, registry: Registry, base_path: Path, interval_s: float = 2.0):
+        self.llm, self.registry, self.base_path, self.interval_s = llm, registry, base_path, interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+        self._failed: str | None = None  # not retried until the pointer moves on
+
+    def check(self) -> bool:
+        """Swap in the active version if it is not the one serving; True when a swap happened."""
+        wanted = self.registry.active_id()
+        if wanted == self.llm.adapter_version or (wanted is not None and wanted == self._failed):
+            return False
+        try:
+            model = load_weights(self.base_path, self.registry, wanted)
+        except Exception as error:  # noqa: BLE001 - keep serving the old version, say why
+            self._failed = wanted
+            log.error("cannot load the active version; still serving the previous one",
+                      extra={"version": wanted, "error": str(error)})
+            return False
+        previous = self.llm.served_version
+        self.llm.swap(model, wanted)
+        log.info("now serving a new version", extra={"version": self.llm.served_version, "previous": previous})
+        return True
+
+    def start(self) -> "ActiveVersionWatcher":
+        self._thread = threading.Thread(target=self._run, name="active-version-watcher", daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            try:
+                self.check()
+            except Exception as error:  # noqa: BLE001 - a bad pointer read must not kill the watcher
+                log.error("registry check failed", extra={"error": str(error)})
+
+
+def follow_registry(settings, llm) -> ActiveVersionWatcher | None:
+    """Swap the active version into a local model now and return a watcher to keep following it.
+
+    None for a remote endpoint: its server owns its weights.
+    """
+    from agent.chat_model import LocalChatModel
+    from tuning.train import base_model
+
+    if not isinstance(llm, LocalChatModel):
+        return None
+    watcher = ActiveVersionWatcher(llm, Registry(settings.registry_dir), base_model(settings)[1],
+                                   settings.registry_poll_seconds)
+    watcher.check()
+    return watcher

@@ -1,0 +1,147 @@
+"""``affinage train``: check everything, run a recipe, register the result as a candidate with its manifest."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import resource
+import shutil
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+
+from affinage.settings import EMBEDDED_CHAT_MODEL, Settings
+from tuning.config import RunConfig, load_config
+from tuning.data import load_training_data
+from tuning.recipes import RECIPES, Job, hardware_problem
+from tuning.registry import Registry, Version, sha256_file
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def base_model(settings: Settings) -> tuple[str, Path]:
+    """The name datasets record for the base model, and the local folder of its weights."""
+    from agent.chat_model import EMBEDDED_NAME, resolve_model_path
+
+    if settings.openai_base_url:
+        raise ValueError("training needs the model's weights locally, but chat_model is served by openai_base_url; "
+                         "point chat_model at a local folder or Hugging Face id to train")
+    location = resolve_model_path(settings)
+    if isinstance(location, str):
+        from huggingface_hub import snapshot_download
+
+        location = Path(snapshot_download(location, local_files_only=True))
+    name = EMBEDDED_NAME if settings.chat_model == EMBEDDED_CHAT_MODEL else Path(str(location)).name
+    return name, Path(location)
+
+
+def weights_sha256(folder: Path) -> str:
+    """One digest over the model's weight files, so a manifest pins the exact base it was trained on."""
+    digest = hashlib.sha256()
+    for path in sorted(folder.glob("*.safetensors")):
+        digest.update(f"{path.name}:{sha256_file(path)}\n".encode())
+    return digest.hexdigest()
+
+
+def git_commit() -> str | None:
+    try:
+        result = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5)
+    except OSError:
+        return None
+    return result.stdout.strip() or None
+
+
+def prepare(settings: Settings, config: RunConfig, dataset_id: str | None, registry: Registry,
+            progress: bool = True) -> tuple[Job, dict]:
+    """Every check that can refuse the run, before any weights load; returns the job and its lineage."""
+    problem = hardware_problem(config)
+    if problem:
+        raise ValueError(problem)
+    name, base_path = base_model(settings)
+    data = load_training_data(settings.datasets_dir, dataset_id, config.method, name, config.val_fraction, config.seed)
+    start_version, start_adapter = None, None
+    if config.method in ("dpo", "kto") and config.start_from == "active" and registry.active_id():
+        active = registry.get(registry.active_id())
+        if active.manifest.get("kind") != "lora":
+            raise ValueError(f"{config.method} continues a LoRA adapter, but the active version {active.id} holds "
+                             "full weights: set start_from = 'base' in the config")
+        start_version, start_adapter = active.id, registry.verify(active.id)
+    lineage = {
+        "base_model": {"name": name, "sha256": weights_sha256(base_path)},
+        "start_from": start_version or "base",
+        "datasets": [{"id": data.manifest["id"], "content_hash": data.manifest["content_hash"]}],
+        "config": config.to_json(),
+    }
+    run_key = hashlib.sha256(json.dumps(lineage, sort_keys=True).encode()).hexdigest()[:12]
+    job = Job(config, data, base_path, start_adapter, settings.home / "runs" / f"{config.method}-{run_key}", progress)
+    return job, lineage
+
+
+def train(settings: Settings, method: str, dataset_id: str | None = None, config_path: Path | None = None,
+          progress: bool = True) -> Version:
+    """Train one candidate; a run killed part-way resumes from its newest checkpoint when started again."""
+    config = load_config(config_path, method)
+    registry = Registry(settings.registry_dir)
+    job, lineage = prepare(settings, config, dataset_id, registry, progress)
+    job.run_dir.mkdir(parents=True, exist_ok=True)
+    trainer = RECIPES[method](job)
+    created = datetime.now(timezone.utc)
+    manifest = {
+        "id": f"{method}-{created:%Y%m%d-%H%M%S}-{job.run_dir.name[-6:]}",
+        "method": method,
+        "kind": "lora" if hasattr(trainer.model, "peft_config") else "full",
+        "created_at": created.isoformat(),
+        **lineage,
+        "git_commit": git_commit(),
+        "resumed_from": job.resumed_from,
+        "hardware": hardware(),
+        "rows": {"train": len(job.data.train), "validation": len(job.data.validation)},
+        "curves": curves(trainer.state.log_history),
+        "metrics": final_metrics(trainer.state),
+    }
+    staged = registry.staging()
+    if manifest["kind"] == "lora":
+        trainer.model.save_pretrained(staged, selected_adapters=["default"], safe_serialization=True)
+    else:
+        trainer.model.save_pretrained(staged, safe_serialization=True)
+        trainer.processing_class.save_pretrained(staged)
+    version = registry.add(staged, manifest)
+    shutil.rmtree(job.run_dir, ignore_errors=True)  # checkpoints are only for resuming this run
+    return version
+
+
+def curves(log_history: list[dict]) -> dict:
+    return {"train": [[h["step"], round(h["loss"], 5)] for h in log_history if "loss" in h],
+            "validation": [[h["step"], round(h["eval_loss"], 5)] for h in log_history if "eval_loss" in h]}
+
+
+def final_metrics(state) -> dict:
+    summary = next((h for h in reversed(state.log_history) if "train_runtime" in h), {})
+    runtime = summary.get("train_runtime") or 0.0
+    return {
+        "train_loss": summary.get("train_loss"),
+        "best_validation_loss": state.best_metric,
+        "steps": state.global_step,
+        "epochs": round(state.epoch or 0.0, 3),
+        "stopped_early": state.global_step < state.max_steps,
+        "tokens": int(state.num_input_tokens_seen or 0),
+        "runtime_s": round(runtime, 2),
+        "tokens_per_s": round(state.num_input_tokens_seen / runtime, 1) if runtime and state.num_input_tokens_seen else None,
+        "peak_memory_mb": peak_memory_mb(),
+    }
+
+
+def peak_memory_mb() -> float:
+    import torch
+
+    if torch.cuda.is_available():
+        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+
+
+def hardware() -> dict:
+    import torch
+
+    if torch.cuda.is_available():
+        return {"device": torch.cuda.get_device_name(0), "gpus": torch.cuda.device_count()}
+    return {"device": "cpu", "threads": torch.get_num_threads()}
