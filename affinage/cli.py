@@ -273,6 +273,8 @@ def cmd_train(settings: Settings, args: argparse.Namespace) -> int:
         print(describe())
         return 0
     version = train(settings, args.method, args.dataset, Path(args.config) if args.config else None, progress=True)
+    if version is None:  # not the main process of a multi-process launch
+        return 0
     metrics = version.manifest["metrics"]
     print(f"candidate {version.id}: {metrics['steps']} steps, train loss {_fmt(metrics['train_loss'])}, "
           f"best validation loss {_fmt(metrics['best_validation_loss'])}, {_fmt(metrics['tokens_per_s'])} tokens/s")

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -78,13 +79,19 @@ def prepare(settings: Settings, config: RunConfig, dataset_id: str | None, regis
 
 
 def train(settings: Settings, method: str, dataset_id: str | None = None, config_path: Path | None = None,
-          progress: bool = True) -> Version:
-    """Train one candidate; a run killed part-way resumes from its newest checkpoint when started again."""
+          progress: bool = True) -> Version | None:
+    """Train one candidate; a run killed part-way resumes from its newest checkpoint when started again.
+
+    Under ``accelerate launch`` every process trains and the first one registers the candidate (the others
+    return None).
+    """
     config = load_config(config_path, method)
     registry = Registry(settings.registry_dir)
     job, lineage = prepare(settings, config, dataset_id, registry, progress)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = RECIPES[method](job)
+    if not trainer.is_world_process_zero() or int(os.environ.get("RANK", "0")) != 0:
+        return None
     created = datetime.now(timezone.utc)
     manifest = {
         "id": f"{method}-{created:%Y%m%d-%H%M%S}-{job.run_dir.name[-6:]}",
@@ -94,7 +101,7 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
         **lineage,
         "git_commit": git_commit(),
         "resumed_from": job.resumed_from,
-        "hardware": hardware(),
+        "hardware": {**hardware(), "processes": trainer.args.world_size},
         "rows": {"train": len(job.data.train), "validation": len(job.data.validation)},
         "curves": curves(trainer.state.log_history),
         "metrics": final_metrics(trainer.state),

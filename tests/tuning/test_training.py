@@ -150,3 +150,13 @@ def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quic
         packed = trainer.model(input_ids=ids, position_ids=positions).logits
         alone = torch.cat([trainer.model(input_ids=ids[:, a:b]).logits for a, b in zip(starts, starts[1:])], dim=1)
     assert torch.allclose(packed, alone, atol=1e-5)
+
+
+def test_validation_drives_early_stopping_and_keeps_the_best_checkpoint(tiny_settings, dataset, quick_config):
+    """A learning rate far too high makes validation loss climb: the run stops early on its best checkpoint."""
+    version = train(tiny_settings, "full", progress=False, config_path=quick_config(
+        max_steps=30, eval_steps=1, save_steps=1, early_stopping_patience=2, learning_rate=0.5, lr_scheduler="constant"))
+    metrics, validation = version.manifest["metrics"], version.manifest["curves"]["validation"]
+    assert metrics["stopped_early"] and metrics["steps"] < 30
+    assert metrics["best_validation_loss"] == pytest.approx(min(loss for _, loss in validation), abs=1e-4)
+    assert validation[-1][1] > metrics["best_validation_loss"]
