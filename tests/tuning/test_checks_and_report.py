@@ -1,0 +1,62 @@
+import json
+
+import pytest
+
+from tuning.checks import at_most, improves, no_worse, not_higher, relative_increase_at_most, verdict
+from tuning.report import write_report
+
+
+def test_each_rule_passes_and_fails_at_its_bound():
+    assert no_worse("regression", "f1", 0.50, 0.49, 0.02).passed
+    assert not no_worse("regression", "f1", 0.50, 0.47, 0.02).passed
+    assert improves("regression", "target f1", 0.30, 0.36, 0.05).passed
+    assert not improves("regression", "target f1", 0.30, 0.33, 0.05).passed
+    assert not_higher("safety", "injection success", 0.1, 0.1).passed
+    assert not not_higher("safety", "injection success", 0.1, 0.2).passed
+    assert at_most("forgetting", "kl", 0.05, 0.1).passed and not at_most("forgetting", "kl", 0.2, 0.1).passed
+    assert relative_increase_at_most("forgetting", "perplexity", 20.0, 21.9, 0.1).passed
+    assert not relative_increase_at_most("forgetting", "perplexity", 20.0, 22.1, 0.1).passed
+    assert not verdict([]) and verdict([at_most("f", "kl", 0.0, 0.1)])
+
+
+def test_report_pages_say_what_failed_with_plots_and_escape_everything(tmp_path):
+    checks = [no_worse("regression", "golden token-F1", 0.5, 0.52, 0.02),
+              not_higher("safety", "<script>alert(1)</script>", 0.0, 0.25)]
+    candidate = {"id": "sft-1", "method": "sft", "datasets": [{"id": "ds-<b>x</b>"}],
+                 "metrics": {"steps": 3}, "curves": {"train": [[1, 2.0], [2, 1.5]], "validation": [[2, 1.7]]}}
+    drift = {"topics": {"billing": {"share_reference": 0.5, "share_recent": 0.2, "p_value": 0.01},
+                        "login": {"share_reference": 0.5, "share_recent": 0.8, "p_value": 0.4}}}
+    report = write_report(tmp_path, candidate, checks, {"drift": drift})
+    assert report["passed"] is False and report["gates"] == {"regression": True, "safety": False}
+    assert json.loads((tmp_path / "report.json").read_text())["checks"][1]["passed"] is False
+    page = (tmp_path / "report.html").read_text()
+    assert "FAILED: safety" in page
+    assert "<script>" not in page and "&lt;script&gt;" in page and "ds-&lt;b&gt;x" in page
+    assert page.count("data:image/png;base64,") == 3  # loss curves, before/after bars, drift
+
+
+@pytest.mark.parametrize("texts", [[], [""]])
+def test_perplexity_needs_text(tiny_model_dir, texts):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.forgetting import perplexity
+
+    with pytest.raises(ValueError):
+        perplexity(AutoModelForCausalLM.from_pretrained(tiny_model_dir), AutoTokenizer.from_pretrained(tiny_model_dir), texts)
+
+
+def test_kl_is_zero_for_the_same_model_and_grows_with_change(tiny_model_dir):
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from tuning.forgetting import mean_kl, perplexity
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_model_dir)
+    base = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    changed = AutoModelForCausalLM.from_pretrained(tiny_model_dir)
+    with torch.no_grad():
+        changed.lm_head.weight.mul_(3.0)  # sharper distributions everywhere
+    prompts = ["The river runs to the sea.", "Water boils at one hundred degrees."]
+    assert mean_kl(base, base, tokenizer, prompts) == pytest.approx(0.0, abs=1e-6)
+    assert mean_kl(changed, base, tokenizer, prompts) > 1e-3
+    assert perplexity(base, tokenizer, prompts) > 1.0

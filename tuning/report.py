@@ -1,0 +1,142 @@
+"""The gate report a person decides from: report.json for machines, report.html (self-contained, plots inline)."""
+
+from __future__ import annotations
+
+import base64
+import html
+import io
+import json
+from datetime import datetime, timezone
+from pathlib import Path
+
+from affinage.atomic import atomic_write_text
+from tuning.checks import Check, verdict
+
+
+def _png(figure) -> str:
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=110, bbox_inches="tight")
+    plt.close(figure)
+    return base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def loss_curves_plot(curves: dict) -> str | None:
+    """Training and validation loss by step, from the candidate's manifest."""
+    import matplotlib.pyplot as plt
+
+    if not curves.get("train"):
+        return None
+    figure, axes = plt.subplots(figsize=(6, 3.2))
+    for label, points, style in (("train", curves["train"], "-"), ("validation", curves.get("validation", []), "o-")):
+        if points:
+            axes.plot([p[0] for p in points], [p[1] for p in points], style, label=label, markersize=3)
+    axes.set_xlabel("step")
+    axes.set_ylabel("loss")
+    axes.set_title("Training and validation loss")
+    axes.legend()
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
+def checks_plot(checks: list[Check]) -> str | None:
+    """Small multiples: active vs candidate per measure, the threshold dashed, red where the check failed."""
+    import matplotlib.pyplot as plt
+
+    if not checks:
+        return None
+    columns = min(4, len(checks))
+    rows = -(-len(checks) // columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(3.1 * columns, 2.6 * rows), squeeze=False)
+    for ax in axes.flat[len(checks):]:
+        ax.axis("off")
+    for ax, check in zip(axes.flat, checks):
+        labels, values = ["candidate"], [check.after]
+        if check.before is not None:
+            labels, values = ["active", "candidate"], [check.before, check.after]
+        colors = ["#8a94a6"] * (len(values) - 1) + ["#2f7d4f" if check.passed else "#c0392b"]
+        ax.bar(labels, values, color=colors)
+        ax.axhline(check.threshold, color="black", linestyle="--", linewidth=1)
+        ax.set_ylim(0, max([*values, check.threshold]) * 1.15 or 1.0)
+        ax.set_title(f"{check.gate}: {check.name}", fontsize=8)
+        ax.tick_params(labelsize=7)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def drift_plot(topics: dict) -> str | None:
+    """Share of questions per topic in the reference and recent windows, with each topic's drift p-value."""
+    import matplotlib.pyplot as plt
+
+    if not topics:
+        return None
+    names = list(topics)
+    figure, axes = plt.subplots(figsize=(max(5, 0.9 * len(names)), 3.2))
+    positions = range(len(names))
+    axes.bar([p - 0.2 for p in positions], [topics[n]["share_reference"] for n in names], 0.4, label="reference")
+    axes.bar([p + 0.2 for p in positions], [topics[n]["share_recent"] for n in names], 0.4, label="recent")
+    for p, name in zip(positions, names):
+        p_value = topics[name].get("p_value")
+        if p_value is not None:
+            axes.annotate(f"p={p_value:.2f}", (p, max(topics[name]["share_reference"], topics[name]["share_recent"])),
+                          ha="center", va="bottom", fontsize=7)
+    axes.set_xticks(list(positions), names, rotation=30, ha="right", fontsize=7)
+    axes.set_ylabel("share of questions")
+    axes.set_title("Input drift by topic")
+    axes.legend()
+    return _png(figure)
+
+
+def build_report(candidate: dict, checks: list[Check], extra: dict | None = None) -> dict:
+    extra = extra or {}
+    return {
+        "candidate": candidate["id"],
+        "created_at": datetime.now(timezone.utc).isoformat(),
+        "passed": verdict(checks),
+        "gates": {gate: all(c.passed for c in checks if c.gate == gate) for gate in dict.fromkeys(c.gate for c in checks)},
+        "checks": [c.to_json() for c in checks],
+        "training": {"method": candidate.get("method"), "datasets": candidate.get("datasets"),
+                     "metrics": candidate.get("metrics"), "curves": candidate.get("curves")},
+        **extra,
+    }
+
+
+def render_html(report: dict, checks: list[Check]) -> str:
+    e = html.escape
+    plots = [("Training", loss_curves_plot(report["training"].get("curves") or {})),
+             ("Active vs candidate", checks_plot(checks)),
+             ("Drift", drift_plot((report.get("drift") or {}).get("topics", {})))]
+    rows = "\n".join(
+        f"<tr class={'pass' if c.passed else 'fail'}><td>{e(c.gate)}</td><td>{e(c.name)}</td>"
+        f"<td>{'' if c.before is None else f'{c.before:.4g}'}</td><td>{c.after:.4g}</td>"
+        f"<td>{e(c.rule)} ({c.threshold:.4g})</td><td>{'pass' if c.passed else 'FAIL'}</td></tr>" for c in checks)
+    figures = "\n".join(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
+                        for title, data in plots if data)
+    verdict_text = "PASSED every gate" if report["passed"] else "FAILED: " + ", ".join(
+        e(g) for g, ok in report["gates"].items() if not ok)
+    training = report["training"]
+    return f"""<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>Gate report {e(report['candidate'])}</title>
+<style>body{{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}}
+table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
+.pass td:last-child{{color:#2f7d4f}}.fail td{{background:#fdecea}}.verdict{{font-size:1.3rem;font-weight:bold}}
+img{{max-width:100%}}</style></head><body>
+<h1>Gate report: {e(report['candidate'])}</h1>
+<p class="verdict">{verdict_text}</p>
+<p>Method {e(str(training.get('method')))}, datasets {e(', '.join(d['id'] for d in training.get('datasets') or []))},
+report written {e(report['created_at'][:19])} UTC.</p>
+<table><tr><th>gate</th><th>measure</th><th>active</th><th>candidate</th><th>rule (threshold)</th><th></th></tr>
+{rows}
+</table>
+{figures}
+</body></html>
+"""
+
+
+def write_report(folder: Path, candidate: dict, checks: list[Check], extra: dict | None = None) -> dict:
+    """Write report.json and report.html beside the candidate (each atomically); returns the report."""
+    report = build_report(candidate, checks, extra)
+    atomic_write_text(folder / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
+    atomic_write_text(folder / "report.html", render_html(report, checks))
+    return report
