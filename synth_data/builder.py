@@ -44,7 +44,7 @@ NEGATIVE = {"thumbs_down", "correction_submitted", "ungrounded", "refusal", "rep
 class Item:
     """One training row before filtering, with what the filters need to judge it."""
 
-    kind: str  # sft | preference | kto
+    kind: str  # sft | preference | kto | heldout
     question: str
     answer: str  # the target (sft), chosen (preference) or completion (kto)
     user: str | None
@@ -126,11 +126,16 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
         retry.append(interaction.id)
         return []
 
-    try:
-        rewordings = [scrub(q) for q in paraphrase(teacher, question, settings.paraphrases)]
+    try:  # one more than trained on: the last is held out to test that the fact, not the wording, was learnt
+        rewordings = [scrub(q) for q in paraphrase(teacher, question, settings.paraphrases + 1)]
     except TeacherError:
         skipped["paraphrase_failed"] = skipped.get("paraphrase_failed", 0) + 1
         rewordings = []
+    if len(rewordings) > settings.paraphrases:
+        held = rewordings.pop()
+        items.append(Item("heldout", answer=target, from_teacher=from_teacher, row={
+            "question": held, "answer": target, "source": docs[0].metadata["source"] if docs else None,
+            "interaction_id": interaction.id}, **{**base, "question": held}))
     for q in [question, *rewordings]:
         messages = [*prompt_messages(q, docs), {"role": "assistant", "content": target}]
         items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
@@ -148,6 +153,15 @@ def dedupe_per_kind(items: list[Item]) -> tuple[list[Item], int]:
     for kind in KINDS:
         kept += dedupe([x for x in items if x.kind == kind], lambda x: f"{x.question}\n{x.answer}", threshold=0.9)[0]
     return kept, len(items) - len(kept)
+
+
+def unseen_heldout(items: list[Item]) -> tuple[list[Item], int]:
+    """Held-out questions worded like a trained one would test memory, not learning: they go (lexical check only,
+    since a paraphrase means the same by design)."""
+    trained = [x.question for x in items if x.kind == "sft"]
+    held = [x for x in items if x.kind == "heldout"]
+    unseen, dropped, _ = decontaminate(held, lambda x: x.question, trained)
+    return [x for x in items if x.kind != "heldout"] + unseen, dropped
 
 
 def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teacher: BaseChatModel, embed,
@@ -172,8 +186,9 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
         ("near_duplicates", dedupe_per_kind),
         ("decontamination", lambda xs: decontaminate(xs, lambda x: x.question, protected, embed=embed)),
         ("per_user_cap", lambda xs: cap_per_user(xs, lambda x: x.user, settings.max_items_per_user)),
+        ("heldout_near_training", unseen_heldout),
     ])
-    if not kept:
+    if not [x for x in kept if x.kind != "heldout"]:
         raise ValueError(f"every candidate item was filtered out ({json.dumps(report.dropped)}); nothing written")
     rows = {kind: [x.row for x in kept if x.kind == kind] for kind in KINDS}
     manifest = write_dataset(settings.datasets_dir, rows, {

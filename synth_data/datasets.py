@@ -12,7 +12,7 @@ from pathlib import Path
 
 from affinage.atomic import fsync_dir, fsync_file
 
-KINDS = ("sft", "preference", "kto")
+KINDS = ("sft", "preference", "kto", "heldout")  # heldout: paraphrases kept for the gates, never trained on
 
 
 def write_dataset(root: Path, rows: dict[str, list[dict]], manifest: dict) -> dict:

@@ -57,7 +57,7 @@ def rows(manifest, settings, kind):
 def test_failures_become_sft_pairs_and_kto_with_lineage(seeded):
     manifest = run(seeded).manifest
     settings = seeded.settings
-    assert manifest["counts"] == {"sft": 8, "preference": 2, "kto": 3}, manifest["filters"]
+    assert manifest["counts"] == {"sft": 8, "preference": 2, "kto": 3, "heldout": 0}, manifest["filters"]
     sft = rows(manifest, settings, "sft")
     targets = {r["messages"][-1]["content"] for r in sft}
     assert targets == {GOOD, "No, monthly plans are never refunded. Call [PHONE] for help."}  # the person's correction wins
@@ -73,6 +73,16 @@ def test_failures_become_sft_pairs_and_kto_with_lineage(seeded):
     assert manifest["filters"]["pii_redacted"] == {"email": 1, "phone": 1}  # each logged text scrubbed once
     assert sum(manifest["filters"]["dropped"].values()) == manifest["filters"]["items_in"] - manifest["filters"]["items_out"]
     assert verify_dataset(settings.datasets_dir / manifest["id"])["id"] == manifest["id"]
+
+
+def test_one_paraphrase_per_failure_is_held_out_for_the_gates(seeded):
+    manifest = run(seeded, paraphrases=2).manifest
+    held = rows(manifest, seeded.settings, "heldout")
+    trained = {r["messages"][1]["content"].rsplit("Question: ", 1)[1] for r in rows(manifest, seeded.settings, "sft")}
+    assert [h["question"] for h in held] == ["refund annual plan"] * len(held) and len(held) == 2
+    assert not {h["question"] for h in held} & trained  # never trained on
+    assert {h["answer"] for h in held} == {GOOD, "No, monthly plans are never refunded. Call [PHONE] for help."}
+    assert all(h["source"] and h["interaction_id"] in manifest["source_interaction_ids"] for h in held)
 
 
 def test_planted_pii_never_reaches_a_dataset(seeded):
@@ -119,7 +129,7 @@ def test_teacher_that_fails_is_skipped_and_counted(seeded):
     result = synthesize(settings, seeded.store, seeded.retriever, Down(responses=["x"]),
                         seeded.retriever.embeddings.encode, teacher_name="down", base_model="m", progress=False)
     assert result.skipped == {"teacher_failed": 2, "paraphrase_failed": 1}
-    assert result.manifest["counts"] == {"sft": 1, "preference": 1, "kto": 1}  # the human correction needs no teacher
+    assert result.manifest["counts"] == {"sft": 1, "preference": 1, "kto": 1, "heldout": 0}  # the human correction needs no teacher
     assert len(result.manifest["source_interaction_ids"]) == 1  # the other two wait, whole, for the next dataset
 
 
@@ -127,7 +137,7 @@ def test_synth_and_datasets_cli(seeded, capsys, tiny_model_dir):
     home = ["--home", str(seeded.settings.home)]
     assert main([*home, "synth", "--json", "--paraphrases", "0"]) == 0
     summary = json.loads(capsys.readouterr().out)
-    assert summary["id"].startswith("ds-") and set(summary["counts"]) == {"sft", "preference", "kto"}
+    assert summary["id"].startswith("ds-") and set(summary["counts"]) == {"sft", "preference", "kto", "heldout"}
     assert "decontamination" in summary["filters"]["dropped"]
     assert main([*home, "datasets", "--json"]) == 0
     assert [m["id"] for m in json.loads(capsys.readouterr().out)] == [summary["id"]]
