@@ -291,6 +291,8 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
 
     registry = Registry(settings.registry_dir)
     versions = [v.to_json() for v in registry.list()]
+    if getattr(args, "only_undecided", False):
+        versions = [v for v in versions if v["state"] in ("candidate", "gated-passed", "gated-failed")]
     active = registry.active_id()
     if args.json:
         print(json.dumps({"active": active or BASE, "versions": versions}))
@@ -301,6 +303,32 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         print(f"{v['id']:40} {v['state']:12} train loss {_fmt(m.get('train_loss')):>7}  "
               f"val loss {_fmt(m.get('best_validation_loss')):>7}  {_fmt(m.get('tokens_per_s')):>6} tok/s  "
               f"data {','.join(v['datasets'])}")
+    return 0
+
+
+def cmd_gate(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.gates import run_gates
+
+    report = run_gates(settings, args.id, progress=not args.json)
+    if args.json:
+        print(json.dumps({k: report[k] for k in ("candidate", "passed", "gates", "checks")}))
+        return 0 if report["passed"] else 3
+    for check in report["checks"]:
+        before = "" if check["before"] is None else f"{check['before']:.4g} -> "
+        print(f"{'pass' if check['passed'] else 'FAIL'}  {check['gate']:10} {check['name']:40} {before}{check['after']:.4g}"
+              f"  ({check['rule']})")
+    verdict = "PASSED every gate" if report["passed"] else "FAILED " + ", ".join(
+        g for g, ok in report["gates"].items() if not ok)
+    print(f"{args.id}: {verdict}; report: {settings.registry_dir / 'versions' / args.id / 'report.html'}")
+    return 0 if report["passed"] else 3
+
+
+def cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.registry import Registry
+
+    version = Registry(settings.registry_dir).decide(args.id, args.command == "approve", actor=f"cli:{getpass.getuser()}",
+                                                     comment=args.comment, override_reason=args.override_reason)
+    print(f"{version.id} is {version.state}")
     return 0
 
 
@@ -381,6 +409,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("models", help="list model versions with their state and metrics")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_models)
+
+    p = sub.add_parser("candidates", help="list versions waiting for gates or a decision (models, filtered)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_models, only_undecided=True)
+
+    p = sub.add_parser("gate", help="run the regression, forgetting and safety gates on a candidate; writes its report")
+    p.add_argument("id")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_gate)
+
+    for name, verb in (("approve", "approve a version that passed its gates"), ("reject", "reject a gated version")):
+        p = sub.add_parser(name, help=verb)
+        p.add_argument("id")
+        p.add_argument("--comment", required=True, help="why (kept in the audit log)")
+        if name == "approve":
+            p.add_argument("--override-reason", help="approve despite failed gates (admins); kept in the audit log")
+        p.set_defaults(func=cmd_decide, override_reason=None)
 
     p = sub.add_parser("promote", help="make a version that passed its gates the active one")
     p.add_argument("id")

@@ -85,6 +85,18 @@ class Settings(BaseSettings):
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
     max_queue: int = Field(8, ge=0, description="Chat requests that may wait for the model; more get 503 at once.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    gate_tolerance: float = Field(
+        0.02, ge=0.0, le=1.0, description="Golden-set token-F1, ROUGE-L, citation accuracy and groundedness may drop "
+        "at most this much for a candidate to pass.")
+    gate_target_margin: float = Field(
+        0.05, ge=0.0, le=1.0, description="Token-F1 gain a candidate must show on held-out paraphrases of its failures.")
+    gate_max_perplexity_increase: float = Field(
+        0.10, ge=0.0, description="Largest relative rise of general-text perplexity over the active version.")
+    gate_max_kl: float = Field(0.5, ge=0.0, description="Largest mean KL divergence from the base model (nats/token).")
+    gate_golden_limit: int = Field(40, ge=0, description="Golden questions the gates ask each version (0: all).")
+    drift_permutations: int = Field(500, ge=10, le=100_000, description="Permutations of the MMD drift test.")
+    drift_window_days: float = Field(
+        7.0, gt=0, description="Recent traffic: questions from this many days before a candidate was trained on.")
     registry_poll_seconds: float = Field(
         2.0, gt=0, le=3600, description="How often the service checks the registry for a promotion or rollback.")
 

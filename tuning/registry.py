@@ -158,24 +158,36 @@ class Registry:
         self._event("gated", version_id, actor=actor, passed=passed)
         return self.get(version_id)
 
-    def decide(self, version_id: str, approve: bool, actor: str, comment: str) -> Version:
+    def decide(self, version_id: str, approve: bool, actor: str, comment: str,
+               override_reason: str | None = None) -> Version:
+        """Approve or reject a gated version, with a required comment.
+
+        A version that failed its gates is approved only with ``override_reason`` (the console allows that to
+        admins alone); the reason stays in the audit log.
+        """
         version = self.get(version_id)
+        if not comment or not comment.strip():
+            raise RegistryError("a decision needs a comment saying why")
         if version.state not in ("gated-passed", "gated-failed"):
             raise RegistryError(f"version {version_id} is {version.state}; only gated versions are approved or rejected")
-        if approve and version.state == "gated-failed":
-            raise RegistryError(f"version {version_id} failed its gates and cannot be approved")
+        if approve and version.state == "gated-failed" and not (override_reason or "").strip():
+            raise RegistryError(f"version {version_id} failed its gates: approving it needs an admin's written "
+                                "override reason")
         state = version.manifest_state()
         self._write_state(version, {**state, "state": "approved" if approve else "rejected"})
-        self._event("approved" if approve else "rejected", version_id, actor=actor, comment=comment)
+        details = {"comment": comment.strip()}
+        if approve and version.state == "gated-failed":
+            details["override_reason"] = override_reason.strip()
+        self._event("approved" if approve else "rejected", version_id, actor=actor, **details)
         return self.get(version_id)
 
     def promote(self, version_id: str, actor: str) -> Version:
         """Make ``version_id`` the serving version; it must have passed its gates and match its hashes."""
         version = self.get(version_id)
-        gate = version.manifest_state().get("gate") or {}
+        lifecycle = version.manifest_state().get("state")  # a retired version keeps its last decision
         if version.state == "active":
             raise RegistryError(f"version {version_id} is already active")
-        if version.state not in PROMOTABLE and not (version.state == "retired" and gate.get("passed")):
+        if version.state not in PROMOTABLE and not (version.state == "retired" and lifecycle in PROMOTABLE):
             raise RegistryError(f"version {version_id} is {version.state}: only a version that passed its gates "
                                 "(gated-passed or approved) can be promoted")
         self.verify(version_id)

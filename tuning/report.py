@@ -129,9 +129,41 @@ report written {e(report['created_at'][:19])} UTC.</p>
 <table><tr><th>gate</th><th>measure</th><th>active</th><th>candidate</th><th>rule (threshold)</th><th></th></tr>
 {rows}
 </table>
+{details(report)}
 {figures}
 </body></html>
 """
+
+
+def details(report: dict) -> str:
+    """What the numbers rest on: set sizes, output drift, input drift, and answers side by side."""
+    e = html.escape
+    parts = []
+    if report.get("sets"):
+        parts.append("<h2>Held-out sets</h2><p>" + e(", ".join(f"{k.replace('_', ' ')}: {v}" for k, v in report["sets"].items()))
+                     + "</p>")
+    if report.get("output_drift"):
+        drift = report["output_drift"]
+        rows = "".join(f"<tr><td>{e(name.replace('_', ' '))}</td><td>{v['active']:.3g}</td><td>{v['candidate']:.3g}</td>"
+                       f"<td>{v['difference']:+.3g}</td></tr>" for name, v in drift.items() if isinstance(v, dict))
+        parts.append("<h2>Output drift (golden answers)</h2><table><tr><th></th><th>active</th><th>candidate</th>"
+                     f"<th>change</th></tr>{rows}</table>")
+    drift = report.get("drift") or {}
+    if drift.get("skipped"):
+        parts.append(f"<h2>Input drift</h2><p>{e(drift['skipped'])}</p>")
+    elif drift.get("overall"):
+        o = drift["overall"]
+        drifted = [name for name, t in drift.get("topics", {}).items() if t.get("drifted")]
+        parts.append(f"<h2>Input drift</h2><p>Questions since {e(drift['since'][:10])} against before: MMD p-value "
+                     f"{o['p_value']:.3g} ({'drifted' if o['drifted'] else 'no drift'}; "
+                     f"{o['n_reference']} vs {o['n_recent']} questions). Drifted topics: "
+                     f"{e(', '.join(drifted)) or 'none'}.</p>")
+    if report.get("examples"):
+        rows = "".join(f"<tr><td>{e(x['question'])}</td><td>{e(x['reference'])}</td><td>{e(x['active'])}</td>"
+                       f"<td>{e(x['candidate'])}</td></tr>" for x in report["examples"])
+        parts.append("<h2>Answers side by side</h2><table><tr><th>question</th><th>reference</th><th>active</th>"
+                     f"<th>candidate</th></tr>{rows}</table>")
+    return "\n".join(parts)
 
 
 def write_report(folder: Path, candidate: dict, checks: list[Check], extra: dict | None = None) -> dict:

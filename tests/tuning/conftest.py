@@ -27,7 +27,12 @@ def rows() -> dict[str, list[dict]]:
                    "rejected": [{"role": "assistant", "content": "I don't know."}]} for q, a in FACTS]
     kto = [{"prompt": [SYSTEM, user(q)], "completion": [{"role": "assistant", "content": a if i % 2 else "No idea."}],
             "label": bool(i % 2)} for i, (q, a) in enumerate(FACTS)]
-    return {"sft": sft, "preference": preference, "kto": kto}
+    heldout = [{"question": "Is an annual subscription refundable, and for how long?",
+                "answer": "Annual plans are refundable within 30 days of purchase.",
+                "source": "billing/refunds.md#annual-plan-refunds"},
+               {"question": "Until when does the link to reset a password work?",
+                "answer": "The reset link expires after 2 hours.", "source": "account/passwords.md#reset-your-password"}]
+    return {"sft": sft, "preference": preference, "kto": kto, "heldout": heldout}
 
 
 @pytest.fixture

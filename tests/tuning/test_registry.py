@@ -33,8 +33,10 @@ def test_lifecycle_promote_and_rollback(tmp_path):
     with pytest.raises(RegistryError, match="only a version that passed its gates"):
         registry.promote(a, actor="op")
     registry.record_gate(b, False, {})
-    with pytest.raises(RegistryError, match="failed its gates and cannot be approved"):
+    with pytest.raises(RegistryError, match="failed its gates: approving it needs an admin's written override"):
         registry.decide(b, True, actor="op", comment="looks fine")
+    with pytest.raises(RegistryError, match="needs a comment"):
+        registry.decide(b, False, actor="op", comment="  ")
     with pytest.raises(RegistryError, match="is gated-failed"):
         registry.promote(b, actor="op")
 
@@ -51,6 +53,9 @@ def test_lifecycle_promote_and_rollback(tmp_path):
     assert registry.rollback(actor="op") is None  # back to the bare base model
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback(actor="op")
+    registry.decide(b, True, actor="admin", comment="urgent fix", override_reason="safety probe flaked; checked by hand")
+    assert registry.get(b).state == "approved"
+    assert registry.events()[-1]["override_reason"] == "safety probe flaked; checked by hand"
     actions = [(e["action"], e["version"]) for e in registry.events()]
     assert ("promoted", c) in actions and ("rolled_back", "base") in actions
     assert all(e["actor"] for e in registry.events())
