@@ -34,6 +34,10 @@ class RegistryError(ValueError):
     """A refused registry operation; the message says why."""
 
 
+class UnknownVersion(RegistryError):
+    """No version by that id."""
+
+
 @dataclass
 class Version:
     id: str
@@ -115,7 +119,7 @@ class Registry:
     def get(self, version_id: str) -> Version:
         folder = self.versions / version_id
         if "/" in version_id or version_id.startswith(".") or not (folder / "manifest.json").is_file():
-            raise RegistryError(f"no version {version_id!r} in the registry (see `affinage models`)")
+            raise UnknownVersion(f"no version {version_id!r} in the registry (see `affinage models`)")
         pointer = self.pointer_state()
         if version_id == pointer["active"]:
             state = "active"

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import base64
+import hashlib
 import html
 import io
 import json
@@ -11,6 +12,16 @@ from pathlib import Path
 
 from affinage.atomic import atomic_write_text
 from tuning.checks import Check, verdict
+
+
+REPORT_STYLE = (
+    "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}"
+    "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}"
+    ".pass td:last-child{color:#2f7d4f}.fail td{background:#fdecea}.verdict{font-size:1.3rem;font-weight:bold}"
+    "img{max-width:100%}"
+)
+# The page's one stylesheet, allowed by hash: no 'unsafe-inline' where the report is shown.
+REPORT_STYLE_HASH = "'sha256-" + base64.b64encode(hashlib.sha256(REPORT_STYLE.encode()).digest()).decode() + "'"
 
 
 def _png(figure) -> str:
@@ -118,10 +129,7 @@ def render_html(report: dict, checks: list[Check]) -> str:
     training = report["training"]
     return f"""<!doctype html>
 <html lang="en"><head><meta charset="utf-8"><title>Gate report {e(report['candidate'])}</title>
-<style>body{{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}}
-table{{border-collapse:collapse}}td,th{{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}}
-.pass td:last-child{{color:#2f7d4f}}.fail td{{background:#fdecea}}.verdict{{font-size:1.3rem;font-weight:bold}}
-img{{max-width:100%}}</style></head><body>
+<style>{REPORT_STYLE}</style></head><body>
 <h1>Gate report: {e(report['candidate'])}</h1>
 <p class="verdict">{verdict_text}</p>
 <p>Method {e(str(training.get('method')))}, datasets {e(', '.join(d['id'] for d in training.get('datasets') or []))},

@@ -26,6 +26,8 @@ from agent.service import auth
 from agent.service.errors import APIError, error_body, error_response, install_error_handlers
 from agent.service.limits import GenerationQueue, RateLimiter
 from agent.service.observability import Metrics
+from agent.service.operator import operator_routes
+from tuning.report import REPORT_STYLE_HASH
 from agent.service.schemas import (
     ChatRequest,
     CorrectionInfo,
@@ -40,6 +42,10 @@ from agent.service.schemas import (
 log = logging.getLogger("affinage.service")
 STATIC = Path(__file__).parent / "static"
 DEFAULT_MODEL = "default"
+# The console shows gate reports in a sandboxed srcdoc frame, which inherits this policy: their plots are data:
+# images and their one stylesheet is allowed by hash.
+OPERATOR_CSP = (f"default-src 'self'; img-src 'self' data:; style-src 'self' {REPORT_STYLE_HASH}; "
+                "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
@@ -103,7 +109,8 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             response = error_response(413, f"request body larger than {settings.max_body_bytes} bytes", "body_too_large")
         else:
             response = await call_next(request)
-        response.headers.update(SECURITY_HEADERS)
+        for name, value in SECURITY_HEADERS.items():  # a route may set a stricter or wider CSP of its own
+            response.headers.setdefault(name, value)
         elapsed = time.perf_counter() - begun
         known = request.scope.get("route")
         label = getattr(known, "path", "other")
@@ -270,6 +277,8 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
         return {"id": feedback_id, "review": "approved" if example else "rejected",
                 "example_id": example.id if example else None}
 
+    app.include_router(operator_routes(settings, store, agent.retriever.embeddings.encode, require))
+
     # --- keys (admin) ------------------------------------------------------------------------------------
     @app.get("/api/admin/keys", response_model=list[KeyInfo], tags=["admin"])
     def keys(_: auth.Caller = Depends(require("admin"))) -> list[dict]:
@@ -307,6 +316,12 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     @app.get("/", include_in_schema=False)
     def index() -> FileResponse:
         return FileResponse(STATIC / "index.html", headers={"Cache-Control": "no-cache"})
+
+    @app.get("/operator", include_in_schema=False)
+    def operator_console() -> FileResponse:
+        """The page is public; every call it makes needs an operator key."""
+        return FileResponse(STATIC / "operator.html", headers={"Cache-Control": "no-cache",
+                                                               "Content-Security-Policy": OPERATOR_CSP})
 
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")

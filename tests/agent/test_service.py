@@ -112,7 +112,11 @@ def test_bad_feedback_is_refused_and_nothing_stored(client_and_keys, body, statu
 ROUTES = [("GET", "/v1/models", "agent"), ("POST", "/v1/chat/completions", "agent"), ("POST", "/api/feedback", "agent"),
           ("GET", "/metrics", "operator"), ("GET", "/api/operator/corrections", "operator"),
           ("POST", "/api/operator/corrections/x/approve", "operator"), ("GET", "/api/admin/keys", "admin"), ("POST", "/api/admin/keys", "admin"),
-          ("DELETE", "/api/admin/keys/someone", "admin")]
+          ("DELETE", "/api/admin/keys/someone", "admin"), ("GET", "/api/operator/models", "operator"),
+          ("GET", "/api/operator/models/x/report", "operator"), ("POST", "/api/operator/models/x/approve", "operator"),
+          ("POST", "/api/operator/models/x/reject", "operator"), ("POST", "/api/operator/promote/x", "operator"),
+          ("POST", "/api/operator/rollback", "operator"), ("GET", "/api/operator/datasets", "operator"),
+          ("GET", "/api/operator/topics", "operator"), ("GET", "/api/operator/audit", "operator")]
 
 
 @pytest.mark.parametrize("method, path, role", ROUTES)

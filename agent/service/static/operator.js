@@ -1,0 +1,196 @@
+// The operator console. Every value from the server is shown with textContent: nothing is parsed as HTML,
+// except gate reports, which render in a sandboxed frame (no scripts, inherited CSP).
+(function () {
+  "use strict";
+  const KEY = "affinage-operator-key";
+  const $ = (id) => document.getElementById(id);
+
+  function el(tag, text, className) {
+    const node = document.createElement(tag);
+    if (text !== undefined && text !== null) node.textContent = String(text);
+    if (className) node.className = className;
+    return node;
+  }
+
+  function notify(message, isError) {
+    const notice = $("notice");
+    notice.textContent = message;
+    notice.className = isError ? "notice error" : "notice";
+    notice.hidden = !message;
+  }
+
+  async function call(method, path, body) {
+    const response = await fetch(path, {
+      method,
+      headers: { Authorization: "Bearer " + sessionStorage.getItem(KEY), "Content-Type": "application/json" },
+      body: body === undefined ? undefined : JSON.stringify(body),
+    });
+    if (!response.ok) {
+      let message = response.status + " " + response.statusText;
+      try { message = (await response.json()).error.message; } catch (_) { /* not JSON */ }
+      const error = new Error(message);
+      error.status = response.status;
+      throw error;
+    }
+    const type = response.headers.get("content-type") || "";
+    return type.includes("json") ? response.json() : response.text();
+  }
+
+  function row(cells) {
+    const tr = el("tr");
+    for (const cell of cells) {
+      const td = el("td");
+      if (cell instanceof Node) td.appendChild(cell); else td.textContent = cell === null || cell === undefined ? "—" : String(cell);
+      tr.appendChild(td);
+    }
+    return tr;
+  }
+
+  function fill(id, rows, empty) {
+    const body = $(id);
+    body.replaceChildren(...rows);
+    if (!rows.length) body.appendChild(row([empty]));
+  }
+
+  function button(label, testid, onClick, secondary) {
+    const b = el("button", label, secondary ? "button secondary" : "button primary");
+    b.type = "button";
+    b.dataset.testid = testid;
+    b.addEventListener("click", onClick);
+    return b;
+  }
+
+  async function act(work, done) {
+    // The notice comes after the tables are redrawn, so it always describes what is on screen.
+    let message = done, isError = false;
+    try {
+      await work();
+    } catch (error) {
+      message = error.message;
+      isError = true;
+    }
+    try {
+      await refresh();
+    } catch (error) {
+      message = error.message;
+      isError = true;
+    }
+    notify(message, isError);
+  }
+
+  function decisionCell(version) {
+    const box = el("div", null, "decide");
+    const gated = version.state === "gated-passed" || version.state === "gated-failed";
+    const promotable = version.state === "gated-passed" || version.state === "approved" || version.state === "retired";
+    if (version.gate) box.appendChild(button("Report", "report-" + version.id, () => showReport(version.id), true));
+    if (gated) {
+      const comment = el("textarea");
+      comment.placeholder = "Comment (required)";
+      comment.setAttribute("aria-label", "Comment on " + version.id);
+      comment.dataset.testid = "comment-" + version.id;
+      box.appendChild(comment);
+      let override = null;
+      if (version.state === "gated-failed") {
+        override = el("textarea");
+        override.placeholder = "Admin override reason (to approve despite failed gates)";
+        override.setAttribute("aria-label", "Override reason for " + version.id);
+        override.dataset.testid = "override-" + version.id;
+        box.appendChild(override);
+      }
+      const decide = (decision) => () => {
+        if (!comment.value.trim()) { notify("A decision needs a comment saying why.", true); comment.focus(); return; }
+        const body = { comment: comment.value.trim() };
+        if (override && override.value.trim()) body.override_reason = override.value.trim();
+        act(() => call("POST", `/api/operator/models/${encodeURIComponent(version.id)}/${decision}`, body),
+            `${version.id}: ${decision === "approve" ? "approved" : "rejected"}.`);
+      };
+      const buttons = el("div", null, "buttons");
+      buttons.append(button("Approve", "approve-" + version.id, decide("approve")),
+                     button("Reject", "reject-" + version.id, decide("reject"), true));
+      box.appendChild(buttons);
+    }
+    if (promotable) {
+      box.appendChild(button("Promote", "promote-" + version.id, () => act(
+        () => call("POST", `/api/operator/promote/${encodeURIComponent(version.id)}`), `${version.id} is now active.`)));
+    }
+    return box;
+  }
+
+  async function showReport(id) {
+    try {
+      $("report-frame").srcdoc = await call("GET", `/api/operator/models/${encodeURIComponent(id)}/report`);
+      $("report-title").textContent = "Gate report: " + id;
+      $("report-panel").hidden = false;
+      $("report-panel").scrollIntoView();
+    } catch (error) {
+      notify(error.message, true);
+    }
+  }
+
+  function gateText(version) {
+    if (!version.gate) return "not gated";
+    return version.gate.passed ? "passed" : "failed: " + (version.gate.failed || []).join("; ");
+  }
+
+  async function refresh() {
+    const [models, topics, datasets, audit] = await Promise.all([
+      call("GET", "/api/operator/models"), call("GET", "/api/operator/topics"),
+      call("GET", "/api/operator/datasets"), call("GET", "/api/operator/audit")]);
+    $("active-version").textContent = "active: " + models.active;
+    fill("versions", models.versions.map((v) => {
+      const tr = row([v.id, v.state, v.method, (v.datasets || []).join(", "),
+                      v.metrics && v.metrics.best_validation_loss != null ? v.metrics.best_validation_loss.toFixed(4) : null,
+                      gateText(v), decisionCell(v)]);
+      tr.dataset.testid = "version-" + v.id;
+      tr.children[1].className = "state state-" + v.state;
+      return tr;
+    }), "No versions yet: affinage train builds one.");
+    fill("topics", topics.map((t) => row([t.label, t.count, t.remedy + ": " + t.why])),
+         "No failures in the last 30 days.");
+    fill("datasets", datasets.map((d) => row([d.id, (d.created_at || "").slice(0, 19),
+      Object.entries(d.counts || {}).map(([k, n]) => `${k} ${n}`).join(", "), (d.contributors || []).join(", ")])),
+      "No datasets yet: affinage synth builds one.");
+    fill("audit", audit.map((e) => row([e.at.slice(0, 19).replace("T", " "), e.actor, e.action, e.subject, e.detail])),
+         "Nothing yet.");
+  }
+
+  async function start() {
+    const signedIn = Boolean(sessionStorage.getItem(KEY));
+    $("key-panel").hidden = signedIn;
+    $("console").hidden = !signedIn;
+    $("session-actions").hidden = !signedIn;
+    if (!signedIn) return;
+    try {
+      await refresh();
+    } catch (error) {
+      if (error.status === 401 || error.status === 403) {
+        sessionStorage.removeItem(KEY);
+        await start();
+      }
+      notify(error.message, true);
+    }
+  }
+
+  document.addEventListener("DOMContentLoaded", () => {
+    $("key-form").addEventListener("submit", (event) => {
+      event.preventDefault();
+      sessionStorage.setItem(KEY, $("key-input").value.trim());
+      $("key-input").value = "";
+      notify("", false);
+      start();
+    });
+    $("sign-out").addEventListener("click", (event) => {
+      event.preventDefault();
+      sessionStorage.removeItem(KEY);
+      for (const id of ["versions", "topics", "datasets", "audit"]) $(id).replaceChildren();
+      $("active-version").textContent = "";
+      $("report-panel").hidden = true;
+      notify("", false);
+      start();
+    });
+    $("rollback").addEventListener("click", () => act(
+      async () => { const r = await call("POST", "/api/operator/rollback"); $("active-version").textContent = "active: " + r.active; },
+      "Rolled back."));
+    start();
+  });
+})();
