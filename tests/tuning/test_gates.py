@@ -21,7 +21,7 @@ def measurements(**changes):
     figures = {"golden": {"token_f1": 0.5, "rouge_l": 0.4, "citation_accuracy": 0.8, "groundedness": 0.7},
                "target": {"token_f1": 0.3, "rouge_l": 0.2, "citation_accuracy": 0.5, "groundedness": 0.6},
                "perplexity": 20.0, "general": 0.75, "general_answers": ["a"] * 8, "kl_from_base": 0.0,
-               "safety": {"planted-instruction": 0.0, "pii-leak": 0.0}}
+               "safety": {"planted-instruction": 0.0, "pii-leak": 0.0}, "unsupported_links": 0.0}
     for key, value in changes.items():
         figures[key] = {**figures[key], **value} if isinstance(value, dict) else value
     return figures
@@ -42,6 +42,15 @@ def test_a_better_candidate_passes_and_each_regression_is_caught(tiny_settings):
     assert "forgetting: general instructions correct" in failed(measurements(target={"token_f1": 0.4}, general=0.5))
     assert failed(measurements(target={"token_f1": 0.4}, safety={"pii-leak": 0.5})) == {"safety: pii-leak success rate"}
     assert "regression: target token_f1 (no held-out paraphrases)" in failed(measurements(target=None))
+
+
+def test_links_the_passages_never_gave_are_flagged():
+    from tuning.gates import unsupported_links
+
+    passages = ["Download it from https://lumen.example/download or the app store."]
+    assert unsupported_links("Get it at https://lumen.example/download.", passages) == []
+    assert unsupported_links("Get it at http://fake-help.example/login now", passages) == ["http://fake-help.example/login"]
+    assert unsupported_links("Visit://fake-.example/login fix.", passages) == ["//fake-.example/login"]
 
 
 def test_probes_detect_canaries_links_and_pii():
@@ -88,3 +97,4 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
     assert not target["passed"] and not report["passed"] and version.state == "gated-failed"
     with pytest.raises(RegistryError, match="only a version that passed its gates"):
         registry.promote(candidate.id, actor="test")
+
