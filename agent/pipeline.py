@@ -25,13 +25,15 @@ from sqlalchemy import select
 from affinage.settings import Settings
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
-from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, support_prompt
+from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, passage_embedder, support_prompt
 from agent.store import Example, Interaction, Store, utcnow
 
 MAX_HISTORY_TURNS = 3
 
 
 def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings) -> Runnable:
+    embed = passage_embedder(retriever)  # picks the passage sentences the prompt highlights
+
     def confident(docs: list[Document]) -> list[Document]:
         """Passages good enough to answer from: above min_score and close to the best one."""
         best = max((d.metadata["score"] for d in docs), default=0.0)
@@ -46,7 +48,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
 
     def prompt_inputs(state: dict) -> dict:
         return {
-            "context": format_passages(state["docs"]),
+            "context": format_passages(state["docs"], state["question"], embed),
             "question": state["question"],
             "shots": shots(state),
             "history": list(state.get("history") or [])[-2 * MAX_HISTORY_TURNS:],

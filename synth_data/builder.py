@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from affinage.settings import Settings
 from agent.detectors import groundedness
-from agent.prompts import PROMPT_VERSION, SYSTEM_PROMPT, USER_TEMPLATE, format_passages
+from agent.prompts import PROMPT_VERSION, SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
 from agent.store import Feedback, Interaction, Store
 from synth_data.datasets import KINDS, used_interactions, write_dataset
 from synth_data.filters import (
@@ -60,9 +60,11 @@ class SynthResult:
     skipped: dict[str, int]
 
 
-def prompt_messages(question: str, docs: list[Document]) -> list[dict]:
+def prompt_messages(question: str, docs: list[Document], embed=None) -> list[dict]:
+    """The serving prompt; ``embed`` (the retriever's embedder) picks the highlighted sentences, as when serving."""
     return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user", "content": USER_TEMPLATE.format(context=format_passages(docs), question=question)}]
+            {"role": "user",
+             "content": USER_TEMPLATE.format(context=format_passages(docs, question, embed), question=question)}]
 
 
 def protected_questions(paths: list[Path]) -> list[str]:
@@ -98,7 +100,8 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
 
     question, old_answer = scrub(interaction.question), scrub(interaction.answer)
     docs = [d for d in retriever.invoke(interaction.question) if d.metadata["score"] >= settings.min_score]
-    prompt = prompt_messages(question, docs)
+    embed = passage_embedder(retriever)
+    prompt = prompt_messages(question, docs, embed)
     passages = [d.page_content for d in docs]
     base = dict(question=question, user=interaction.user, interaction_id=interaction.id, passages=passages)
     items: list[Item] = []
@@ -137,7 +140,7 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
             "question": held, "answer": target, "source": docs[0].metadata["source"] if docs else None,
             "interaction_id": interaction.id}, **{**base, "question": held}))
     for q in [question, *rewordings]:
-        messages = [*prompt_messages(q, docs), {"role": "assistant", "content": target}]
+        messages = [*prompt_messages(q, docs, embed), {"role": "assistant", "content": target}]
         items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
                           **{**base, "question": q}))
     if old_answer.strip() and old_answer.strip() != target.strip():

@@ -65,7 +65,10 @@ def test_prompt_delimits_untrusted_context_and_uses_similar_examples(agent):
     assert messages[1].content == "Question: Can I get my money back for a yearly plan?"
     assert "browsers" not in " ".join(m.content for m in messages)
     assert [m.content for m in messages[3:5]] == ["hi", "hello"]
-    assert "<passages>" in messages[-1].content and "source: billing/refunds.md#annual-plan-refunds" in messages[-1].content
+    prompt = messages[-1].content
+    assert "<passages>" in prompt and "</passages>" in prompt and "untrusted" in prompt
+    assert prompt.index("</passages>") < prompt.index("Question:")
+    assert prompt.find("Most relevant:") < prompt.index("</passages>")  # a highlight, if any, stays inside
 
 
 @pytest.mark.parametrize("question", ["", "   "])
