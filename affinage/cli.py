@@ -323,6 +323,32 @@ def cmd_gate(settings: Settings, args: argparse.Namespace) -> int:
     return 0 if report["passed"] else 3
 
 
+def cmd_drift(settings: Settings, args: argparse.Namespace) -> int:
+    from agent.store import Store
+    from retrieval.embeddings import SentenceEmbeddings
+    from tuning.gates import traffic_drift
+
+    if args.days <= 0:
+        raise ValueError(f"--days must be positive, got {args.days}")
+    report = traffic_drift(settings, Store(settings.db_url), SentenceEmbeddings(settings.embedder).encode, args.days)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if report.get("skipped"):
+        print(f"input drift: {report['skipped']}")
+    else:
+        o = report["overall"]
+        print(f"input drift, last {args.days:g} days vs before: MMD p-value {o['p_value']:.3g} "
+              f"({'DRIFTED' if o['drifted'] else 'no drift'}; {o['n_recent']} vs {o['n_reference']} questions)")
+        for name, t in report["topics"].items():
+            p_value = "-" if t["p_value"] is None else f"{t['p_value']:.3g}"
+            print(f"  {name:30} share {t['share_reference']:.2f} -> {t['share_recent']:.2f}  p {p_value}"
+                  f"{'  DRIFTED' if t['drifted'] else ''}")
+    for dataset, s in report["stale_datasets"].items():
+        print(f"dataset {dataset}: {s['stale']}/{s['rows']} training questions no longer match recent traffic")
+    return 0
+
+
 def cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     from tuning.registry import Registry
 
@@ -418,6 +444,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_gate)
+
+    p = sub.add_parser("drift", help="input drift of recent questions by topic, and training data gone stale")
+    p.add_argument("--days", type=float, default=7, help="the recent window (default 7 days)")
+    p.add_argument("--json", action="store_true")
+    p.set_defaults(func=cmd_drift)
 
     for name, verb in (("approve", "approve a version that passed its gates"), ("reject", "reject a gated version")):
         p = sub.add_parser(name, help=verb)

@@ -97,6 +97,8 @@ class Settings(BaseSettings):
     drift_permutations: int = Field(500, ge=10, le=100_000, description="Permutations of the MMD drift test.")
     drift_window_days: float = Field(
         7.0, gt=0, description="Recent traffic: questions from this many days before a candidate was trained on.")
+    stale_threshold: float = Field(
+        0.5, ge=-1.0, le=1.0, description="A training question with no recent question this similar is stale.")
     registry_poll_seconds: float = Field(
         2.0, gt=0, le=3600, description="How often the service checks the registry for a promotion or rollback.")
 

@@ -22,7 +22,7 @@ from sqlalchemy import select
 from affinage.settings import Settings
 from agent.detectors import groundedness
 from agent.metrics import contains_fact, hit_at_k, mean, rouge_l, token_f1
-from agent.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages
+from agent.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
 from synth_data.filters import decontaminate, redact_pii
 from tuning import checks as c
 from tuning.registry import Registry, RegistryError
@@ -148,10 +148,12 @@ def measure(agent, model, base_model, tokenizer, sets: Sets, progress: bool) -> 
     target = run_eval(agent, [{"question": r["question"], "answer": r["answer"], "source": r.get("source")}
                               for r in sets.target], progress=progress) if sets.target else []
     general_answers = [agent.llm.invoke([HumanMessage(row["instruction"])]).content for row in sets.general_instructions]
-    probe_answers = [agent.llm.invoke([
+    embed = passage_embedder(agent.retriever)
+    probe_answers = [agent.llm.invoke([  # the serving prompt, with the planted passage as the knowledge base
         SystemMessage(SYSTEM_PROMPT),
-        HumanMessage(USER_TEMPLATE.format(context=format_passages([Document(p["passage"], metadata={"source": "kb/probe.md"})]),
-                                          question=p["question"]))]).content for p in sets.probes]
+        HumanMessage(USER_TEMPLATE.format(
+            context=format_passages([Document(p["passage"], metadata={"source": "kb/probe.md"})], p["question"], embed),
+            question=p["question"]))]).content for p in sets.probes]
     return {
         "golden": answer_quality(golden),
         "target": answer_quality(target) if target else None,
@@ -247,4 +249,37 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
     report = write_report(version.path, version.manifest, checks, extra)
     registry.record_gate(version_id, report["passed"], {"report": "report.html", "failed": [
         f"{x.gate}: {x.name}" for x in checks if not x.passed]})
+    return report
+
+
+def traffic_drift(settings: Settings, store, embed, days: float) -> dict:
+    """Drift of the last ``days`` of questions against everything before, and which training data went stale.
+
+    A dataset row is stale when no recent question comes near it (cosine below ``stale_threshold``): the traffic
+    it was built for has moved on. The worker reads ``drifted`` as a trigger for a training cycle.
+    """
+    import numpy as np
+
+    from agent.store import Interaction
+    from synth_data.datasets import list_datasets
+    from tuning.drift import stale_training_rows
+
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    report = input_drift(settings, store, embed, since)
+    with store.session() as session:
+        recent = [q for (q,) in session.execute(select(Interaction.question).where(
+            Interaction.channel != "eval", Interaction.created_at >= since))]
+    stale = {}
+    if recent:
+        recent_vectors = np.asarray(embed(recent), dtype=float)
+        for manifest in list_datasets(settings.datasets_dir)[-5:]:
+            rows = read_jsonl(settings.datasets_dir / manifest["id"] / "sft.jsonl")
+            questions = [row["messages"][-2]["content"].rsplit("Question: ", 1)[-1] for row in rows]
+            if questions:
+                flagged = stale_training_rows(np.asarray(embed(questions), dtype=float), recent_vectors,
+                                              settings.stale_threshold)
+                stale[manifest["id"]] = {"rows": len(questions), "stale": len(flagged),
+                                         "share": round(len(flagged) / len(questions), 3)}
+    report["stale_datasets"] = stale
+    report["drifted"] = bool(report.get("overall", {}).get("drifted"))
     return report

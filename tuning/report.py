@@ -13,7 +13,6 @@ from pathlib import Path
 from affinage.atomic import atomic_write_text
 from tuning.checks import Check, verdict
 
-
 REPORT_STYLE = (
     "body{font-family:system-ui,sans-serif;max-width:70rem;margin:2rem auto;padding:0 1rem}"
     "table{border-collapse:collapse;margin:.5rem 0}td,th{border:1px solid #ccc;padding:.3rem .6rem;text-align:left}"

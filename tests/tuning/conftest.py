@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from synth_data.datasets import write_dataset
@@ -44,7 +46,7 @@ def dataset(tiny_settings, tiny_model_dir) -> dict:
 @pytest.fixture
 def quick_config(tmp_path):
     """A few steps, a checkpoint every two, no early stopping: the shape of a run, in seconds."""
-    def write(**overrides) -> "Path":
+    def write(**overrides) -> Path:
         values = {"max_steps": 4, "batch_size": 2, "save_steps": 2, "eval_steps": 2, "max_length": 128,
                   "lora_r": 4, "lora_alpha": 8, "early_stopping_patience": 0, "learning_rate": 1e-2, **overrides}
         path = tmp_path / "run.toml"

@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 
 from tuning.drift import (
-    DriftResult, domain_classifier_auc, is_refusal, mmd_test, output_drift, per_topic_drift, stale_training_rows,
+    DriftResult,
+    domain_classifier_auc,
+    is_refusal,
+    mmd_test,
+    output_drift,
+    per_topic_drift,
+    stale_training_rows,
 )
 
 DIM = 16

@@ -98,3 +98,40 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
     with pytest.raises(RegistryError, match="only a version that passed its gates"):
         registry.promote(candidate.id, actor="test")
 
+
+
+def test_recent_traffic_drift_and_stale_training_data_are_reported(tiny_settings, embeddings):
+    from datetime import datetime, timedelta, timezone
+
+    from agent.store import Interaction, Store
+    from synth_data.datasets import write_dataset
+    from tests.tuning.conftest import SYSTEM, user
+    from tuning.gates import traffic_drift
+
+    billing = ["Why was my card charged twice?", "How do I get a refund for my annual plan?",
+               "Can I pay by invoice instead of card?", "Where do I download last month's invoice?",
+               "Why did my payment fail?", "How do I change the card on file?", "Is VAT included in the price?",
+               "Can I switch from monthly to yearly billing?"]
+    login = ["I can't sign in with Okta", "The password reset email never arrives", "My account is locked after "
+             "too many attempts", "Two-factor codes are rejected", "How do I sign in with Google?",
+             "SSO login loops back to the start page", "I forgot which email I signed up with",
+             "The sign-in page says my session expired"]
+    store = Store(tiny_settings.db_url)
+    now = datetime.now(timezone.utc)
+    for i, question in enumerate(billing):
+        store.add(Interaction(question=question, answer="", prompt_version="t", model_version="t", latency_s=0.1,
+                              created_at=now - timedelta(days=30, hours=i),
+                              retrieved=[{"source": "billing/payments.md#x", "score": 0.8}]))
+    for i, question in enumerate(login):
+        store.add(Interaction(question=question, answer="", prompt_version="t", model_version="t", latency_s=0.1,
+                              created_at=now - timedelta(hours=i),
+                              retrieved=[{"source": "account/sign-in.md#x", "score": 0.8}]))
+    write_dataset(tiny_settings.datasets_dir, {"sft": [
+        {"messages": [SYSTEM, user(q), {"role": "assistant", "content": "Open Billing."}]} for q in billing[:4]]},
+        {"base_model": "tiny"})
+
+    report = traffic_drift(tiny_settings.model_copy(update={"drift_permutations": 200}), store, embeddings.encode, days=7)
+    assert report["drifted"] and report["overall"]["p_value"] < 0.05
+    assert report["topics"]["billing"]["share_recent"] == 0 and report["topics"]["account"]["share_reference"] == 0
+    (stale,) = report["stale_datasets"].values()
+    assert stale == {"rows": 4, "stale": 4, "share": 1.0}  # billing data, login traffic
