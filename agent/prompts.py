@@ -6,7 +6,6 @@ import re
 from typing import Callable
 
 import numpy as np
-
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
 

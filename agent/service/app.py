@@ -27,7 +27,6 @@ from agent.service.errors import APIError, error_body, error_response, install_e
 from agent.service.limits import GenerationQueue, RateLimiter
 from agent.service.observability import Metrics
 from agent.service.operator import operator_routes
-from tuning.report import REPORT_STYLE_HASH
 from agent.service.schemas import (
     ChatRequest,
     CorrectionInfo,
@@ -38,6 +37,7 @@ from agent.service.schemas import (
     KeyRequest,
     ReviewResult,
 )
+from tuning.report import REPORT_STYLE_HASH
 
 log = logging.getLogger("affinage.service")
 STATIC = Path(__file__).parent / "static"
