@@ -134,6 +134,6 @@ def _type_ok(value, default) -> bool:
 
 
 def describe() -> str:
-    """Every field with its default and documentation, for ``affinage train --help-config``."""
+    """Every field with its default and documentation, for ``affinage train --config-help``."""
     return "\n".join(f"{f.name} = {f.default!r}  # {f.metadata.get('doc', '')}" for f in fields(RunConfig)
                      if f.name != "method")

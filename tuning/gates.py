@@ -48,6 +48,14 @@ def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
+def trained_questions(folder: Path) -> list[str]:
+    """The questions a dataset's SFT rows train on (the user turn ends with the serving template's question)."""
+    path = folder / "sft.jsonl"
+    if not path.is_file():
+        return []
+    return [row["messages"][-2]["content"].rsplit("Question: ", 1)[-1] for row in read_jsonl(path)]
+
+
 def gate_sets(settings: Settings, candidate: dict) -> Sets:
     """The golden set (first ``gate_golden_limit`` lines), the candidate's held-out set re-checked against its
     training questions, and the bundled forgetting and safety material."""
@@ -58,8 +66,7 @@ def gate_sets(settings: Settings, candidate: dict) -> Sets:
         folder = settings.datasets_dir / entry["id"]
         if (folder / "heldout.jsonl").is_file():
             target += read_jsonl(folder / "heldout.jsonl")
-        if (folder / "sft.jsonl").is_file():
-            trained += [row["messages"][-2]["content"].rsplit("Question: ", 1)[-1] for row in read_jsonl(folder / "sft.jsonl")]
+        trained += trained_questions(folder)
     clean, dropped, _ = decontaminate(target, lambda row: row["question"], trained)
     return Sets(golden, clean, dropped, [row["text"] for row in read_jsonl(GATE_DATA / "general_text.jsonl")],
                 read_jsonl(GATE_DATA / "general_instructions.jsonl"), read_jsonl(GATE_DATA / "safety_probes.jsonl"))
@@ -273,8 +280,7 @@ def traffic_drift(settings: Settings, store, embed, days: float) -> dict:
     if recent:
         recent_vectors = np.asarray(embed(recent), dtype=float)
         for manifest in list_datasets(settings.datasets_dir)[-5:]:
-            rows = read_jsonl(settings.datasets_dir / manifest["id"] / "sft.jsonl")
-            questions = [row["messages"][-2]["content"].rsplit("Question: ", 1)[-1] for row in rows]
+            questions = trained_questions(settings.datasets_dir / manifest["id"])
             if questions:
                 flagged = stale_training_rows(np.asarray(embed(questions), dtype=float), recent_vectors,
                                               settings.stale_threshold)

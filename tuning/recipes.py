@@ -182,27 +182,25 @@ def dpo(job: Job):
     """DPO on preference pairs, from the active adapter or the base model."""
     from trl import DPOConfig, DPOTrainer
 
-    model, tokenizer = load_base(job)
-    model, peft_config = starting_policy(job, model)
-    train, validation = datasets(job)
-    args = arguments(DPOConfig, job, beta=job.config.beta, max_length=job.config.max_length,
-                     precompute_ref_log_probs=job.config.precompute_ref)
-    trainer = DPOTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
-    return fit(trainer, job)
+    return _preference(job, DPOConfig, DPOTrainer)
 
 
 def kto(job: Job):
     """KTO on unpaired thumbs-up / thumbs-down answers, from the active adapter or the base model."""
     from trl import KTOConfig, KTOTrainer
 
+    return _preference(job, KTOConfig, KTOTrainer)
+
+
+def _preference(job: Job, config_class, trainer_class):
+    """DPO and KTO take the same set-up; only TRL's config and trainer classes differ."""
     model, tokenizer = load_base(job)
     model, peft_config = starting_policy(job, model)
     train, validation = datasets(job)
-    args = arguments(KTOConfig, job, beta=job.config.beta, max_length=job.config.max_length,
+    args = arguments(config_class, job, beta=job.config.beta, max_length=job.config.max_length,
                      precompute_ref_log_probs=job.config.precompute_ref)
-    trainer = KTOTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
+    trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                            processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
     return fit(trainer, job)
 
 

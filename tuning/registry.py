@@ -41,19 +41,16 @@ class UnknownVersion(RegistryError):
 @dataclass
 class Version:
     id: str
-    state: str
+    state: str  # the lifecycle state, or active/retired as the pointer says
     manifest: dict
     path: Path
+    record: dict  # state.json: the last lifecycle state and the gate verdict, kept after retirement
 
     def to_json(self) -> dict:
         metrics = self.manifest.get("metrics", {})
         return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
                 "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
-                "metrics": metrics, "gate": self.manifest_state().get("gate")}
-
-    def manifest_state(self) -> dict:
-        path = self.path / "state.json"
-        return json.loads(path.read_text()) if path.exists() else {}
+                "metrics": metrics, "gate": self.record.get("gate")}
 
 
 def sha256_file(path: Path) -> str:
@@ -116,18 +113,19 @@ class Registry:
         """The serving version, or None for the bare base model."""
         return self.pointer_state()["active"]
 
-    def get(self, version_id: str) -> Version:
+    def get(self, version_id: str, pointer: dict | None = None) -> Version:
         folder = self.versions / version_id
         if "/" in version_id or version_id.startswith(".") or not (folder / "manifest.json").is_file():
             raise UnknownVersion(f"no version {version_id!r} in the registry (see `affinage models`)")
-        pointer = self.pointer_state()
+        pointer = pointer or self.pointer_state()
+        record = json.loads((folder / "state.json").read_text())
         if version_id == pointer["active"]:
             state = "active"
         elif version_id in pointer["ever_active"]:
             state = "retired"
         else:
-            state = json.loads((folder / "state.json").read_text())["state"]
-        return Version(version_id, state, json.loads((folder / "manifest.json").read_text()), folder)
+            state = record["state"]
+        return Version(version_id, state, json.loads((folder / "manifest.json").read_text()), folder, record)
 
     def list(self) -> list[Version]:
         """Every complete version, oldest first (half-written ``.tmp-`` folders are not versions)."""
@@ -135,7 +133,8 @@ class Registry:
             return []
         ids = [d.name for d in self.versions.iterdir() if d.is_dir() and not d.name.startswith(".")
                and (d / "manifest.json").is_file()]
-        return sorted((self.get(i) for i in ids), key=lambda v: v.manifest.get("created_at", ""))
+        pointer = self.pointer_state()
+        return sorted((self.get(i, pointer) for i in ids), key=lambda v: v.manifest.get("created_at", ""))
 
     def verify(self, version_id: str) -> Path:
         """The version's folder, after checking that its files are exactly those hashed in its manifest."""
@@ -177,8 +176,7 @@ class Registry:
         if approve and version.state == "gated-failed" and not (override_reason or "").strip():
             raise RegistryError(f"version {version_id} failed its gates: approving it needs an admin's written "
                                 "override reason")
-        state = version.manifest_state()
-        self._write_state(version, {**state, "state": "approved" if approve else "rejected"})
+        self._write_state(version, {**version.record, "state": "approved" if approve else "rejected"})
         details = {"comment": comment.strip()}
         if approve and version.state == "gated-failed":
             details["override_reason"] = override_reason.strip()
@@ -188,7 +186,7 @@ class Registry:
     def promote(self, version_id: str, actor: str) -> Version:
         """Make ``version_id`` the serving version; it must have passed its gates and match its hashes."""
         version = self.get(version_id)
-        lifecycle = version.manifest_state().get("state")  # a retired version keeps its last decision
+        lifecycle = version.record.get("state")  # a retired version keeps its last decision
         if version.state == "active":
             raise RegistryError(f"version {version_id} is already active")
         if version.state not in PROMOTABLE and not (version.state == "retired" and lifecycle in PROMOTABLE):
