@@ -130,8 +130,10 @@ class VectorIndex:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
-        atomic_write_text(index_dir / "CURRENT", name + "\n")
-        _prune(index_dir, keep={name})
+        pointer = index_dir / "CURRENT"
+        previous = pointer.read_text().strip() if pointer.exists() else None
+        atomic_write_text(pointer, name + "\n")
+        _prune(index_dir, keep={name, previous} - {None})
         return index_dir / name
 
 
@@ -161,9 +163,8 @@ def _latest_version(index_dir: Path) -> int:
 
 
 def _prune(index_dir: Path, keep: set[str]) -> None:
-    """Keep the live snapshot and the one before it; drop older ones and leftovers of killed ingests."""
-    versions = sorted(p for p in index_dir.iterdir() if _VERSION_DIR.match(p.name))
-    keep = keep | {p.name for p in versions[-2:]}
+    """Drop every snapshot but ``keep`` (the live one and the one before it) and what killed ingests left behind:
+    temporary folders, and snapshots written but never made live."""
     for path in index_dir.iterdir():
         if (path.name.startswith(".tmp-") or _VERSION_DIR.match(path.name)) and path.name not in keep and path.is_dir():
             shutil.rmtree(path, ignore_errors=True)
@@ -259,6 +260,9 @@ def ingest(
                     files.pop(key)
 
     if current is not None and same_embedder and not fresh and files == old_files:
+        live = (index_dir / "CURRENT").read_text().strip()
+        earlier = sorted(p.name for p in index_dir.iterdir() if _VERSION_DIR.match(p.name) and p.name < live)
+        _prune(index_dir, keep={live, *earlier[-1:]})  # nothing to write, but a killed ingest may have left litter
         report.chunks = len(current)
         return report
 
