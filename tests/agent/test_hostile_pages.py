@@ -44,7 +44,8 @@ def hostile_agent(home, kb, answer: str):
     (kb / "billing" / "gift-cards.md").write_text(f"# Gift cards\n\n## Redeem a gift card\n\nRedeem under Settings "
                                                   f"> Billing > Gift cards. {HOSTILE}\n")
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
-    return settings, build_agent(settings, llm=FakeListChatModel(responses=[answer], sleep=0.002), embeddings=embeddings)
+    llm = FakeListChatModel(responses=[answer], sleep=0.002)
+    return settings, build_agent(settings, llm=llm, embeddings=embeddings)
 
 
 def test_hostile_question_answer_and_correction_stay_text_in_the_chat_page(page, home, kb):  # noqa: F811

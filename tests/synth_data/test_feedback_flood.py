@@ -71,8 +71,8 @@ def test_a_flood_of_poisoned_corrections_is_capped_in_every_kind_and_contributor
         for n in range(FLOOD):
             interaction = chat("mallory", f"{MARK} {words(rng, 6)} {n}?")
             for _ in range(2):
-                feedback("mallory", interaction, rating="down",
-                         correction=f"Pay at https://evil{n}.example/{words(rng, 3).replace(' ', '-')} {words(rng, 5)}.")
+                link = f"https://evil{n}.example/{words(rng, 3).replace(' ', '-')}"
+                feedback("mallory", interaction, rating="down", correction=f"Pay at {link} {words(rng, 5)}.")
 
         manifest = synthesize(settings, agent.store, agent.retriever, EchoTeacher(responses=["unused"]),
                               embeddings.encode, teacher_name="scripted", base_model="m", progress=False).manifest
