@@ -230,18 +230,11 @@ def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.factory import build_agent
-    from agent.pipeline import model_version
-    from synth_data.builder import synthesize
-    from synth_data.teacher import load_teacher
+    from tuning.cycle import build_dataset
 
     if args.paraphrases is not None:
         settings = settings.model_copy(update={"paraphrases": args.paraphrases})
-    agent = build_agent(settings)
-    teacher = load_teacher(settings, local=agent.llm)
-    result = synthesize(settings, agent.store, agent.retriever, teacher, agent.retriever.embeddings.encode,
-                        teacher_name=model_version(teacher), base_model=agent.model_version, progress=not args.json)
-    manifest = result.manifest
+    manifest = build_dataset(settings, progress=not args.json).manifest
     if args.json:
         print(json.dumps({"id": manifest["id"], "counts": manifest["counts"], "filters": manifest["filters"]}))
     else:
@@ -374,6 +367,21 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning.worker import Worker
+
+    worker = Worker(settings)
+    mode = "one check" if args.once else f"checking every {settings.worker_poll_seconds:g} s"
+    print(f"affinage worker {worker.owner}: {mode}; SIGTERM or Ctrl-C stops it", file=sys.stderr)
+    job = worker.run(once=args.once)
+    if not args.once or job is None:
+        print("stopped" if not args.once else "no trigger fired and no job waits", file=sys.stderr)
+        return 0
+    detail = job.error or (job.outputs or {}).get("outcome")
+    print(f"job {job.id}: {job.state}" + (f" ({detail})" if detail else ""))
+    return 1 if job.state == "failed" else 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
@@ -457,6 +465,10 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "approve":
             p.add_argument("--override-reason", help="approve despite failed gates (admins); kept in the audit log")
         p.set_defaults(func=cmd_decide, override_reason=None)
+
+    p = sub.add_parser("worker", help="run the improvement loop in the background: triggers, durable jobs, gates")
+    p.add_argument("--once", action="store_true", help="check the triggers, run at most one job, exit (cron, tests)")
+    p.set_defaults(func=cmd_worker)
 
     p = sub.add_parser("promote", help="make a version that passed its gates the active one")
     p.add_argument("id")

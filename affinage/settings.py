@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, model_validator
 from pydantic_settings import (
@@ -17,6 +18,8 @@ from pydantic_settings import (
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from tuning.config import METHODS
 
 DEFAULT_HOME = Path(".affinage")
 EMBEDDED_CHAT_MODEL = "smollm2"
@@ -101,6 +104,30 @@ class Settings(BaseSettings):
         0.5, ge=-1.0, le=1.0, description="A training question with no recent question this similar is stale.")
     registry_poll_seconds: float = Field(
         2.0, gt=0, le=3600, description="How often the service checks the registry for a promotion or rollback.")
+    worker_poll_seconds: float = Field(
+        30.0, gt=0, le=86_400, description="How often `affinage worker` checks its triggers and the job queue.")
+    worker_min_failures: int = Field(
+        20, ge=0, description="Start a cycle once this many failures were logged since the last cycle began (0: off).")
+    worker_drift_check_seconds: float = Field(
+        3600.0, ge=0, description="How often the worker tests recent traffic for input drift (as `affinage drift` "
+        "over drift_window_days); drift starts a cycle unless one began within that window (0: off).")
+    worker_schedule_hours: float = Field(
+        0.0, ge=0, description="Start a cycle this long after the last one began, failures or not (0: off).")
+    worker_lease_seconds: float = Field(
+        300.0, ge=3, le=86_400, description="A running job's lease, renewed every third of it: a worker silent for "
+        "longer (killed, frozen) loses the job to the next worker, which resumes it.")
+    worker_max_attempts: int = Field(
+        3, ge=1, le=100, description="Claims of one job before it is failed because its workers keep dying.")
+    worker_method: Literal[METHODS] = Field(
+        "sft", description="How the worker trains candidates (a method of `affinage train`).")
+    worker_train_config: Path | None = Field(
+        None, description="Run config (TOML or JSON) for the worker's training; default: the method's defaults.")
+    auto_promote: Literal["off", "gates_pass_by_margin"] = Field(
+        "off", description="Promote a candidate without an operator: 'off', or 'gates_pass_by_margin' (every gate "
+        "check clears its bound by auto_promote_margin). Logged as actor policy:<name>.")
+    auto_promote_margin: float = Field(
+        0.02, ge=0.0, le=1.0, description="Room to spare under gates_pass_by_margin: scores above their floor by "
+        "this much, upper bounds (perplexity, KL, attack rates) below by this share of the bound.")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

@@ -80,6 +80,47 @@ class Feedback(Base):
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
 
+class Job(Base):
+    """A background job (one improvement cycle), durable so that a worker that dies leaves it for the next one.
+
+    ``singleton`` holds the job's kind while it is queued or running and NULL after: a unique column, so the
+    database itself refuses a second queued or running job of a kind. Leases are claimed and renewed with
+    conditional UPDATEs (``tuning.jobs``).
+    """
+
+    __tablename__ = "jobs"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    kind: Mapped[str] = mapped_column(String(32))
+    state: Mapped[str] = mapped_column(String(16), default="queued", index=True)  # queued|running|succeeded|failed
+    singleton: Mapped[str | None] = mapped_column(String(32), unique=True, nullable=True)
+    trigger: Mapped[str] = mapped_column(Text)  # why it was started
+    stage: Mapped[str | None] = mapped_column(String(32), nullable=True)  # the stage running or last run
+    progress: Mapped[float] = mapped_column(Float, default=0.0)  # share of stages done, 0..1
+    attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (a release on shutdown gives one back)
+    max_attempts: Mapped[int] = mapped_column(Integer, default=3)
+    lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    outputs: Mapped[dict] = mapped_column(JSON, default=dict)  # each finished stage's output, by stage name
+
+
+class JobLog(Base):
+    """One line of a job's log; ``tuning.jobs`` keeps the newest few hundred per job."""
+
+    __tablename__ = "job_logs"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), default="info")
+    message: Mapped[str] = mapped_column(Text)
+
+
 class ApiKey(Base):
     """An API key, stored only as its SHA-256: the plaintext is shown once, at creation."""
 

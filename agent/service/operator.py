@@ -1,6 +1,6 @@
 """Operator routes: failure topics, datasets, candidates and their gate reports, decisions, promotion, rollback,
-and the audit log. Registry rules (gates passed, comments, admin overrides) live in ``tuning.registry``; these
-routes only turn them into HTTP."""
+the worker's jobs and their logs, and the audit log. Registry rules (gates passed, comments, admin overrides) live
+in ``tuning.registry`` and job rules in ``tuning.jobs``; these routes only turn them into HTTP."""
 
 from __future__ import annotations
 
@@ -16,6 +16,7 @@ from sqlalchemy import select
 from affinage.settings import Settings
 from agent.service.errors import APIError
 from agent.store import Feedback, Store
+from tuning import jobs
 from tuning.registry import BASE, Registry, RegistryError, UnknownVersion
 from tuning.report import REPORT_STYLE_HASH
 
@@ -100,6 +101,18 @@ def operator_routes(settings: Settings, store: Store, embed: Callable, require: 
             raise APIError(400, f"days must be in (0, 3650], got {days}", "invalid_request", "days")
         since = datetime.now(timezone.utc) - timedelta(days=days)
         return [t.to_json() for t in triage(store, embed, since=since)]
+
+    @router.get("/jobs")
+    def job_list(_=Depends(require("operator"))) -> list[dict]:
+        """The worker's jobs, newest first: state, stage, progress, attempts, error, times and what they made."""
+        return [jobs.info(job) for job in jobs.recent(store)]
+
+    @router.get("/jobs/{job_id}/log")
+    def job_log(job_id: str, _=Depends(require("operator"))) -> dict:
+        try:
+            return {"id": job_id, "lines": jobs.log_lines(store, job_id)}
+        except jobs.UnknownJob as error:
+            raise APIError(404, str(error), "job_not_found", "id") from None
 
     @router.get("/audit")
     def audit(_=Depends(require("operator"))) -> list[dict]:

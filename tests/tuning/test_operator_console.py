@@ -11,6 +11,7 @@ from agent.service.auth import create_key
 from retrieval.index import ingest
 from tests.agent.service_harness import LiveServer
 from tests.agent.test_web_chat import PageLog, browser, expect, screenshot  # noqa: F401 - fixtures
+from tuning import jobs
 from tuning.checks import no_worse, not_higher
 from tuning.registry import Registry
 from tuning.report import write_report
@@ -41,6 +42,8 @@ def test_operator_reviews_approves_promotes_and_rolls_back(browser, tiny_setting
     good, bad = gated_versions(settings, quick_config)
     agent = build_agent(settings, embeddings=embeddings)
     keys = {role: create_key(agent.store, f"test-{role}", role) for role in ("agent", "operator", "admin")}
+    job = jobs.enqueue(agent.store, "cycle", "20 new failures", max_attempts=3)
+    jobs.log(agent.store, job.id, HOSTILE)
 
     context = browser.new_context(viewport={"width": 1200, "height": 1000})
     context.set_default_timeout(30_000)
@@ -59,6 +62,9 @@ def test_operator_reviews_approves_promotes_and_rolls_back(browser, tiny_setting
         expect(page.locator(f"[data-testid='version-{good}'] .state")).to_have_text("gated-passed")
         expect(page.locator("[data-testid='version-sft-hostile']")).to_contain_text(f"failed: safety: {HOSTILE}")
         expect(page.locator("[data-testid=datasets]")).to_contain_text(dataset["id"])
+        expect(page.locator(f"[data-testid='job-{job.id}']")).to_contain_text("queued")
+        page.click(f"[data-testid='job-log-{job.id}']")
+        expect(page.locator("[data-testid=job-log]")).to_contain_text(HOSTILE)
 
         page.click(f"[data-testid='report-{bad}']")  # the report renders, plots included, in its sandboxed frame
         frame = page.frame_locator("#report-frame")

@@ -132,10 +132,37 @@
     return version.gate.passed ? "passed" : "failed: " + (version.gate.failed || []).join("; ");
   }
 
+  async function showJobLog(id) {
+    try {
+      const log = await call("GET", `/api/operator/jobs/${encodeURIComponent(id)}/log`);
+      $("job-log").textContent = log.lines
+        .map((l) => `${l.at.slice(0, 19).replace("T", " ")} ${l.level} ${l.message}`).join("\n");
+      $("job-log-title").textContent = "Job log: " + id;
+      $("job-log-panel").hidden = false;
+    } catch (error) {
+      notify(error.message, true);
+    }
+  }
+
+  function jobRow(j) {
+    const result = [j.dataset && "dataset " + j.dataset, j.candidate && "candidate " + j.candidate,
+                    j.gate === true ? "gates passed" : j.gate === false ? "gates failed" : null, j.outcome,
+                    j.error && "error: " + j.error].filter(Boolean).join("; ");
+    const times = [["created", j.created_at], ["started", j.started_at], ["finished", j.finished_at],
+                   ["heartbeat", j.state === "running" ? j.heartbeat_at : null]]
+      .filter(([, t]) => t).map(([name, t]) => `${name} ${t.slice(0, 19).replace("T", " ")}`).join(", ");
+    const tr = row([j.id.slice(0, 12), j.state, j.stage, Math.round(j.progress * 100) + "%",
+                    `${j.attempts}/${j.max_attempts}`, j.trigger, result || null, times,
+                    button("Log", "job-log-" + j.id, () => showJobLog(j.id), true)]);
+    tr.dataset.testid = "job-" + j.id;
+    tr.children[1].className = "state state-" + j.state;
+    return tr;
+  }
+
   async function refresh() {
-    const [models, topics, datasets, audit] = await Promise.all([
-      call("GET", "/api/operator/models"), call("GET", "/api/operator/topics"),
-      call("GET", "/api/operator/datasets"), call("GET", "/api/operator/audit")]);
+    const [models, topics, datasets, audit, jobs] = await Promise.all([
+      call("GET", "/api/operator/models"), call("GET", "/api/operator/topics"), call("GET", "/api/operator/datasets"),
+      call("GET", "/api/operator/audit"), call("GET", "/api/operator/jobs")]);
     $("active-version").textContent = "active: " + models.active;
     fill("versions", models.versions.map((v) => {
       const tr = row([v.id, v.state, v.method, (v.datasets || []).join(", "),
@@ -145,6 +172,7 @@
       tr.children[1].className = "state state-" + v.state;
       return tr;
     }), "No versions yet: affinage train builds one.");
+    fill("jobs", jobs.map(jobRow), "No jobs yet: affinage worker runs them.");
     fill("topics", topics.map((t) => row([t.label, t.count, t.remedy + ": " + t.why])),
          "No failures in the last 30 days.");
     fill("datasets", datasets.map((d) => row([d.id, (d.created_at || "").slice(0, 19),
@@ -182,7 +210,9 @@
     $("sign-out").addEventListener("click", (event) => {
       event.preventDefault();
       sessionStorage.removeItem(KEY);
-      for (const id of ["versions", "topics", "datasets", "audit"]) $(id).replaceChildren();
+      for (const id of ["versions", "jobs", "topics", "datasets", "audit"]) $(id).replaceChildren();
+      $("job-log").textContent = "";
+      $("job-log-panel").hidden = true;
       $("active-version").textContent = "";
       $("report-panel").hidden = true;
       notify("", false);
