@@ -23,8 +23,8 @@ from agent.corrections import UnknownCorrection, correction_info, pending_correc
 from agent.feedback import UnknownInteraction, record_feedback
 from agent.pipeline import Answer, SupportAgent
 from agent.service import auth
-from agent.service.errors import APIError, error_body, error_response, install_error_handlers
-from agent.service.limits import GenerationQueue, RateLimiter
+from agent.service.errors import APIError, error_body, install_error_handlers
+from agent.service.limits import BodySizeLimit, GenerationQueue, RateLimiter
 from agent.service.observability import Metrics
 from agent.service.operator import operator_routes
 from agent.service.schemas import (
@@ -99,16 +99,14 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             return who
         return check
 
-    # --- middleware: body size, metrics, access log -------------------------------------------------
+    # --- middleware: body size (inside, so its 413s are observed too), metrics, access log ---------------
+    app.add_middleware(BodySizeLimit, max_bytes=settings.max_body_bytes)
+
     @app.middleware("http")
     async def observe(request: Request, call_next):
         route = request.url.path
         begun = time.perf_counter()
-        length = request.headers.get("content-length")
-        if length is not None and (not length.isdigit() or int(length) > settings.max_body_bytes):
-            response = error_response(413, f"request body larger than {settings.max_body_bytes} bytes", "body_too_large")
-        else:
-            response = await call_next(request)
+        response = await call_next(request)
         for name, value in SECURITY_HEADERS.items():  # a route may set a stricter or wider CSP of its own
             response.headers.setdefault(name, value)
         elapsed = time.perf_counter() - begun

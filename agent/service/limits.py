@@ -1,4 +1,5 @@
-"""Per-key rate limits and a bounded generation queue, so overload is answered at once instead of hanging."""
+"""Per-key rate limits, a bounded generation queue and a body size limit, so overload and oversized requests are
+answered at once instead of hanging or filling memory."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import time
 from contextlib import contextmanager
 from typing import Iterator
 
-from agent.service.errors import APIError
+from agent.service.errors import APIError, error_response
 
 
 class RateLimiter:
@@ -64,3 +65,48 @@ class GenerationQueue:
             yield
         finally:
             self.leave()
+
+
+class BodySizeLimit:
+    """ASGI middleware: a request body over ``max_bytes`` gets 413 before the app sees it.
+
+    A declared Content-Length is checked up front; a chunked body, which declares none, is counted as it arrives
+    (and held, at most ``max_bytes`` of it, then handed on), so leaving the header out does not lift the limit.
+    """
+
+    def __init__(self, app, max_bytes: int):
+        self.app, self.max_bytes = app, max_bytes
+
+    def too_large(self):
+        return error_response(413, f"request body larger than {self.max_bytes} bytes", "body_too_large")
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        length = headers.get(b"content-length")
+        if length is not None:
+            if not length.isdigit() or int(length) > self.max_bytes:
+                return await self.too_large()(scope, receive, send)
+            return await self.app(scope, receive, send)
+        if headers.get(b"transfer-encoding", b"").lower() != b"chunked":
+            return await self.app(scope, receive, send)
+        body, more = bytearray(), True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":  # the client went away
+                return
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > self.max_bytes:
+                return await self.too_large()(scope, receive, send)
+        replayed = False
+
+        async def replay():
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": bytes(body), "more_body": False}
+            return await receive()
+
+        await self.app(scope, replay, send)
