@@ -135,21 +135,28 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_settin
 
 
 def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quick_config):
-    """Padding-free packing must give each conversation the logits it has alone: no attention across them."""
+    """Packed rows stay rows on the SDPA path (no (rows x length)^2 attention), and no conversation sees another."""
     from tuning.recipes import load_base, lora, sft_trainer
 
-    config = load_config(quick_config(packing=True, batch_size=8, val_fraction=0.49), "sft")
+    config = load_config(quick_config(packing=True, batch_size=8, max_length=100, val_fraction=0.0), "sft")
     job, _ = prepare(tiny_settings, config, None, Registry(tiny_settings.registry_dir), progress=False)
     model, tokenizer = load_base(job)
     trainer = sft_trainer(job, model, tokenizer, lora(config))
-    batch = next(iter(trainer.get_eval_dataloader()))
-    ids, positions = batch["input_ids"], batch["position_ids"]
-    starts = (positions[0] == 0).nonzero().flatten().tolist() + [positions.shape[1]]
-    assert ids.shape[0] == 1 and len(starts) > 2  # several conversations share one flat row
+    batch = next(iter(trainer.get_train_dataloader()))
+    ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
+    assert "attention_mask" not in batch and ids.shape[0] > 1
     with torch.no_grad():
         packed = trainer.model(input_ids=ids, position_ids=positions).logits
-        alone = torch.cat([trainer.model(input_ids=ids[:, a:b]).logits for a, b in zip(starts, starts[1:])], dim=1)
-    assert torch.allclose(packed, alone, atol=1e-5)
+    conversations = []
+    for row in range(ids.shape[0]):
+        starts = (positions[row] == 0).nonzero().flatten().tolist() + [ids.shape[1]]
+        conversations += [(row, a, b) for a, b in zip(starts, starts[1:]) if b - a > 1]  # padding: runs of 0s
+        assert (labels[row, starts[:-1]] == -100).all()  # no conversation is trained to follow the previous one
+    assert len(conversations) > ids.shape[0]  # some row holds several conversations
+    with torch.no_grad():
+        for row, a, b in conversations:
+            alone = trainer.model(input_ids=ids[row:row + 1, a:b]).logits
+            assert torch.allclose(packed[row:row + 1, a:b], alone, atol=1e-5)
 
 
 def test_validation_drives_early_stopping_and_keeps_the_best_checkpoint(tiny_settings, dataset, quick_config):
