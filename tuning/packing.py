@@ -13,7 +13,8 @@ from typing import Any
 
 from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
-FLASH_KERNELS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn", "kernels-community/vllm-flash-attn3")
+FLASH_KERNELS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn",
+                 "kernels-community/vllm-flash-attn3")
 
 
 class PackedRowsCollator(DataCollatorForLanguageModeling):
