@@ -23,8 +23,10 @@ from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda, R
 from sqlalchemy import select
 
 from affinage.settings import Settings
+from agent import prompts
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
+from agent.guard import PromptLeakGuard
 from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, passage_embedder, support_prompt
 from agent.store import Example, Interaction, Store, utcnow
 
@@ -156,16 +158,25 @@ class SupportAgent:
         started = time.perf_counter()
         state: dict = {}
         message: AIMessageChunk | AIMessage | None = None
-        for chunk in self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens}):
+        guard = PromptLeakGuard(prompts.SYSTEM_PROMPT, question)
+        chunks = self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens})
+        for chunk in chunks:
             piece = chunk.get("answer")
             state.update({k: v for k, v in chunk.items() if k != "answer"})
             if piece is None:
                 continue
             message = piece if message is None else message + piece
-            if piece.content:
-                yield piece.content
+            shown = guard.feed(piece.content) if piece.content else ""
+            if shown:
+                yield shown
+            if guard.leaked:
+                chunks.close()  # stop generating: nothing more of this answer will be shown
+                break
+        rest = guard.finish()
+        if rest:
+            yield rest
         latency = time.perf_counter() - started
-        text = (message.content if message else "").strip()
+        text = guard.shown.strip()
         docs = state.get("docs", [])
         citations = [
             {"source": d.metadata["source"], "score": round(float(d.metadata["score"]), 4), "text": d.page_content}
