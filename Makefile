@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test clean
+.PHONY: install run test soak clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -33,6 +33,13 @@ run: install
 test: install
 	bash scripts/install-browser.sh
 	$(PY) -m pytest -q
+
+# The long runs: many SIGKILLs of the real `affinage serve`, 16 streaming clients for 60 s on the default model,
+# and prompt injection against the real agent (the last two rewrite their sections of BENCHMARKS.md).
+soak: install
+	AFFINAGE_SOAK_KILLS=20 $(PY) -m pytest -q -s -m soak tests/agent/test_crash_soak.py
+	$(PY) bench/load_soak.py
+	$(PY) bench/injection.py
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR)
