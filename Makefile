@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test soak clean
+.PHONY: install run test soak demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -40,6 +40,11 @@ soak: install
 	AFFINAGE_SOAK_KILLS=20 $(PY) -m pytest -q -s -m soak tests/agent/test_crash_soak.py
 	$(PY) bench/load_soak.py
 	$(PY) bench/injection.py
+
+# The whole loop once on the demo knowledge base with the default model, in a new temporary workspace (22 min on
+# 2 busy cores): traffic, feedback, one cycle, promotion, before/after figures.
+demo: install
+	$(VENV)/bin/affinage demo
 
 clean:
 	rm -rf $(VENV) $(HOME_DIR)

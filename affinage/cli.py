@@ -382,6 +382,18 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if job.state == "failed" else 0
 
 
+def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
+    import tempfile
+
+    from affinage.demo_run import TRAFFIC, render, run_demo
+
+    if args.home is None:  # never the default ./.affinage: the demo writes a whole workspace
+        settings = load_settings(tempfile.mkdtemp(prefix="affinage-demo-"))
+    result = run_demo(settings, Path(args.traffic) if args.traffic else TRAFFIC, progress=not args.json)
+    print(json.dumps(result, ensure_ascii=False) if args.json else render(result))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
@@ -482,6 +494,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", help="the correction (feedback) id, for approve and reject")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_corrections)
+
+    p = sub.add_parser("demo", help="replay support traffic on the demo knowledge base, run one improvement cycle, "
+                                     "promote, and print before/after figures (a fresh workspace)")
+    p.add_argument("--home", default=argparse.SUPPRESS, help="a new workspace folder (default: a new temporary one)")
+    p.add_argument("--traffic", help="JSONL of question, answer, key_fact, paraphrases (default: the bundled one)")
+    p.add_argument("--json", action="store_true", help="print every figure as one JSON object")
+    p.set_defaults(func=cmd_demo)
 
     p = sub.add_parser("keys", help="manage API keys")
     keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")

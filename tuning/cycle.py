@@ -23,15 +23,16 @@ MAX_TOPICS = 20  # topics kept on a job record
 MAX_DOC_QUESTIONS = 5  # questions per knowledge gap kept on a job record
 
 
-def build_dataset(settings: Settings, progress: bool = True, embeddings=None) -> SynthResult:
-    """`affinage synth`: one dataset from every failure and feedback no dataset has used yet."""
+def build_dataset(settings: Settings, progress: bool = True, embeddings=None, agent=None, teacher=None) -> SynthResult:
+    """`affinage synth`: one dataset from every failure and feedback no dataset has used yet. A caller that already
+    holds the agent (`affinage demo`) passes it to spare loading the model again, and may pass its own teacher."""
     from agent.factory import build_agent
     from agent.pipeline import model_version
     from synth_data.builder import synthesize
     from synth_data.teacher import load_teacher
 
-    agent = build_agent(settings, embeddings=embeddings)
-    teacher = load_teacher(settings, local=agent.llm)
+    agent = agent or build_agent(settings, embeddings=embeddings)
+    teacher = teacher or load_teacher(settings, local=agent.llm)
     return synthesize(settings, agent.store, agent.retriever, teacher, agent.retriever.embeddings.encode,
                       teacher_name=model_version(teacher), base_model=agent.model_version, progress=progress)
 
@@ -64,7 +65,7 @@ def remedies_stage(store: Store, triaged: dict, note: Note) -> dict:
 
 
 def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, embeddings=None,
-                progress: bool = True) -> dict:
+                progress: bool = True, agent=None, teacher=None) -> dict:
     """A dataset from the unused failures; one written since ``started_at`` is an interrupted attempt's, adopted."""
     from synth_data.builder import pending
     from synth_data.datasets import list_datasets, used_interactions
@@ -76,7 +77,7 @@ def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, e
     if not pending(store, used_interactions(settings.datasets_dir)):
         note("no failures or feedback that no dataset has used: nothing to train")
         return {"dataset": None, "outcome": "nothing to train"}
-    manifest = build_dataset(settings, progress, embeddings).manifest
+    manifest = build_dataset(settings, progress, embeddings, agent, teacher).manifest
     note(f"dataset {manifest['id']}: " + ", ".join(f"{n} {kind}" for kind, n in manifest["counts"].items()))
     return {"dataset": manifest["id"], "counts": manifest["counts"]}
 

@@ -1,0 +1,64 @@
+"""`affinage demo` end to end on the tiny model: traffic logged, feedback and corrections recorded, a dataset built,
+a candidate trained and gated, and the before/after figures printed."""
+
+import json
+
+from sqlalchemy import select
+
+from affinage.cli import main
+from affinage.demo_run import TRAFFIC, VARIANTS
+from affinage.settings import load_settings
+from agent.store import Example, Feedback, Interaction, Store
+from synth_data.datasets import list_datasets
+from tuning.registry import Registry
+
+
+def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_model_dir, capsys):
+    traffic = tmp_path / "traffic.jsonl"
+    traffic.write_text("".join(TRAFFIC.read_text().splitlines(keepends=True)[:3]))
+    run = tmp_path / "run.toml"
+    run.write_text('max_steps = 2\nbatch_size = 2\nmax_length = 256\nlora_r = 4\nlora_alpha = 8\n'
+                   'eval_steps = 2\nsave_steps = 2\nearly_stopping_patience = 0\n')
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / "config.toml").write_text(f'chat_model = "{tiny_model_dir}"\nmax_new_tokens = 8\ngate_golden_limit = 2\n'
+                                      f'drift_permutations = 20\nworker_train_config = "{run}"\n')
+
+    assert main(["demo", "--home", str(home), "--traffic", str(traffic)]) == 0
+    out = capsys.readouterr().out
+
+    store = Store(load_settings(home).db_url)
+    with store.session() as session:
+        interactions = session.scalars(select(Interaction)).all()
+        feedback = session.scalars(select(Feedback)).all()
+        examples = session.scalars(select(Example)).all()
+    assert len(interactions) == 3 and {i.channel for i in interactions} == {"api"}
+    assert len(feedback) == 3  # the tiny model's answers never hold the key fact: three thumbs-down
+    assert all(f.rating == "down" and f.correction and f.review == "approved" for f in feedback)
+    assert sum(e.origin == "correction" for e in examples) == 3  # the operator's approvals reached the bank
+
+    datasets = list_datasets(home / "datasets")
+    assert len(datasets) == 1 and datasets[0]["counts"]["sft"] == 9  # each question and its two paraphrases
+    heldout = (home / "datasets" / datasets[0]["id"] / "heldout.jsonl").read_text().splitlines()
+    assert len(heldout) == 3
+    recorded = {json.loads(line)["paraphrases"][-1] for line in traffic.read_text().splitlines()}
+    assert {json.loads(line)["question"] for line in heldout} == recorded  # the third paraphrase, never trained on
+
+    versions = Registry(home / "registry").list()
+    assert len(versions) == 1 and versions[0].state in ("gated-failed", "active")
+    assert (versions[0].path / "report.html").is_file()
+    promoted = versions[0].state == "active"
+    assert ("approved and promoted by demo" if promoted else "not promoted") in out
+
+    assert "held-out paraphrases of the failures (n=3, never trained on)" in out
+    for _, label in VARIANTS:
+        assert label in out
+    assert "forgetting (gate report): general-text perplexity" in out
+    assert "wall time: setup" in out and "total" in out
+
+
+def test_the_demo_refuses_a_used_workspace(tmp_path, capsys):
+    home = tmp_path / "home"
+    (home / "index").mkdir(parents=True)
+    assert main(["demo", "--home", str(home)]) == 1
+    assert f"{home / 'index'} exists" in capsys.readouterr().err
