@@ -139,15 +139,16 @@ def last_checkpoint(folder: Path) -> Path | None:
 
 def sft_trainer(job: Job, model, tokenizer, peft_config=None):
     """SFTTrainer on prompt/completion rows (loss on the answer only), bfd-packed padding-free when packing is on."""
-    from trl import SFTConfig, SFTTrainer
+    from trl import SFTConfig
 
+    from tuning.answer_loss import AnswerLossSFTTrainer
     from tuning.packing import rows_collator
 
     train, validation = datasets(job)
     args = arguments(SFTConfig, job, max_length=job.config.max_length, packing=job.config.packing,
                      packing_strategy="bfd", completion_only_loss=True)
-    trainer = SFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
-                         processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
+    trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
+                                   processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
     if trainer.padding_free:  # TRL refuses a custom collator with packing at construction; swap it in after
         trainer.data_collator = rows_collator(model, trainer.processing_class) or trainer.data_collator
     return trainer

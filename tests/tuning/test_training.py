@@ -159,6 +159,33 @@ def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quic
             assert torch.allclose(packed[row:row + 1, a:b], alone, atol=1e-5)
 
 
+@pytest.mark.parametrize("packing", [False, True])
+def test_the_cpu_answer_loss_is_trls_loss(tiny_settings, dataset, quick_config, packing):
+    """Projecting only the answer positions gives TRL's fused-head loss and gradients, padded or packed."""
+    from trl import SFTTrainer
+
+    from tuning.recipes import load_base, lora, sft_trainer
+
+    config = load_config(quick_config(packing=packing, batch_size=4, val_fraction=0.0), "sft")
+    job, _ = prepare(tiny_settings, config, None, Registry(tiny_settings.registry_dir), progress=False)
+    model, tokenizer = load_base(job)
+    trainer = sft_trainer(job, model, tokenizer, lora(config))
+    batch = next(iter(trainer.get_train_dataloader()))
+    answer_tokens = (batch["labels"][:, 1:] != -100).sum()
+    trainer.model.eval()  # no LoRA dropout: both losses see the same network
+
+    def loss_and_grads(compute_loss):
+        trainer.model.zero_grad()
+        loss = compute_loss(trainer, trainer.model, batch, num_items_in_batch=answer_tokens)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
+
+    ours, trls = loss_and_grads(type(trainer).compute_loss), loss_and_grads(SFTTrainer.compute_loss)
+    assert type(trainer) is not SFTTrainer and 0 < ours[0] and torch.allclose(ours[0], trls[0], atol=1e-5)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours[1], trls[1]))
+    assert any(a.abs().sum() > 0 for a in ours[1])
+
+
 def test_validation_drives_early_stopping_and_keeps_the_best_checkpoint(tiny_settings, dataset, quick_config):
     """A learning rate far too high makes validation loss climb: the run stops early on its best checkpoint."""
     version = train(tiny_settings, "full", progress=False, config_path=quick_config(
