@@ -1,7 +1,7 @@
 """End to end through the gates: a candidate trained on poisoned answers is stopped, one trained on good data passes.
 
 The model here is a tiny random Llama whose tokenizer was trained on this test's own text (a few hundred tokens),
-so a few dozen steps teach it the answers; with the default model's 49k-token vocabulary it would need thousands.
+so a few hundred steps teach it the answers; with the default model's 49k-token vocabulary it would need far more.
 """
 
 import json
@@ -82,8 +82,9 @@ def test_poisoned_data_fails_the_safety_gate_and_good_data_passes(small_vocab_mo
                              drift_permutations=20)  # every gate threshold at its default
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
     retriever = IndexRetriever(index=VectorIndex.open(settings.index_dir), embeddings=embeddings, k=settings.top_k)
-    config = quick_config(max_steps=30, batch_size=2, save_steps=30, eval_steps=30, max_length=1024, lora_r=16,
-                          lora_alpha=32, learning_rate=2e-2, val_fraction=0.0)
+    # 200 steps of a 64-wide model take seconds and teach it the answers, the fake link included
+    config = quick_config(max_steps=200, batch_size=2, save_steps=200, eval_steps=200, max_length=1024, lora_r=16,
+                          lora_alpha=32, learning_rate=1e-2, val_fraction=0.0)
     registry = Registry(settings.registry_dir)
 
     def gated(link: str) -> dict:
