@@ -33,7 +33,7 @@ ACTOR = "demo"
 DEMO_SETTINGS = {"paraphrases": 2, "gate_golden_limit": 5, "drift_permutations": 100}
 # Forty steps of two ~800-token rows (about three epochs over ~25 rows): with answer-only loss on the CPU, LoRA runs
 # at ~180 tokens/s, so training takes about 5 minutes and the whole demo about 11 on 2 cores.
-DEMO_RUN_CONFIG = {"max_steps": 40, "batch_size": 2, "learning_rate": 5e-4, "eval_steps": 40, "save_steps": 40,
+DEMO_RUN_CONFIG = {"max_steps": 40, "batch_size": 2, "learning_rate": 2e-4, "eval_steps": 40, "save_steps": 40,
                    "early_stopping_patience": 0}
 VARIANTS = (("base", "base model, curated examples only (before)"),
             ("bank", "base model + approved corrections in the example bank"),
