@@ -22,6 +22,7 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
+from affinage.jsonl import numbered_lines
 from affinage.settings import Settings
 
 DEMO = Path(__file__).resolve().parent / "demo"
@@ -46,13 +47,9 @@ def read_traffic(path: Path) -> list[dict]:
     if not path.is_file():
         raise FileNotFoundError(f"traffic file not found: {path}")
     rows = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    for number, row in numbered_lines(path):
+        if not isinstance(row, dict):
+            raise ValueError(f"{path}:{number}: expected a JSON object")
         for key in ("question", "answer", "key_fact"):
             if not isinstance(row.get(key), str) or not row[key].strip():
                 raise ValueError(f"{path}:{number}: '{key}' must be a non-empty string")

@@ -8,6 +8,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from affinage.atomic import atomic_write_text
+from affinage.jsonl import numbered_lines
 from agent.metrics import contains_fact, hit_at_k, mean, percentile, rouge_l, token_f1
 from agent.pipeline import SupportAgent
 
@@ -15,13 +16,7 @@ from agent.pipeline import SupportAgent
 def read_eval_set(path: Path) -> list[dict]:
     """Lines of {question, answer, source?, key_fact?}; a bad line is named by number."""
     items = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            item = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+    for number, item in numbered_lines(path):
         if not isinstance(item, dict):
             raise ValueError(f"{path}:{number}: expected a JSON object")
         for key in ("question", "answer"):

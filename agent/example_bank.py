@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import json
 import threading
 from pathlib import Path
 
 import numpy as np
 from sqlalchemy import func, select
 
+from affinage.jsonl import numbered_lines
 from agent.store import Example, Store
 from retrieval.embeddings import SentenceEmbeddings
 
@@ -30,13 +30,7 @@ class ExampleBank:
     def import_jsonl(self, path: Path, added_by: str | None = None) -> int:
         """Add every line of a JSONL file of {question, answer, source?}; all or nothing."""
         rows = []
-        for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                item = json.loads(line)
-            except json.JSONDecodeError as error:
-                raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from None
+        for number, item in numbered_lines(path):
             if not isinstance(item, dict) or not str(item.get("question", "")).strip() or not str(item.get("answer", "")).strip():
                 raise ValueError(f"{path}:{number}: each line needs non-empty 'question' and 'answer'")
             rows.append(Example(question=item["question"].strip(), answer=item["answer"].strip(),
