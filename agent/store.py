@@ -180,3 +180,47 @@ class Store:
 
     def close(self) -> None:
         self.engine.dispose()
+
+
+# -- The model registry's metadata (tuning.registry) -------------------------------------------------------------
+# Weights and manifest.json stay in the immutable version folders of the artifact directory; what changes over a
+# version's life (its lifecycle state, its gate verdict), which version serves, and the audit log live here, so that
+# several API replicas sharing one database see one registry and promotion is one transaction.
+
+
+class RegistryVersion(Base):
+    """A registered model version: a row exists only once its folder has been renamed into place."""
+
+    __tablename__ = "registry_versions"
+
+    id: Mapped[str] = mapped_column(String(200), primary_key=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    state: Mapped[str] = mapped_column(String(16), default="candidate")  # the lifecycle state (tuning.registry)
+    gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the gate verdict: {"passed", "at", ...}
+    manifest: Mapped[dict] = mapped_column(JSON)  # a copy of the folder's manifest.json, for listing without disk
+
+
+class RegistryPointer(Base):
+    """The one row (id 1) saying which version serves; ``generation`` grows by one at every move (compare-and-set)."""
+
+    __tablename__ = "registry_pointer"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True)
+    active: Mapped[str | None] = mapped_column(ForeignKey("registry_versions.id"), nullable=True)  # NULL: base model
+    history: Mapped[list] = mapped_column(JSON, default=list)  # the previously active ids, oldest first
+    ever_active: Mapped[list] = mapped_column(JSON, default=list)
+    generation: Mapped[int] = mapped_column(Integer, default=0)
+    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class RegistryEvent(Base):
+    """One line of the registry's audit log: who did what to which version, and when."""
+
+    __tablename__ = "registry_events"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    action: Mapped[str] = mapped_column(String(32))
+    version: Mapped[str] = mapped_column(String(200), index=True)  # a version id, or "base" for the bare base model
+    actor: Mapped[str] = mapped_column(String(200))
+    details: Mapped[dict] = mapped_column(JSON, default=dict)
