@@ -1,15 +1,20 @@
-"""The interaction log and its neighbours, in SQLAlchemy: SQLite (WAL) by default, any URL by setting."""
+"""The interaction log and its neighbours, in SQLAlchemy: SQLite (WAL) by default, PostgreSQL by URL setting.
+
+The schema is managed by Alembic (``agent.migrations``): a model changed here needs a new revision there."""
 
 from __future__ import annotations
 
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Iterator
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, make_url
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+
+from agent import migrations
 
 
 def new_id() -> str:
@@ -135,32 +140,38 @@ class ApiKey(Base):
 
 
 def make_engine(url: str) -> Engine:
-    """An engine with SQLite set up for durability: WAL, synchronous=FULL, foreign keys on."""
-    if url.startswith("sqlite:///"):
-        from pathlib import Path
+    """An engine set up for durability: SQLite in WAL mode with synchronous=FULL and foreign keys on; PostgreSQL
+    through psycopg 3 (``postgresql://`` URLs too), sessions in UTC, connections checked before use."""
+    parsed = make_url(url)
+    if parsed.drivername in ("postgresql", "postgres"):
+        parsed = parsed.set(drivername="postgresql+psycopg")
+    backend = parsed.get_backend_name()
+    if backend == "postgresql":
+        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
+    if backend != "sqlite":
+        return create_engine(parsed)
+    if parsed.database:
+        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    engine = create_engine(parsed, connect_args={"check_same_thread": False})
 
-        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url, connect_args={"check_same_thread": False} if url.startswith("sqlite") else {})
-    if engine.dialect.name == "sqlite":
-
-        @event.listens_for(engine, "connect")
-        def _pragmas(dbapi_connection, _record) -> None:
-            cursor = dbapi_connection.cursor()
-            cursor.execute("PRAGMA journal_mode=WAL")
-            cursor.execute("PRAGMA synchronous=FULL")
-            cursor.execute("PRAGMA foreign_keys=ON")
-            cursor.execute("PRAGMA busy_timeout=10000")
-            cursor.close()
+    @event.listens_for(engine, "connect")
+    def _pragmas(dbapi_connection, _record) -> None:
+        cursor = dbapi_connection.cursor()
+        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute("PRAGMA synchronous=FULL")
+        cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA busy_timeout=10000")
+        cursor.close()
 
     return engine
 
 
 class Store:
-    """Owns the engine and hands out transactional sessions."""
+    """Owns the engine and hands out transactional sessions; the schema is brought to head on opening."""
 
     def __init__(self, url: str):
         self.engine = make_engine(url)
-        Base.metadata.create_all(self.engine)
+        migrations.upgrade(self.engine)
         self._sessions = sessionmaker(self.engine, expire_on_commit=False)
 
     @contextmanager
