@@ -282,7 +282,7 @@ def _fmt(value) -> str:
 def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
     from tuning.registry import BASE, Registry
 
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     versions = [v.to_json() for v in registry.list()]
     if getattr(args, "only_undecided", False):
         versions = [v for v in versions if v["state"] in ("candidate", "gated-passed", "gated-failed")]
@@ -345,7 +345,7 @@ def cmd_drift(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
     from tuning.registry import Registry
 
-    version = Registry(settings.registry_dir).decide(args.id, args.command == "approve", actor=f"cli:{getpass.getuser()}",
+    version = Registry.open(settings).decide(args.id, args.command == "approve", actor=f"cli:{getpass.getuser()}",
                                                      comment=args.comment, override_reason=args.override_reason)
     print(f"{version.id} is {version.state}")
     return 0
@@ -354,7 +354,7 @@ def cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
     from tuning.registry import Registry
 
-    version = Registry(settings.registry_dir).promote(args.id, actor=f"cli:{getpass.getuser()}")
+    version = Registry.open(settings).promote(args.id, actor=f"cli:{getpass.getuser()}")
     print(f"{version.id} is now active; running services switch to it within {settings.registry_poll_seconds:g} s")
     return 0
 
@@ -362,7 +362,7 @@ def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
     from tuning.registry import BASE, Registry
 
-    previous = Registry(settings.registry_dir).rollback(actor=f"cli:{getpass.getuser()}")
+    previous = Registry.open(settings).rollback(actor=f"cli:{getpass.getuser()}")
     print(f"rolled back: {previous or BASE} is active again")
     return 0
 

@@ -246,7 +246,7 @@ def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = 
 
     with clock.stage("gates: regression, forgetting, safety, drift"):
         gate = cycle.gate_stage(settings, candidate, note, progress)
-        registry = Registry(settings.registry_dir)
+        registry = Registry.open(settings, store)
         version = registry.get(candidate)
         gate_report = json.loads((version.path / "report.json").read_text(encoding="utf-8"))
         out["gates"] = {"passed": gate["passed"], "failed": gate["failed"], "report": str(version.path / "report.html"),

@@ -137,7 +137,7 @@ def run(args) -> dict:
         return build_agent(settings, embeddings=embeddings)
 
     agent = clock("setup (ingest, load models)", setup)
-    embeddings, registry = agent.retriever.embeddings, Registry(settings.registry_dir)
+    embeddings, registry = agent.retriever.embeddings, Registry.open(settings, agent.store)
     _, base_path = base_model(settings)
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
     base = load_weights(base_path, registry, None)

@@ -44,7 +44,7 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     recorded = {json.loads(line)["paraphrases"][-1] for line in traffic.read_text().splitlines()}
     assert {json.loads(line)["question"] for line in heldout} == recorded  # the third paraphrase, never trained on
 
-    versions = Registry(home / "registry").list()
+    versions = Registry(home / "registry", store).list()
     assert len(versions) == 1 and versions[0].state in ("gated-failed", "active")
     assert (versions[0].path / "report.html").is_file()
     promoted = versions[0].state == "active"

@@ -87,7 +87,7 @@ def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool 
     from tuning.train import train
 
     method = settings.worker_method
-    for version in Registry(settings.registry_dir).list():
+    for version in Registry.open(settings).list():
         trained_on = [d["id"] for d in version.manifest.get("datasets", [])]
         if version.manifest.get("method") == method and dataset_id in trained_on:
             note(f"candidate {version.id} was trained from {dataset_id} by an earlier attempt: using it")
@@ -104,7 +104,7 @@ def gate_stage(settings: Settings, candidate: str, note: Note, progress: bool = 
     """The gates' verdict; a candidate gated by an interrupted attempt keeps its report."""
     from tuning.gates import run_gates
 
-    version = Registry(settings.registry_dir).get(candidate)
+    version = Registry.open(settings).get(candidate)
     if version.state == "candidate":
         report = run_gates(settings, candidate, progress=progress)
     else:
@@ -137,7 +137,7 @@ def passes_by_margin(checks: list[dict], margin: float) -> list[str]:
 def promote_stage(settings: Settings, candidate: str, gate: dict, note: Note) -> dict:
     """Leave the candidate for an operator, or, under the ``auto_promote`` policy, approve and promote it in the
     registry as ``policy:<name>`` so the audit log records it like a person's decision."""
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     policy, margin = settings.auto_promote, settings.auto_promote_margin
     if not gate["passed"]:
         return {"outcome": "gates failed", "policy": policy}

@@ -212,7 +212,7 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
     from tuning.serving import load_weights
     from tuning.train import base_model
 
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     version = registry.get(version_id)
     if version.state not in ("candidate", "gated-passed", "gated-failed"):
         raise RegistryError(f"version {version_id} is {version.state}; only candidates are gated")

@@ -1,20 +1,26 @@
-"""The model registry: immutable version folders, their lifecycle, and one pointer that says which version serves.
+"""The model registry: immutable version folders on disk, their lifecycle and the serving pointer in the database.
 
-Layout under ``<home>/registry``::
+The artifact directory ``<home>/registry/versions/<id>/`` holds a version's weights (safetensors only), its
+``manifest.json`` (with the sha256 of every file) and later its gate reports; nothing in it changes after
+registration except the reports. Everything that changes lives in the store (``agent.store``), so every process
+sharing the database — several API replicas, the worker, the CLI — sees one registry:
 
-    versions/<id>/            adapter (PEFT) or full weights, safetensors only, + manifest.json
-    versions/<id>/state.json  lifecycle: candidate -> gated-passed | gated-failed -> approved | rejected
-    ACTIVE                    {"active": id | null, "history": [...], "ever_active": [...]}
-    events.jsonl              who did what, when
+- ``registry_versions``: one row per version, its lifecycle (candidate -> gated-passed | gated-failed ->
+  approved | rejected), its gate verdict and a copy of its manifest. A folder without a row is not a version.
+- ``registry_pointer``: one row naming the active version (NULL: the bare base model), the promotion history and a
+  ``generation`` that grows by one at every move. Promotion and rollback are one transaction that moves it by
+  compare-and-set on the generation and writes the audit event, so two processes promoting at once cannot both
+  win and no event is ever written without its move.
+- ``registry_events``: the audit log.
 
-``active`` and ``retired`` are read from the pointer, never stored per version, so promotion and rollback are
-one atomic rename of ``ACTIVE``: at every instant exactly one version (or the base model, ``null``) is active.
+``active`` and ``retired`` are read from the pointer, never stored per version.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import shutil
 import tempfile
@@ -22,12 +28,20 @@ from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from affinage.atomic import atomic_write_text, fsync_dir, fsync_file
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+
+from affinage.atomic import fsync_dir, fsync_file
+from agent.store import RegistryEvent, RegistryPointer, RegistryVersion, Store, utcnow
+
+log = logging.getLogger("affinage.registry")
 
 BASE = "base"  # the version name of the bare base model
 LIFECYCLE = ("candidate", "gated-passed", "gated-failed", "approved", "rejected")
+GATEABLE = ("candidate", "gated-passed", "gated-failed")
 PROMOTABLE = ("gated-passed", "approved")
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja", ".model", ".md")
+POINTER_ID = 1
 
 
 class RegistryError(ValueError):
@@ -44,13 +58,14 @@ class Version:
     state: str  # the lifecycle state, or active/retired as the pointer says
     manifest: dict
     path: Path
-    record: dict  # state.json: the last lifecycle state and the gate verdict, kept after retirement
+    lifecycle: str  # the last lifecycle state, kept after retirement
+    gate: dict | None  # the gate verdict: {"passed", "at", ...}
 
     def to_json(self) -> dict:
         metrics = self.manifest.get("metrics", {})
         return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
                 "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
-                "metrics": metrics, "gate": self.record.get("gate")}
+                "metrics": metrics, "gate": self.gate}
 
 
 def sha256_file(path: Path) -> str:
@@ -65,12 +80,50 @@ def now() -> str:
     return datetime.now(timezone.utc).isoformat()
 
 
+def event_json(row: RegistryEvent) -> dict:
+    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)  # SQLite hands it back naive, in UTC
+    return {"at": at.isoformat(), "action": row.action, "version": row.version, "actor": row.actor, **row.details}
+
+
 class Registry:
-    def __init__(self, root: Path, crash_hook=None):
-        self.root = root
+    """One registry: ``root`` is the artifact directory, ``store`` the database its metadata lives in.
+
+    Opening it creates the pointer row; the first open of a workspace whose registry still lives in files
+    (``ACTIVE``, ``state.json``, ``events.jsonl``) imports them in the same transaction (``tuning.registry_files``).
+    ``crash_hook(step)`` is called between the steps of a write, for the crash tests.
+    """
+
+    def __init__(self, root: Path, store: Store, crash_hook=None):
+        self.root, self.store = root, store
         self.versions = root / "versions"
-        self.pointer = root / "ACTIVE"
         self._crash_hook = crash_hook or (lambda step: None)
+        self._open_pointer()
+
+    @classmethod
+    def open(cls, settings, store: Store | None = None) -> "Registry":
+        """The workspace's registry, in ``store`` or, by default, a store on ``settings.db_url``."""
+        return cls(settings.registry_dir, store or Store(settings.db_url))
+
+    def _open_pointer(self) -> None:
+        from tuning.registry_files import import_file_registry, retire_files
+
+        with self.store.session() as session:
+            if session.get(RegistryPointer, POINTER_ID) is not None:
+                return
+        try:
+            with self.store.session() as session:
+                imported = import_file_registry(self.root, session)
+                pointer = imported.pointer if imported else {"active": None, "history": [], "ever_active": []}
+                session.add(RegistryPointer(id=POINTER_ID, generation=0, **pointer))
+        except IntegrityError:  # another process opened the registry at the same moment and did this
+            with self.store.session() as session:
+                if session.get(RegistryPointer, POINTER_ID) is None:
+                    raise
+            return
+        if imported:
+            retire_files(imported)
+            log.info("registry metadata imported from files into the database",
+                     extra={"versions": imported.versions, "events": imported.events})
 
     # -- adding --------------------------------------------------------------------------------------------------
     def staging(self) -> Path:
@@ -79,67 +132,73 @@ class Registry:
         return Path(tempfile.mkdtemp(prefix=".tmp-", dir=self.versions))
 
     def add(self, staged: Path, manifest: dict) -> Version:
-        """Hash every file of ``staged``, write its manifest and state, and rename it into place as a candidate."""
+        """Hash every file of ``staged``, write its manifest, rename it into place, then record it as a candidate.
+
+        The rename comes first and fails if the folder exists, so two processes cannot register one id; a process
+        killed between the rename and the row leaves a folder that is not a version (and is never loaded).
+        """
+        version_id = manifest["id"]
         try:
+            if not version_id or "/" in version_id or version_id.startswith("."):
+                raise RegistryError(f"refusing version id {version_id!r}: it must be a plain folder name")
             refused = [p.name for p in staged.rglob("*") if p.is_file() and not p.name.endswith(ALLOWED_SUFFIXES)]
             if refused:
                 raise RegistryError(f"refusing to register non-safetensors files: {', '.join(sorted(refused))}")
             files = {str(p.relative_to(staged)): sha256_file(p) for p in sorted(staged.rglob("*")) if p.is_file()}
-            version_id = manifest["id"]
             manifest = {**manifest, "files": files}
             (staged / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
-            (staged / "state.json").write_text(json.dumps({"state": "candidate", "gate": None}, indent=2))
             for path in staged.rglob("*"):
                 if path.is_file():
                     fsync_file(path)
             fsync_dir(staged)
-            if (self.versions / version_id).exists():
+            if self._row(version_id) is not None or (self.versions / version_id).exists():
                 raise RegistryError(f"version {version_id} already exists")
             os.rename(staged, self.versions / version_id)
             fsync_dir(self.versions)
         except BaseException:
             shutil.rmtree(staged, ignore_errors=True)
             raise
-        self._event("registered", version_id, actor="trainer")
+        self._crash_hook("folder-renamed")
+        with self.store.session() as session:
+            session.add(RegistryVersion(id=version_id, state="candidate", gate=None, manifest=manifest))
+            session.add(RegistryEvent(action="registered", version=version_id, actor="trainer", details={}))
         return self.get(version_id)
 
     # -- reading -------------------------------------------------------------------------------------------------
     def pointer_state(self) -> dict:
-        if not self.pointer.exists():
-            return {"active": None, "history": [], "ever_active": []}
-        return json.loads(self.pointer.read_text())
+        """``{"active", "history", "ever_active", "generation"}``: one read of the pointer row."""
+        with self.store.session() as session:
+            row = session.get(RegistryPointer, POINTER_ID)
+            return {"active": row.active, "history": list(row.history), "ever_active": list(row.ever_active),
+                    "generation": row.generation}
 
     def active_id(self) -> str | None:
         """The serving version, or None for the bare base model."""
-        return self.pointer_state()["active"]
+        with self.store.session() as session:
+            return session.scalar(select(RegistryPointer.active).where(RegistryPointer.id == POINTER_ID))
 
     def get(self, version_id: str, pointer: dict | None = None) -> Version:
-        folder = self.versions / version_id
-        if "/" in version_id or version_id.startswith(".") or not (folder / "manifest.json").is_file():
+        row = self._row(version_id)
+        if row is None:
             raise UnknownVersion(f"no version {version_id!r} in the registry (see `affinage models`)")
-        pointer = pointer or self.pointer_state()
-        record = json.loads((folder / "state.json").read_text())
-        if version_id == pointer["active"]:
-            state = "active"
-        elif version_id in pointer["ever_active"]:
-            state = "retired"
-        else:
-            state = record["state"]
-        return Version(version_id, state, json.loads((folder / "manifest.json").read_text()), folder, record)
+        return self._version(row, pointer or self.pointer_state())
 
     def list(self) -> list[Version]:
-        """Every complete version, oldest first (half-written ``.tmp-`` folders are not versions)."""
-        if not self.versions.is_dir():
-            return []
-        ids = [d.name for d in self.versions.iterdir() if d.is_dir() and not d.name.startswith(".")
-               and (d / "manifest.json").is_file()]
+        """Every registered version, oldest first."""
         pointer = self.pointer_state()
-        return sorted((self.get(i, pointer) for i in ids), key=lambda v: v.manifest.get("created_at", ""))
+        with self.store.session() as session:
+            rows = session.scalars(select(RegistryVersion)).all()
+        return sorted((self._version(r, pointer) for r in rows), key=lambda v: (v.manifest.get("created_at", ""), v.id))
 
     def verify(self, version_id: str) -> Path:
-        """The version's folder, after checking that its files are exactly those hashed in its manifest."""
+        """The version's folder, after checking that its files are exactly those hashed in its registered manifest."""
         version = self.get(version_id)
+        manifest_file = version.path / "manifest.json"
+        if not manifest_file.is_file() or json.loads(manifest_file.read_text()) != version.manifest:
+            raise RegistryError(f"version {version_id}: manifest.json is missing or differs from the registered one; "
+                                "refusing to load it")
         recorded = version.manifest.get("files", {})
+        # state.json: left in the folders of a registry imported from files, never read
         present = {str(p.relative_to(version.path)) for p in version.path.rglob("*") if p.is_file()} - {"manifest.json",
                                                                                                        "state.json"}
         weights = {name for name in present if not name.startswith("report")}
@@ -151,14 +210,18 @@ class Registry:
                 raise RegistryError(f"version {version_id}: {name} does not match its recorded sha256; refusing to load it")
         return version.path
 
+    def events(self) -> list[dict]:
+        """The audit log, oldest first: ``{"at", "action", "version", "actor", **details}``."""
+        with self.store.session() as session:
+            return [event_json(e) for e in session.scalars(select(RegistryEvent).order_by(RegistryEvent.id))]
+
     # -- lifecycle -----------------------------------------------------------------------------------------------
     def record_gate(self, version_id: str, passed: bool, summary: dict, actor: str = "gates") -> Version:
         version = self.get(version_id)
-        if version.state not in ("candidate", "gated-passed", "gated-failed"):
+        if version.state not in GATEABLE:
             raise RegistryError(f"version {version_id} is {version.state}; only candidates are gated")
-        self._write_state(version, {"state": "gated-passed" if passed else "gated-failed",
-                                    "gate": {"passed": passed, "at": now(), **summary}})
-        self._event("gated", version_id, actor=actor, passed=passed)
+        self._set_lifecycle(version, "gated-passed" if passed else "gated-failed",
+                            {"passed": passed, "at": now(), **summary}, "gated", actor, {"passed": passed})
         return self.get(version_id)
 
     def decide(self, version_id: str, approve: bool, actor: str, comment: str,
@@ -176,27 +239,26 @@ class Registry:
         if approve and version.state == "gated-failed" and not (override_reason or "").strip():
             raise RegistryError(f"version {version_id} failed its gates: approving it needs an admin's written "
                                 "override reason")
-        self._write_state(version, {**version.record, "state": "approved" if approve else "rejected"})
         details = {"comment": comment.strip()}
         if approve and version.state == "gated-failed":
             details["override_reason"] = override_reason.strip()
-        self._event("approved" if approve else "rejected", version_id, actor=actor, **details)
+        self._set_lifecycle(version, "approved" if approve else "rejected", version.gate,
+                            "approved" if approve else "rejected", actor, details)
         return self.get(version_id)
 
     def promote(self, version_id: str, actor: str) -> Version:
         """Make ``version_id`` the serving version; it must have passed its gates and match its hashes."""
-        version = self.get(version_id)
-        lifecycle = version.record.get("state")  # a retired version keeps its last decision
+        pointer = self.pointer_state()
+        version = self.get(version_id, pointer)
         if version.state == "active":
             raise RegistryError(f"version {version_id} is already active")
-        if version.state not in PROMOTABLE and not (version.state == "retired" and lifecycle in PROMOTABLE):
+        if version.lifecycle not in PROMOTABLE:  # a retired version keeps its last decision
             raise RegistryError(f"version {version_id} is {version.state}: only a version that passed its gates "
                                 "(gated-passed or approved) can be promoted")
         self.verify(version_id)
-        pointer = self.pointer_state()
-        self._swap_pointer({"active": version_id, "history": [*pointer["history"], pointer["active"]],
-                            "ever_active": sorted({*pointer["ever_active"], version_id})})
-        self._event("promoted", version_id, actor=actor, previous=pointer["active"])
+        self._move_pointer(pointer, {"active": version_id, "history": [*pointer["history"], pointer["active"]],
+                                     "ever_active": sorted({*pointer["ever_active"], version_id})},
+                           "promoted", version_id, actor)
         return self.get(version_id)
 
     def rollback(self, actor: str) -> str | None:
@@ -207,40 +269,58 @@ class Registry:
         previous = pointer["history"][-1]
         if previous is not None:
             self.verify(previous)
-        self._swap_pointer({"active": previous, "history": pointer["history"][:-1],
-                            "ever_active": pointer["ever_active"]})
-        self._event("rolled_back", previous or BASE, actor=actor, previous=pointer["active"])
+        self._move_pointer(pointer, {"active": previous, "history": pointer["history"][:-1],
+                                     "ever_active": pointer["ever_active"]}, "rolled_back", previous or BASE, actor)
         return previous
 
-    def events(self) -> list[dict]:
-        path = self.root / "events.jsonl"
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
-
     # -- writing -------------------------------------------------------------------------------------------------
-    def _swap_pointer(self, state: dict) -> None:
-        """Write temp, fsync, rename over ACTIVE, fsync the folder: readers see the old pointer or the new one."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        for stale in self.root.glob(".ACTIVE.*.tmp"):  # left by a process killed mid-write
-            stale.unlink(missing_ok=True)
-        tmp = self.root / f".ACTIVE.{os.getpid()}.tmp"
-        with tmp.open("w", encoding="utf-8") as handle:
-            handle.write(json.dumps(state, indent=2))
-            self._crash_hook("pointer-written")
-            handle.flush()
-            os.fsync(handle.fileno())
-        self._crash_hook("pointer-fsynced")
-        os.replace(tmp, self.pointer)
-        self._crash_hook("pointer-renamed")
-        fsync_dir(self.root)
-        self._crash_hook("directory-fsynced")
+    def _row(self, version_id: str) -> RegistryVersion | None:
+        with self.store.session() as session:
+            return session.get(RegistryVersion, version_id)
 
-    def _write_state(self, version: Version, state: dict) -> None:
-        atomic_write_text(version.path / "state.json", json.dumps(state, indent=2))
+    def _version(self, row: RegistryVersion, pointer: dict) -> Version:
+        if row.id == pointer["active"]:
+            state = "active"
+        elif row.id in pointer["ever_active"]:
+            state = "retired"
+        else:
+            state = row.state
+        return Version(row.id, state, row.manifest, self.versions / row.id, row.state, row.gate)
 
-    def _event(self, action: str, version_id: str, actor: str, **details) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        line = json.dumps({"at": now(), "action": action, "version": version_id, "actor": actor, **details})
-        with (self.root / "events.jsonl").open("a", encoding="utf-8") as handle:
-            handle.write(line + "\n")
-            handle.flush()
-            os.fsync(handle.fileno())
+    def _set_lifecycle(self, version: Version, state: str, gate: dict | None, action: str, actor: str,
+                       details: dict) -> None:
+        """Move the version's lifecycle and log it in one transaction, only if nobody moved it since it was read."""
+        with self.store.session() as session:
+            moved = session.execute(update(RegistryVersion)
+                                    .where(RegistryVersion.id == version.id, RegistryVersion.state == version.lifecycle)
+                                    .values(state=state, gate=gate))
+            if moved.rowcount != 1:
+                raise RegistryError(f"version {version.id} changed while this was being decided (someone else "
+                                    "gated or decided it): look at it again")
+            session.add(RegistryEvent(action=action, version=version.id, actor=actor, details=details))
+
+    def _move_pointer(self, seen: dict, new: dict, action: str, subject: str, actor: str) -> None:
+        """Move the pointer from ``seen`` to ``new`` and write the event, in one transaction.
+
+        Compare-and-set on the generation: if another process moved the pointer since ``seen`` was read, nothing is
+        written and the caller gets a RegistryError. A promotion also requires its version to still be promotable.
+        """
+        with self.store.session() as session:
+            if action == "promoted":
+                still = session.execute(update(RegistryVersion)
+                                        .where(RegistryVersion.id == subject, RegistryVersion.state.in_(PROMOTABLE))
+                                        .values(state=RegistryVersion.state))
+                if still.rowcount != 1:
+                    raise RegistryError(f"version {subject} was decided again while being promoted: look at it again")
+            moved = session.execute(update(RegistryPointer)
+                                    .where(RegistryPointer.id == POINTER_ID, RegistryPointer.generation == seen["generation"])
+                                    .values(**new, generation=seen["generation"] + 1, updated_at=utcnow()))
+            if moved.rowcount != 1:
+                raise RegistryError("the active version changed while this was being done (another process promoted "
+                                    "or rolled back): look at `affinage models` and try again")
+            self._crash_hook("pointer-updated")
+            session.add(RegistryEvent(action=action, version=subject, actor=actor,
+                                      details={"previous": seen["active"]}))
+            session.flush()
+            self._crash_hook("event-written")
+        self._crash_hook("committed")

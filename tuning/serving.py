@@ -84,7 +84,7 @@ def follow_registry(settings, llm) -> ActiveVersionWatcher | None:
 
     if not isinstance(llm, LocalChatModel):
         return None
-    watcher = ActiveVersionWatcher(llm, Registry(settings.registry_dir), base_model(settings)[1],
+    watcher = ActiveVersionWatcher(llm, Registry.open(settings), base_model(settings)[1],
                                    settings.registry_poll_seconds)
     watcher.check()
     return watcher

@@ -86,7 +86,7 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
     return None).
     """
     config = load_config(config_path, method)
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     job, lineage = prepare(settings, config, dataset_id, registry, progress)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = RECIPES[method](job)

@@ -38,7 +38,7 @@ def registry_error(error: RegistryError) -> APIError:
 
 def operator_routes(settings: Settings, store: Store, embed: Callable, require: Callable) -> APIRouter:
     router = APIRouter(prefix="/api/operator", tags=["operator"])
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings, store)
 
     @router.get("/models")
     def models(_=Depends(require("operator"))) -> dict:

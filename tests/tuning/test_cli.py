@@ -33,7 +33,7 @@ def test_train_prints_the_candidate_alone_on_the_last_line(tiny_settings, tiny_m
     assert refused.returncode == 1 and "only a version that passed its gates" in refused.stderr
     assert len(refused.stderr.strip().splitlines()) == 1
 
-    Registry(tiny_settings.registry_dir).record_gate(candidate, True, {})
+    Registry.open(tiny_settings).record_gate(candidate, True, {})
     assert cli(home, "promote", candidate).returncode == 0
     assert json.loads(cli(home, "models", "--json").stdout)["active"] == candidate
     back = cli(home, "rollback")

@@ -79,7 +79,7 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
     candidate = train(settings, "sft", config_path=quick_config(), progress=False)
 
     report = run_gates(settings, candidate.id, progress=False)
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     version = registry.get(candidate.id)
     assert version.state == ("gated-passed" if report["passed"] else "gated-failed")
     assert set(report["gates"]) == {"regression", "forgetting", "safety"}

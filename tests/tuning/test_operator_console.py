@@ -21,7 +21,7 @@ HOSTILE = '<img src=x onerror="window.__pwned=1">'
 
 
 def gated_versions(settings, quick_config) -> tuple[str, str]:
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     good = train(settings, "sft", config_path=quick_config(), progress=False)
     write_report(good.path, good.manifest, [no_worse("regression", "golden token_f1", 0.4, 0.45, 0.02)])
     registry.record_gate(good.id, True, {"report": "report.html", "failed": []})

@@ -85,7 +85,7 @@ def test_poisoned_data_fails_the_safety_gate_and_good_data_passes(small_vocab_mo
     # 200 steps of a 64-wide model take seconds and teach it the answers, the fake link included
     config = quick_config(max_steps=200, batch_size=2, save_steps=200, eval_steps=200, max_length=1024, lora_r=16,
                           lora_alpha=32, learning_rate=1e-2, val_fraction=0.0)
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
 
     def gated(link: str) -> dict:
         dataset = write_dataset(settings.datasets_dir, {"sft": sft_rows(retriever, link), "heldout": HELDOUT},

@@ -1,3 +1,4 @@
+import hashlib
 import json
 import os
 import subprocess
@@ -6,9 +7,21 @@ from pathlib import Path
 
 import pytest
 
-from tuning.registry import Registry, RegistryError
+from agent.store import Store
+from tuning.registry import BASE, Registry, RegistryError, UnknownVersion
 
 REPO = Path(__file__).resolve().parents[2]
+MOVES = ("promoted", "rolled_back")
+
+
+@pytest.fixture
+def url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'registry.db'}"
+
+
+@pytest.fixture
+def registry(tmp_path, url) -> Registry:
+    return Registry(tmp_path / "registry", Store(url))
 
 
 def add_version(registry: Registry, version_id: str, weights: bytes = b"weights") -> str:
@@ -25,8 +38,17 @@ def passed(registry: Registry, version_id: str) -> str:
     return version_id
 
 
-def test_lifecycle_promote_and_rollback(tmp_path):
-    registry = Registry(tmp_path)
+def assert_consistent(registry: Registry) -> None:
+    """Every pointer move has exactly one event and the last one names the active version."""
+    pointer, moves = registry.pointer_state(), [e for e in registry.events() if e["action"] in MOVES]
+    assert len(moves) == pointer["generation"]
+    assert (moves[-1]["version"] if moves else BASE) == (pointer["active"] or BASE)
+    assert [v.id for v in registry.list() if v.state == "active"] == ([pointer["active"]] if pointer["active"] else [])
+    if pointer["active"]:
+        registry.verify(pointer["active"])
+
+
+def test_lifecycle_promote_and_rollback(registry):
     a, b = add_version(registry, "a"), add_version(registry, "b")
     assert [v.state for v in registry.list()] == ["candidate", "candidate"] and registry.active_id() is None
 
@@ -43,6 +65,7 @@ def test_lifecycle_promote_and_rollback(tmp_path):
     registry.decide(passed(registry, a), True, actor="op", comment="better on billing")
     registry.promote(a, actor="op")
     assert registry.get(a).state == "active" and registry.active_id() == a
+    assert registry.get(a).gate["report"] == "report.json"  # the verdict outlives the decision
 
     c = passed(registry, add_version(registry, "c"))
     registry.promote(c, actor="op")
@@ -53,25 +76,32 @@ def test_lifecycle_promote_and_rollback(tmp_path):
     assert registry.rollback(actor="op") is None  # back to the bare base model
     with pytest.raises(RegistryError, match="nothing to roll back to"):
         registry.rollback(actor="op")
+    registry.promote(c, actor="op")  # a retired version that passed its gates can serve again
     registry.decide(b, True, actor="admin", comment="urgent fix", override_reason="safety probe flaked; checked by hand")
     assert registry.get(b).state == "approved"
     assert registry.events()[-1]["override_reason"] == "safety probe flaked; checked by hand"
     actions = [(e["action"], e["version"]) for e in registry.events()]
     assert ("promoted", c) in actions and ("rolled_back", "base") in actions
-    assert all(e["actor"] for e in registry.events())
+    assert all(e["actor"] and e["at"] for e in registry.events())
+    assert_consistent(registry)
 
 
-def test_tampered_weights_are_refused(tmp_path):
-    registry = Registry(tmp_path)
+def test_tampered_weights_or_manifest_are_refused(registry):
     a = passed(registry, add_version(registry, "a"))
-    (registry.versions / a / "adapter_model.safetensors").write_bytes(b"poisoned")
+    weights = registry.versions / a / "adapter_model.safetensors"
+    weights.write_bytes(b"poisoned")
     with pytest.raises(RegistryError, match="does not match its recorded sha256"):
         registry.promote(a, actor="op")
-    assert registry.active_id() is None
+    weights.write_bytes(b"weights")
+    manifest = registry.versions / a / "manifest.json"
+    forged = {**json.loads(manifest.read_text()), "files": {"adapter_config.json": "0" * 64}}
+    manifest.write_text(json.dumps(forged))  # rewriting the manifest on disk does not change the registered one
+    with pytest.raises(RegistryError, match="manifest.json is missing or differs from the registered one"):
+        registry.verify(a)
+    assert registry.active_id() is None and registry.pointer_state()["generation"] == 0
 
 
-def test_extra_and_pickle_files_are_refused(tmp_path):
-    registry = Registry(tmp_path)
+def test_extra_and_pickle_files_are_refused(registry):
     staged = registry.staging()
     (staged / "adapter_model.bin").write_bytes(b"pickle")
     with pytest.raises(RegistryError, match="non-safetensors files: adapter_model.bin"):
@@ -82,47 +112,160 @@ def test_extra_and_pickle_files_are_refused(tmp_path):
     (registry.versions / a / "extra.safetensors").write_bytes(b"smuggled")
     with pytest.raises(RegistryError, match="unrecorded files extra.safetensors"):
         registry.verify(a)
+    with pytest.raises(RegistryError, match="version a already exists"):
+        add_version(registry, "a")
 
 
-def test_unknown_version_is_named(tmp_path):
-    with pytest.raises(RegistryError, match="no version 'nope'"):
-        Registry(tmp_path).promote("nope", actor="op")
+def test_unknown_version_is_named(registry):
+    with pytest.raises(UnknownVersion, match="no version 'nope'"):
+        registry.promote("nope", actor="op")
 
 
-PROMOTE = """
-import os, signal, sys
+def test_a_promotion_racing_another_loses_with_a_clear_error(tmp_path, url):
+    """Replica 1 reads the pointer, replica 2 promotes meanwhile: replica 1's compare-and-set fails, nothing lost."""
+    first, second = (Registry(tmp_path / "registry", Store(url)) for _ in range(2))
+    for version_id in ("a", "b"):
+        passed(first, add_version(first, version_id))
+
+    def verify_while_the_other_promotes(version_id: str) -> Path:
+        second.promote("b", actor="replica-2")
+        return Registry.verify(first, version_id)
+
+    first.verify = verify_while_the_other_promotes
+    with pytest.raises(RegistryError, match="the active version changed while this was being done"):
+        first.promote("a", actor="replica-1")
+    del first.verify
+    assert first.active_id() == "b" and [e["actor"] for e in first.events() if e["action"] in MOVES] == ["replica-2"]
+    assert_consistent(first)
+
+
+RACE = """
+import sys
 from pathlib import Path
-from tuning.registry import Registry
-step = sys.argv[2]
-def crash(name):
-    if name == step:
-        os.kill(os.getpid(), signal.SIGKILL)
-registry = Registry(Path(sys.argv[1]), crash_hook=crash)
-registry.promote("b", actor="op") if sys.argv[3] == "promote" else registry.rollback(actor="op")
+from agent.store import Store
+from tuning.registry import Registry, RegistryError
+registry = Registry(Path(sys.argv[1]), Store(sys.argv[2]))
+try:
+    registry.promote(sys.argv[3], actor=sys.argv[3])
+    print("won")
+except RegistryError as error:
+    print("lost:", error)
 """
 
 
+def test_processes_promoting_at_once_each_win_or_are_told(tmp_path, url, registry):
+    ids = [passed(registry, add_version(registry, f"v{i}")) for i in range(4)]
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(registry.root), url, i], cwd=REPO, text=True,
+                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}) for i in ids]
+    outcomes = [r.communicate(timeout=120)[0].strip() for r in racers]
+    assert all(o == "won" or o.startswith("lost: the active version changed") for o in outcomes), outcomes
+    winners = [i for i, o in zip(ids, outcomes) if o == "won"]
+    assert winners and len(winners) == registry.pointer_state()["generation"]
+    assert sorted(e["version"] for e in registry.events() if e["action"] == "promoted") == sorted(winners)
+    assert registry.active_id() in winners
+    assert_consistent(registry)
+
+
+CRASH = """
+import os, signal, sys
+from pathlib import Path
+from agent.store import Store
+from tuning.registry import Registry
+step = sys.argv[3]
+def crash(name):
+    if name == step:
+        os.kill(os.getpid(), signal.SIGKILL)
+registry = Registry(Path(sys.argv[1]), Store(sys.argv[2]), crash_hook=crash)
+if sys.argv[4] == "promote":
+    registry.promote("b", actor="op")
+elif sys.argv[4] == "rollback":
+    registry.rollback(actor="op")
+else:
+    staged = registry.staging()
+    (staged / "adapter_model.safetensors").write_bytes(b"c")
+    registry.add(staged, {"id": "c", "created_at": "c"})
+"""
+
+
+def killed_at(registry: Registry, url: str, step: str, action: str) -> Registry:
+    result = subprocess.run([sys.executable, "-c", CRASH, str(registry.root), url, step, action],
+                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
+    assert result.returncode == -9  # killed where we asked
+    return Registry(registry.root, Store(url))
+
+
 @pytest.mark.parametrize("action", ["promote", "rollback"])
-@pytest.mark.parametrize("step", ["pointer-written", "pointer-fsynced", "pointer-renamed", "directory-fsynced"])
-def test_a_kill_at_each_step_leaves_one_active_loadable_version(tmp_path, step, action):
-    registry = Registry(tmp_path)
+@pytest.mark.parametrize("step", ["pointer-updated", "event-written", "committed"])
+def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(registry, url, step, action):
     for version_id in ("a", "b"):
         passed(registry, add_version(registry, version_id, weights=version_id.encode()))
     registry.promote("a", actor="op")
     if action == "rollback":
         registry.promote("b", actor="op")
-    before = registry.active_id()
+    before = registry.pointer_state()
 
-    result = subprocess.run([sys.executable, "-c", PROMOTE, str(tmp_path), step, action],
-                            cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
-    assert result.returncode == -9  # killed where we asked
+    after = killed_at(registry, url, step, action)
+    moved = after.pointer_state()
+    assert moved["active"] == (before["active"] if step != "committed" else ("b" if action == "promote" else "a"))
+    assert moved["generation"] == before["generation"] + (step == "committed")
+    assert_consistent(after)
+    if step != "committed":  # the interrupted operation can simply be run again
+        after.promote("b", actor="op") if action == "promote" else after.rollback(actor="op")
+        assert after.active_id() == ("b" if action == "promote" else "a")
+        assert_consistent(after)
 
-    after = Registry(tmp_path)
-    active = after.active_id()
-    assert active in (before, "a" if action == "rollback" else "b")
-    after.verify(active)
-    assert [v.id for v in after.list() if v.state == "active"] == [active]
-    json.loads(after.pointer.read_text())  # never a half-written pointer
-    if action == "promote" and active == before:  # the interrupted promotion can simply be run again
-        after.promote("b", actor="op")
-        assert after.active_id() == "b" and not list(tmp_path.glob(".ACTIVE.*.tmp"))
+
+def test_a_kill_between_the_folder_and_its_row_leaves_no_version(registry, url):
+    after = killed_at(registry, url, "folder-renamed", "add")
+    assert (after.versions / "c" / "manifest.json").is_file()  # on disk, but not registered
+    assert after.list() == [] and after.events() == []
+    with pytest.raises(UnknownVersion):
+        after.verify("c")
+
+
+def file_registry(root: Path) -> None:
+    """A registry as the file-based version wrote it: state.json per version, ACTIVE, events.jsonl."""
+    for version_id, state in (("a", "approved"), ("b", "gated-passed"), ("c", "gated-failed")):
+        folder = root / "versions" / version_id
+        folder.mkdir(parents=True)
+        (folder / "adapter_model.safetensors").write_bytes(version_id.encode())
+        digest = hashlib.sha256(version_id.encode()).hexdigest()
+        (folder / "manifest.json").write_text(json.dumps({"id": version_id, "created_at": version_id,
+                                                          "files": {"adapter_model.safetensors": digest}}))
+        (folder / "state.json").write_text(json.dumps({"state": state, "gate": {"passed": state != "gated-failed"}}))
+    (root / "versions" / ".tmp-half").mkdir()  # an interrupted registration: not a version
+    (root / "ACTIVE").write_text(json.dumps({"active": "b", "history": [None, "a"], "ever_active": ["a", "b"]}))
+    events = [{"at": "2026-01-0%dT10:00:00+00:00" % i, "action": action, "version": v, "actor": "op", "previous": p}
+              for i, (action, v, p) in enumerate((("promoted", "a", None), ("promoted", "b", "a")), 1)]
+    (root / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"at": "2026-01-03T1')
+
+
+def test_a_file_based_registry_is_imported_once_on_first_open(tmp_path, url):
+    root = tmp_path / "registry"
+    file_registry(root)
+    registry = Registry(root, Store(url))
+    assert [(v.id, v.state) for v in registry.list()] == [("a", "retired"), ("b", "active"), ("c", "gated-failed")]
+    assert registry.get("c").gate == {"passed": False}
+    assert registry.pointer_state() == {"active": "b", "history": [None, "a"], "ever_active": ["a", "b"],
+                                        "generation": 0}
+    assert [(e["at"], e["action"], e["version"], e["previous"]) for e in registry.events()] == [
+        ("2026-01-01T10:00:00+00:00", "promoted", "a", None), ("2026-01-02T10:00:00+00:00", "promoted", "b", "a")]
+    assert not (root / "ACTIVE").exists() and (root / "ACTIVE.imported").is_file()
+    assert (root / "events.jsonl.imported").is_file()
+    registry.verify("b")  # the left-over state.json is no unrecorded weight
+
+    assert registry.rollback(actor="op") == "a"
+    (root / "ACTIVE").write_text(json.dumps({"active": "c", "history": [], "ever_active": ["c"]}))
+    reopened = Registry(root, Store(url))  # imported already: files are never read again
+    assert reopened.active_id() == "a" and len(reopened.events()) == 3
+
+
+def test_an_import_that_cannot_be_done_changes_nothing(tmp_path, url):
+    root = tmp_path / "registry"
+    file_registry(root)
+    (root / "ACTIVE").write_text(json.dumps({"active": "gone", "history": [], "ever_active": ["gone"]}))
+    with pytest.raises(RegistryError, match="ACTIVE names version 'gone', which has no folder"):
+        Registry(root, Store(url))
+    assert (root / "ACTIVE").is_file() and (root / "events.jsonl").is_file()
+    (root / "ACTIVE").write_text(json.dumps({"active": "a", "history": [None], "ever_active": ["a"]}))
+    assert Registry(root, Store(url)).active_id() == "a"  # the failed attempt left no half-import behind

@@ -18,7 +18,7 @@ QUESTION = "How long is the password reset link valid?"
 
 def test_service_switches_versions_under_traffic(tiny_settings, tiny_model_dir, kb, embeddings, dataset, quick_config):
     settings = tiny_settings.model_copy(update={"registry_poll_seconds": 0.1, "temperature": 1.0, "max_new_tokens": 16})
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     candidate = train(settings, "sft", config_path=quick_config(), progress=False).id
     registry.record_gate(candidate, True, {})
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)

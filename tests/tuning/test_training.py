@@ -24,7 +24,7 @@ def base_weights(model_dir: Path) -> dict[str, torch.Tensor]:
 
 
 def run(settings, method, config_file):
-    job, _ = prepare(settings, load_config(config_file, method), None, Registry(settings.registry_dir), progress=False)
+    job, _ = prepare(settings, load_config(config_file, method), None, Registry.open(settings), progress=False)
     return RECIPES[method](job)
 
 
@@ -76,7 +76,7 @@ def test_candidate_round_trip_gives_identical_outputs(tiny_settings, tiny_model_
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    registry = Registry(tiny_settings.registry_dir)
+    registry = Registry.open(tiny_settings)
     ids = torch.tensor([[1, 2, 3, 4, 5]])
     unmerged = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_model_dir), str(version.path))
     served = load_weights(tiny_model_dir, registry, version.id)
@@ -88,7 +88,7 @@ def test_candidate_round_trip_gives_identical_outputs(tiny_settings, tiny_model_
 
 
 def test_dpo_continues_the_active_adapter(tiny_settings, dataset, quick_config):
-    registry = Registry(tiny_settings.registry_dir)
+    registry = Registry.open(tiny_settings)
     sft = train(tiny_settings, "sft", config_path=quick_config(), progress=False)
     registry.record_gate(sft.id, True, {})
     registry.promote(sft.id, actor="test")
@@ -123,7 +123,7 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_settin
         time.sleep(0.05)
     process.send_signal(signal.SIGKILL)
     process.wait()
-    assert Registry(tiny_settings.registry_dir).list() == []  # nothing registered by the killed run
+    assert Registry.open(tiny_settings).list() == []  # nothing registered by the killed run
 
     resumed = train(tiny_settings, "sft", config_path=config, progress=False)
     assert resumed.manifest["resumed_from"] in ("checkpoint-4", "checkpoint-6")
@@ -139,7 +139,7 @@ def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quic
     from tuning.recipes import load_base, lora, sft_trainer
 
     config = load_config(quick_config(packing=True, batch_size=8, max_length=100, val_fraction=0.0), "sft")
-    job, _ = prepare(tiny_settings, config, None, Registry(tiny_settings.registry_dir), progress=False)
+    job, _ = prepare(tiny_settings, config, None, Registry.open(tiny_settings), progress=False)
     model, tokenizer = load_base(job)
     trainer = sft_trainer(job, model, tokenizer, lora(config))
     batch = next(iter(trainer.get_train_dataloader()))
@@ -167,7 +167,7 @@ def test_the_cpu_answer_loss_is_trls_loss(tiny_settings, dataset, quick_config, 
     from tuning.recipes import load_base, lora, sft_trainer
 
     config = load_config(quick_config(packing=packing, batch_size=4, val_fraction=0.0), "sft")
-    job, _ = prepare(tiny_settings, config, None, Registry(tiny_settings.registry_dir), progress=False)
+    job, _ = prepare(tiny_settings, config, None, Registry.open(tiny_settings), progress=False)
     model, tokenizer = load_base(job)
     trainer = sft_trainer(job, model, tokenizer, lora(config))
     batch = next(iter(trainer.get_train_dataloader()))

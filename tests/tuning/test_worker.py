@@ -122,7 +122,7 @@ def test_a_triggered_cycle_runs_end_to_end(workspace, embeddings, quick_config):
     assert set(STAGES) <= set(job.outputs)
     assert job.outputs["triage"]["failures"] == 3 and job.outputs["remedies"]["corrections_pending"] == 3
     dataset, candidate = job.outputs["synth"]["dataset"], job.outputs["train"]["candidate"]
-    version = Registry(workspace.registry_dir).get(candidate)
+    version = Registry.open(workspace).get(candidate)
     assert version.manifest["datasets"][0]["id"] == dataset and (version.path / "report.html").is_file()
     assert version.state == ("gated-passed" if job.outputs["gate"]["passed"] else "gated-failed")
     assert job.outputs["outcome"] == ("awaiting approval" if job.outputs["gate"]["passed"] else "gates failed")
@@ -173,14 +173,14 @@ def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(workspace,
         finished = finisher.run(once=True)
     assert finished.id == job.id and finished.state == "succeeded" and finished.attempts == 2, finished.error
     assert finished.outputs["train"]["resumed_from"] in ("checkpoint-4", "checkpoint-6", "checkpoint-8")
-    assert [v.id for v in Registry(workspace.registry_dir).list()] == [finished.outputs["train"]["candidate"]]
+    assert [v.id for v in Registry.open(workspace).list()] == [finished.outputs["train"]["candidate"]]
     assert len(list(workspace.datasets_dir.glob("ds-*"))) == 1
     assert sampler.most_running <= 1 and sampler.most_live <= 1 and sampler.samples > 10
 
 
 def gated_fake(settings, checks) -> str:
     """A registered version with a written gate report, without training (the policy reads only the report)."""
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     staged = registry.staging()
     (staged / "adapter_model.safetensors").write_bytes(b"weights")
     version = registry.add(staged, {"id": f"sft-fake-{len(registry.list())}", "method": "sft", "kind": "lora",
@@ -214,7 +214,7 @@ def test_the_promotion_policy_is_off_by_default_and_logged_like_an_approval(home
     job_id = resumable(store, train={"candidate": candidate}, gate=gate)
     job = Worker(settings, store=store, progress=False, echo=lambda _: None).run(once=True)
     assert job.id == job_id and job.state == "succeeded"
-    registry = Registry(settings.registry_dir)
+    registry = Registry.open(settings)
     assert (registry.active_id() == candidate) == promoted
     assert job.outputs["outcome"] == ("promoted" if promoted else "awaiting approval")
     if promoted:
