@@ -42,6 +42,14 @@ class Settings(BaseSettings):
     )
     openai_base_url: str | None = Field(None, description="OpenAI-compatible chat endpoint, e.g. http://host:8000/v1.")
     openai_api_key: SecretStr | None = Field(None, description="Key for openai_base_url.")
+    remote_lora: Literal["off", "vllm"] = Field(
+        "off", description="How promotions reach the server at openai_base_url: 'off' (the server's own weights "
+        "answer; promotions change nothing there) or 'vllm' (a vLLM server started with --enable-lora and "
+        "VLLM_ALLOW_RUNTIME_LORA_UPDATING=True: the active LoRA version is loaded into it under its version id and "
+        "every request names it; rollback routes back).")
+    remote_registry_dir: str | None = Field(
+        None, description="With remote_lora = 'vllm': the registry folder (<home>/registry) as the vLLM server "
+        "sees it, when it mounts it elsewhere (e.g. /mnt/affinage/registry); default: its absolute path here.")
     embedder: str = Field(
         EMBEDDED_EMBEDDER,
         description="'all-MiniLM-L6-v2' (embedded) or any sentence-transformers model id or local path.",
@@ -135,6 +143,16 @@ class Settings(BaseSettings):
             raise ValueError(
                 f"chunk_overlap_chars ({self.chunk_overlap_chars}) must be smaller than chunk_chars ({self.chunk_chars})"
             )
+        if self.remote_lora == "vllm" and not self.openai_base_url:
+            raise ValueError("remote_lora = 'vllm' needs openai_base_url: the vLLM server's address, "
+                             "e.g. http://host:8000/v1")
+        if self.remote_registry_dir is not None:
+            if self.remote_lora == "off":
+                raise ValueError("remote_registry_dir is set but remote_lora is 'off': it only tells a vLLM server "
+                                 "where adapters are; set remote_lora = 'vllm' or remove it")
+            if not self.remote_registry_dir.startswith("/"):
+                raise ValueError(f"remote_registry_dir must be an absolute path on the vLLM server "
+                                 f"(got {self.remote_registry_dir!r})")
         return self
 
     @classmethod

@@ -77,13 +77,18 @@ class ActiveVersionWatcher:
 def follow_registry(settings, llm) -> ActiveVersionWatcher | None:
     """Swap the active version into a local model now and return a watcher to keep following it.
 
-    None for a remote endpoint: its server owns its weights.
+    For a remote endpoint: with ``remote_lora = 'vllm'`` a follower that loads the active adapter into the vLLM
+    server and routes requests to it (``tuning.remote_serving``); otherwise None, as its server owns its weights.
     """
     from agent.chat_model import LocalChatModel
     from tuning.train import base_model
 
     if not isinstance(llm, LocalChatModel):
-        return None
+        if settings.remote_lora != "vllm":
+            return None
+        from tuning.remote_serving import follow_vllm
+
+        return follow_vllm(settings, llm)
     watcher = ActiveVersionWatcher(llm, Registry.open(settings), base_model(settings)[1],
                                    settings.registry_poll_seconds)
     watcher.check()
