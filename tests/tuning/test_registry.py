@@ -15,13 +15,10 @@ MOVES = ("promoted", "rolled_back")
 
 
 @pytest.fixture
-def url(tmp_path) -> str:
-    return f"sqlite:///{tmp_path / 'registry.db'}"
-
-
-@pytest.fixture
-def registry(tmp_path, url) -> Registry:
-    return Registry(tmp_path / "registry", Store(url))
+def registry(tmp_path, db_url):
+    store = Store(db_url)
+    yield Registry(tmp_path / "registry", store)
+    store.close()
 
 
 def add_version(registry: Registry, version_id: str, weights: bytes = b"weights") -> str:
@@ -121,9 +118,9 @@ def test_unknown_version_is_named(registry):
         registry.promote("nope", actor="op")
 
 
-def test_a_promotion_racing_another_loses_with_a_clear_error(tmp_path, url):
+def test_a_promotion_racing_another_loses_with_a_clear_error(tmp_path, db_url):
     """Replica 1 reads the pointer, replica 2 promotes meanwhile: replica 1's compare-and-set fails, nothing lost."""
-    first, second = (Registry(tmp_path / "registry", Store(url)) for _ in range(2))
+    first, second = (Registry(tmp_path / "registry", Store(db_url)) for _ in range(2))
     for version_id in ("a", "b"):
         passed(first, add_version(first, version_id))
 
@@ -140,11 +137,15 @@ def test_a_promotion_racing_another_loses_with_a_clear_error(tmp_path, url):
 
 
 RACE = """
-import sys
+import sys, time
 from pathlib import Path
 from agent.store import Store
 from tuning.registry import Registry, RegistryError
 registry = Registry(Path(sys.argv[1]), Store(sys.argv[2]))
+registry.active_id()  # connected
+print("ready", flush=True)
+while not Path(sys.argv[4]).exists():
+    time.sleep(0.005)
 try:
     registry.promote(sys.argv[3], actor=sys.argv[3])
     print("won")
@@ -153,10 +154,14 @@ except RegistryError as error:
 """
 
 
-def test_processes_promoting_at_once_each_win_or_are_told(tmp_path, url, registry):
-    ids = [passed(registry, add_version(registry, f"v{i}")) for i in range(4)]
-    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(registry.root), url, i], cwd=REPO, text=True,
-                               stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)}) for i in ids]
+def test_processes_promoting_at_once_each_win_or_are_told(tmp_path, db_url, registry):
+    ids = [passed(registry, add_version(registry, f"v{i}")) for i in range(3)]
+    go = tmp_path / "go"
+    racers = [subprocess.Popen([sys.executable, "-c", RACE, str(registry.root), db_url, i, str(go)], cwd=REPO,
+                               text=True, stdout=subprocess.PIPE, env={**os.environ, "PYTHONPATH": str(REPO)})
+              for i in ids]
+    assert [r.stdout.readline().strip() for r in racers] == ["ready"] * len(racers)
+    go.touch()  # all at once
     outcomes = [r.communicate(timeout=120)[0].strip() for r in racers]
     assert all(o == "won" or o.startswith("lost: the active version changed") for o in outcomes), outcomes
     winners = [i for i, o in zip(ids, outcomes) if o == "won"]
@@ -187,16 +192,16 @@ else:
 """
 
 
-def killed_at(registry: Registry, url: str, step: str, action: str) -> Registry:
-    result = subprocess.run([sys.executable, "-c", CRASH, str(registry.root), url, step, action],
+def killed_at(registry: Registry, db_url: str, step: str, action: str) -> Registry:
+    result = subprocess.run([sys.executable, "-c", CRASH, str(registry.root), db_url, step, action],
                             cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert result.returncode == -9  # killed where we asked
-    return Registry(registry.root, Store(url))
+    return Registry(registry.root, Store(db_url))
 
 
 @pytest.mark.parametrize("action", ["promote", "rollback"])
 @pytest.mark.parametrize("step", ["pointer-updated", "event-written", "committed"])
-def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(registry, url, step, action):
+def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(registry, db_url, step, action):
     for version_id in ("a", "b"):
         passed(registry, add_version(registry, version_id, weights=version_id.encode()))
     registry.promote("a", actor="op")
@@ -204,7 +209,7 @@ def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(regi
         registry.promote("b", actor="op")
     before = registry.pointer_state()
 
-    after = killed_at(registry, url, step, action)
+    after = killed_at(registry, db_url, step, action)
     moved = after.pointer_state()
     assert moved["active"] == (before["active"] if step != "committed" else ("b" if action == "promote" else "a"))
     assert moved["generation"] == before["generation"] + (step == "committed")
@@ -215,8 +220,8 @@ def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(regi
         assert_consistent(after)
 
 
-def test_a_kill_between_the_folder_and_its_row_leaves_no_version(registry, url):
-    after = killed_at(registry, url, "folder-renamed", "add")
+def test_a_kill_between_the_folder_and_its_row_leaves_no_version(registry, db_url):
+    after = killed_at(registry, db_url, "folder-renamed", "add")
     assert (after.versions / "c" / "manifest.json").is_file()  # on disk, but not registered
     assert after.list() == [] and after.events() == []
     with pytest.raises(UnknownVersion):
@@ -240,10 +245,10 @@ def file_registry(root: Path) -> None:
     (root / "events.jsonl").write_text("".join(json.dumps(e) + "\n" for e in events) + '{"at": "2026-01-03T1')
 
 
-def test_a_file_based_registry_is_imported_once_on_first_open(tmp_path, url):
+def test_a_file_based_registry_is_imported_once_on_first_open(tmp_path, db_url):
     root = tmp_path / "registry"
     file_registry(root)
-    registry = Registry(root, Store(url))
+    registry = Registry(root, Store(db_url))
     assert [(v.id, v.state) for v in registry.list()] == [("a", "retired"), ("b", "active"), ("c", "gated-failed")]
     assert registry.get("c").gate == {"passed": False}
     assert registry.pointer_state() == {"active": "b", "history": [None, "a"], "ever_active": ["a", "b"],
@@ -256,16 +261,16 @@ def test_a_file_based_registry_is_imported_once_on_first_open(tmp_path, url):
 
     assert registry.rollback(actor="op") == "a"
     (root / "ACTIVE").write_text(json.dumps({"active": "c", "history": [], "ever_active": ["c"]}))
-    reopened = Registry(root, Store(url))  # imported already: files are never read again
+    reopened = Registry(root, Store(db_url))  # imported already: files are never read again
     assert reopened.active_id() == "a" and len(reopened.events()) == 3
 
 
-def test_an_import_that_cannot_be_done_changes_nothing(tmp_path, url):
+def test_an_import_that_cannot_be_done_changes_nothing(tmp_path, db_url):
     root = tmp_path / "registry"
     file_registry(root)
     (root / "ACTIVE").write_text(json.dumps({"active": "gone", "history": [], "ever_active": ["gone"]}))
     with pytest.raises(RegistryError, match="ACTIVE names version 'gone', which has no folder"):
-        Registry(root, Store(url))
+        Registry(root, Store(db_url))
     assert (root / "ACTIVE").is_file() and (root / "events.jsonl").is_file()
     (root / "ACTIVE").write_text(json.dumps({"active": "a", "history": [None], "ever_active": ["a"]}))
-    assert Registry(root, Store(url)).active_id() == "a"  # the failed attempt left no half-import behind
+    assert Registry(root, Store(db_url)).active_id() == "a"  # the failed attempt left no half-import behind
