@@ -123,9 +123,10 @@ class VLLMStandIn:
             if not (folder and (folder / "adapter_config.json").is_file() and any(folder.glob("adapter_model.*"))):
                 return contract_error("load", "not_found", lora_name=name, lora_path=path)
             rank = json.loads((folder / "adapter_config.json").read_text())["r"]
-            if rank > self.max_lora_rank:  # the stand-in's own wording: the contract records only the status
+            if rank > self.max_lora_rank:
+                failed = next(e for e in CONTRACT["endpoints"]["load"]["errors"] if e["id"] == "engine_failed")
                 return contract_error("load", "engine_failed",
-                                      f"LoRA rank {rank} is greater than max_lora_rank {self.max_lora_rank}.")
+                                      failed["example_message"].format(rank=rank, max_lora_rank=self.max_lora_rank))
             self.adapters[name] = path
             return Response(CONTRACT["endpoints"]["load"]["success"]["body_text"].format(lora_name=name),
                             status_code=200)
