@@ -32,11 +32,13 @@ run: install
 
 test: install
 	bash scripts/install-browser.sh
+	PYTHON=$(PY) bash scripts/start-postgres.sh
 	$(PY) -m pytest -q
 
 # The long runs: many SIGKILLs of the real `affinage serve`, 16 streaming clients for 60 s on the default model,
 # and prompt injection against the real agent (the last two rewrite their sections of BENCHMARKS.md).
 soak: install
+	PYTHON=$(PY) bash scripts/start-postgres.sh
 	AFFINAGE_SOAK_KILLS=20 $(PY) -m pytest -q -s -m soak tests/agent/test_crash_soak.py
 	$(PY) bench/load_soak.py
 	$(PY) bench/injection.py

@@ -382,6 +382,32 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
     return 1 if job.state == "failed" else 0
 
 
+def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from agent import migrations
+    from agent.store import make_engine
+
+    try:
+        engine = make_engine(settings.db_url)
+        if args.action == "upgrade":
+            before, after = migrations.upgrade(engine)
+        else:
+            with engine.connect() as connection:
+                before = after = migrations.current(connection)
+        engine.dispose()
+    except SQLAlchemyError as error:  # an unreachable server or a bad URL: one line, without the password
+        raise ValueError(f"database: {getattr(error, 'orig', None) or error}") from error
+    head = migrations.head()
+    if before != after:
+        print(f"upgraded {before or 'empty'} -> {after}")
+    elif after == head:
+        print(f"{after} (head)")
+    else:
+        print(f"{after or 'none'} (head is {head}: run `affinage db upgrade`, or any command that opens the database)")
+    return 0
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
 
@@ -501,6 +527,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--traffic", help="JSONL of question, answer, key_fact, paraphrases (default: the bundled one)")
     p.add_argument("--json", action="store_true", help="print every figure as one JSON object")
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("db", help="the database schema: its revision, or bring it to the newest (Alembic)")
+    p.add_argument("action", choices=["current", "upgrade"])
+    p.set_defaults(func=cmd_db)
 
     p = sub.add_parser("keys", help="manage API keys")
     keys = p.add_subparsers(dest="action", required=True, metavar="ACTION")

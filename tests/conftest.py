@@ -1,4 +1,5 @@
-"""Shared fixtures: the real embedder, the real default model's tokenizer, and a tiny random LM built here."""
+"""Shared fixtures: the real embedder, the real default model's tokenizer, a tiny random LM built here, and a fresh
+database on SQLite and on a real PostgreSQL server ($AFFINAGE_TEST_POSTGRES_URL, see ``db_url``)."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
@@ -17,6 +19,7 @@ from affinage.settings import load_settings  # noqa: E402
 REPO = Path(__file__).resolve().parents[1]
 DEMO_KB = REPO / "affinage" / "demo" / "kb"
 GOLDEN = REPO / "affinage" / "demo" / "golden.jsonl"
+POSTGRES_URL = os.environ.get("AFFINAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
 
 
 @pytest.fixture(scope="session")
@@ -83,3 +86,32 @@ def kb(tmp_path) -> Path:
         "<h2 id='okta-setup'>Set up Okta</h2><p>Paste the metadata URL into Settings &gt; Security.</p></body></html>"
     )
     return root
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def db_url(request, tmp_path):
+    """The URL of a fresh, empty database: a SQLite file, or a new database on the PostgreSQL server at
+    ``POSTGRES_URL`` (created with a random name, dropped afterwards). An unreachable server fails the test."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'affinage.db'}"
+        return
+    from sqlalchemy.exc import OperationalError
+
+    from agent.store import make_engine
+
+    server = make_engine(POSTGRES_URL).execution_options(isolation_level="AUTOCOMMIT")
+    name = f"affinage_test_{uuid.uuid4().hex[:12]}"
+    try:
+        with server.connect() as connection:
+            connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
+    except OperationalError as error:
+        server.dispose()
+        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(error).strip().splitlines()[0]}): run "
+                    "`bash scripts/start-postgres.sh` (make test does), or set AFFINAGE_TEST_POSTGRES_URL to a role "
+                    "that may create databases", pytrace=False)
+    try:
+        yield server.url.set(database=name).render_as_string(hide_password=False)
+    finally:
+        with server.connect() as connection:
+            connection.exec_driver_sql(f'DROP DATABASE "{name}" WITH (FORCE)')
+        server.dispose()

@@ -2,8 +2,8 @@
 
 An upgrade runs in one transaction that first takes a lock, so several API replicas and workers starting at once
 against one database migrate it exactly once: a PostgreSQL advisory lock, SQLite's write lock (``BEGIN
-IMMEDIATE``). Both databases roll back DDL with the transaction, so a start killed mid-upgrade leaves the schema as
-it was. A database that the old ``create_all`` made (the tables, no ``alembic_version``) is stamped at the initial
+IMMEDIATE``), and within a process a thread lock too, as Alembic is not thread-safe. Both databases roll back DDL
+with the transaction, so a start killed mid-upgrade leaves the schema as it was. A database that the old ``create_all`` made (the tables, no ``alembic_version``) is stamped at the initial
 revision, rows untouched, and upgraded from there.
 
 To add a revision after changing a model in ``agent/store.py``::
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import functools
 import tempfile
+import threading
 from pathlib import Path
 
 from alembic import command
@@ -32,6 +33,7 @@ HERE = Path(__file__).parent
 INITIAL = "0001"
 LEGACY_TABLE = "interactions"  # present in every database the old create_all made
 LOCK_KEY = 0x61666669  # "affi": the advisory lock that serialises upgrades on PostgreSQL
+_ALEMBIC = threading.Lock()  # Alembic keeps its running context in a module global: one upgrade per process at once
 
 
 def config(connection: Connection | None = None) -> Config:
@@ -64,7 +66,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
         before = current(connection)
     if before == head():
         return before, before
-    with engine.begin() as connection:
+    with _ALEMBIC, engine.begin() as connection:
         _lock(connection)
         before = current(connection)  # another process may have upgraded while this one waited for the lock
         cfg = config(connection)
