@@ -3,15 +3,16 @@
 Every change of hands is one conditional UPDATE, so two workers cannot both win: a claim succeeds only while the
 job is queued or its lease has expired, and every later write names the lease owner and fails (``LeaseLost``)
 once someone else holds the job. Each write is its own short transaction whose first statement writes, which
-SQLite serialises and PostgreSQL row-locks; on PostgreSQL ``pick`` can later become ``SELECT … FOR UPDATE SKIP
-LOCKED`` without changing the rest. Times are the workers' UTC clocks, so their clocks must roughly agree.
+SQLite serialises and PostgreSQL row-locks. On PostgreSQL a claim first picks and locks its row with ``SELECT …
+FOR UPDATE SKIP LOCKED`` in the same transaction, so racing workers skip each other's rows instead of queueing on
+them. Times are the workers' UTC clocks, so their clocks must roughly agree; SQLite hands them back naive.
 """
 
 from __future__ import annotations
 
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
 from agent.store import Job, JobLog, Store, utcnow
@@ -64,15 +65,26 @@ def pick(store: Store, now: datetime, limit: int = 5) -> list[str]:
         return list(session.scalars(select(Job.id).where(_claimable(now)).order_by(Job.created_at).limit(limit)))
 
 
+def _take(connection: Connection, job_id: str, owner: str, lease_s: float, now: datetime) -> bool:
+    """The claiming UPDATE: it re-checks that the job is claimable, so it wins only once."""
+    return connection.execute(update(Job).where(Job.id == job_id, _claimable(now)).values(
+        state="running", lease_owner=owner, lease_expires=now + timedelta(seconds=lease_s), heartbeat_at=now,
+        attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))).rowcount == 1
+
+
 def claim(store: Store, owner: str, lease_s: float, now: datetime | None = None) -> Job | None:
     """Take the oldest queued job, or one whose lease expired, for ``owner``; None when there is none."""
     now = now or utcnow()
     fail_exhausted(store, now)
+    if store.engine.dialect.name == "postgresql":
+        with store.engine.begin() as connection:
+            job_id = connection.scalar(select(Job.id).where(_claimable(now)).order_by(Job.created_at).limit(1)
+                                       .with_for_update(skip_locked=True))
+            won = job_id is not None and _take(connection, job_id, owner, lease_s, now)
+        return get(store, job_id) if won else None
     for job_id in pick(store, now):
         with store.engine.begin() as connection:
-            won = connection.execute(update(Job).where(Job.id == job_id, _claimable(now)).values(
-                state="running", lease_owner=owner, lease_expires=now + timedelta(seconds=lease_s), heartbeat_at=now,
-                attempts=Job.attempts + 1, started_at=func.coalesce(Job.started_at, now))).rowcount == 1
+            won = _take(connection, job_id, owner, lease_s, now)
         if won:
             return get(store, job_id)
     return None

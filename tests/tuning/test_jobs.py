@@ -1,19 +1,21 @@
-"""The durable job queue: one cycle at a time, atomic claims, leases that expire and move, a bounded log, and the
-operator's jobs routes."""
+"""The durable job queue on SQLite and on a real PostgreSQL (``db_url``): one cycle at a time, atomic claims, leases
+that expire and move, a bounded log, and the operator's jobs routes."""
 
 import threading
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import update
+from sqlalchemy import select, update
 
 from agent.store import Job, Store, utcnow
 from tuning import jobs
 
 
 @pytest.fixture
-def store(tmp_path):
-    return Store(f"sqlite:///{tmp_path / 'jobs.db'}")
+def store(db_url):
+    store = Store(db_url)
+    yield store
+    store.close()
 
 
 def test_one_job_of_a_kind_is_queued_or_running_at_a_time(store):
@@ -28,10 +30,9 @@ def test_one_job_of_a_kind_is_queued_or_running_at_a_time(store):
     assert jobs.enqueue(store, "cycle", "next", max_attempts=3) is not None
 
 
-def test_racing_workers_claim_a_job_exactly_once(tmp_path):
-    url = f"sqlite:///{tmp_path / 'race.db'}"
-    job = jobs.enqueue(Store(url), "cycle", "race", max_attempts=3)
-    stores = [Store(url) for _ in range(8)]  # one engine each: separate connections, as separate workers have
+def test_racing_workers_claim_a_job_exactly_once(db_url):
+    job = jobs.enqueue(Store(db_url), "cycle", "race", max_attempts=3)
+    stores = [Store(db_url) for _ in range(8)]  # one engine each: separate connections, as separate workers have
     barrier, winners = threading.Barrier(len(stores)), []
 
     def contend(n: int) -> None:
@@ -47,6 +48,22 @@ def test_racing_workers_claim_a_job_exactly_once(tmp_path):
     assert len(winners) == 1
     final = jobs.get(stores[0], job.id)
     assert final.attempts == 1 and final.lease_owner == f"w{winners[0]}"
+    for store in stores:
+        store.close()
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_claim_skips_a_job_whose_row_another_claim_holds(store):
+    first = jobs.enqueue(store, "cycle", "older", max_attempts=3)
+    second = jobs.enqueue(store, "other", "newer", max_attempts=3)
+    taken = []
+    with store.engine.begin() as connection:  # another worker's claim, between its SELECT and its COMMIT
+        connection.execute(select(Job.id).where(Job.id == first.id).with_for_update())
+        claimer = threading.Thread(target=lambda: taken.append(jobs.claim(store, "w2", lease_s=60)), daemon=True)
+        claimer.start()
+        claimer.join(timeout=60)
+        assert not claimer.is_alive(), "the claim waited on the locked row instead of skipping it"
+    assert taken[0].id == second.id and jobs.get(store, first.id).state == "queued"
 
 
 def test_an_expired_lease_moves_the_job_and_fences_off_its_old_owner(store):
@@ -58,6 +75,8 @@ def test_an_expired_lease_moves_the_job_and_fences_off_its_old_owner(store):
     later = utcnow() + timedelta(seconds=61)
     taken = jobs.claim(store, "other", lease_s=60, now=later)
     assert taken.lease_owner == "other" and taken.attempts == 2
+    assert jobs.aware(taken.lease_expires) == later + timedelta(seconds=60)  # naive from SQLite, aware from PostgreSQL
+    assert jobs.info(taken)["lease_expires"].endswith("+00:00")
     assert not jobs.heartbeat(store, job.id, "dead", lease_s=60)
     with pytest.raises(jobs.LeaseLost):
         jobs.save(store, job.id, "dead", stage="train")
