@@ -37,17 +37,21 @@ class ActiveVersionWatcher:
         self.llm, self.registry, self.base_path, self.interval_s = llm, registry, base_path, interval_s
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        self._failed: str | None = None  # not retried until the pointer moves on
+        self._failed: int | None = None  # the pointer generation whose version failed: retried once the pointer moves
 
     def check(self) -> bool:
-        """Swap in the active version if it is not the one serving; True when a swap happened."""
-        wanted = self.registry.active_id()
-        if wanted == self.llm.adapter_version or (wanted is not None and wanted == self._failed):
+        """Swap in the active version if it is not the one serving; True when a swap happened.
+
+        One read of the pointer row in the database, so replicas sharing it can poll often.
+        """
+        pointer = self.registry.pointer_state()
+        wanted = pointer["active"]
+        if wanted == self.llm.adapter_version or pointer["generation"] == self._failed:
             return False
         try:
             model = load_weights(self.base_path, self.registry, wanted)
         except Exception as error:  # noqa: BLE001 - keep serving the old version, say why
-            self._failed = wanted
+            self._failed = pointer["generation"]
             log.error("cannot load the active version; still serving the previous one",
                       extra={"version": wanted, "error": str(error)})
             return False

@@ -5,12 +5,15 @@ import time
 
 import openai
 
+from agent.chat_model import LocalChatModel
 from agent.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
 from retrieval.index import ingest
 from tests.agent.service_harness import LiveServer
+from tests.agent.test_replicas import register_adapter
 from tuning.registry import Registry
+from tuning.serving import ActiveVersionWatcher
 from tuning.train import train
 
 QUESTION = "How long is the password reset link valid?"
@@ -68,3 +71,20 @@ def test_service_switches_versions_under_traffic(tiny_settings, tiny_model_dir, 
     assert segments == [base, promoted, base]
     for answer in answers:  # the log records the version that actually answered
         assert agent.store.get_interaction(answer["interaction_id"]).model_version == answer["model_version"]
+
+
+def test_a_version_that_fails_to_load_is_tried_again_once_the_pointer_moves(tiny_settings, tiny_model_dir):
+    registry = Registry.open(tiny_settings)
+    register_adapter(registry, tiny_model_dir, "v1")
+    llm = LocalChatModel.from_pretrained(tiny_model_dir)
+    watcher = ActiveVersionWatcher(llm, registry, tiny_model_dir)
+    registry.promote("v1", actor="test")
+    weights = registry.versions / "v1" / "adapter_model.safetensors"
+    good = weights.read_bytes()
+    weights.write_bytes(good[:-1] + bytes([good[-1] ^ 1]))  # damaged after promotion: refused, base serves on
+    assert not watcher.check() and llm.adapter_version is None
+    weights.write_bytes(good)
+    assert not watcher.check()  # the same pointer is not hashed again at every poll
+    registry.rollback(actor="test")
+    registry.promote("v1", actor="test")  # promoted again: a new generation, tried again
+    assert watcher.check() and llm.served_version == f"{tiny_model_dir.name}@v1"
