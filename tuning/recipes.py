@@ -6,6 +6,7 @@ TRL and PEFT do the work; a recipe only chooses. Saving into the registry is sha
 from __future__ import annotations
 
 import importlib.util
+import os
 import sys
 from contextlib import redirect_stdout
 from dataclasses import dataclass
@@ -62,6 +63,7 @@ def load_base(job: Job, quantized: bool = False):
         kwargs["quantization_config"] = BitsAndBytesConfig(
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_compute_dtype=torch.bfloat16,
             bnb_4bit_use_double_quant=True)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}  # each process's 4-bit copy on its GPU
     model = AutoModelForCausalLM.from_pretrained(str(job.base_path), **kwargs)
     tokenizer = AutoTokenizer.from_pretrained(str(job.base_path))
     if tokenizer.pad_token is None:
@@ -77,11 +79,16 @@ def lora(config: RunConfig):
 
 
 def arguments(args_class, job: Job, **method_specific):
-    """The TrainingArguments every method shares: schedule, validation, early stopping, checkpoints, precision."""
+    """The TrainingArguments every method shares: schedule, validation, early stopping, checkpoints, precision.
+
+    Under ``accelerate launch`` (or torchrun) each process builds the same arguments. Without CUDA they ask for the
+    CPU, so the processes join one gloo group instead of each training alone; every trainable weight takes part in
+    every forward, so DDP need not search the graph for unused ones.
+    """
     import torch
 
     c, validate = job.config, bool(job.data.validation)
-    return args_class(
+    args = args_class(
         output_dir=str(job.run_dir / "checkpoints"),
         learning_rate=c.learning_rate,
         lr_scheduler_type=c.lr_scheduler,
@@ -110,8 +117,15 @@ def arguments(args_class, job: Job, **method_specific):
         report_to=[],
         disable_tqdm=not job.progress,
         dataloader_num_workers=0,
+        use_cpu=not torch.cuda.is_available(),
+        ddp_find_unused_parameters=False,
         **method_specific,
     )
+    if not args.should_log:  # every rank tokenises the same rows; one set of progress bars is enough
+        from datasets.utils.logging import disable_progress_bar
+
+        disable_progress_bar()
+    return args
 
 
 def callbacks(job: Job) -> list:
@@ -122,11 +136,22 @@ def callbacks(job: Job) -> list:
     return []
 
 
-def datasets(job: Job):
-    from datasets import Dataset
+def datasets(job: Job, args):
+    """The train and validation rows as Arrow files in the run folder, which every process then maps.
 
-    train = Dataset.from_list(job.data.train)
-    return train, Dataset.from_list(job.data.validation) if job.data.validation else None
+    TRL caches what it derives from them (tokenised rows; the reference log-probs dpo and kto compute on the main
+    process and read back on the others) beside them, where every process of a multi-process launch finds them.
+    """
+    from datasets import Dataset, load_from_disk
+
+    folder = job.run_dir / "data"
+    splits = {"train": job.data.train, "validation": job.data.validation}
+    with args.main_process_first(desc="writing the training rows"):
+        if args.local_process_index == 0:
+            for name, rows in splits.items():
+                if rows:
+                    Dataset.from_list(rows).save_to_disk(folder / name)
+        return tuple(load_from_disk(folder / name) if rows else None for name, rows in splits.items())
 
 
 def last_checkpoint(folder: Path) -> Path | None:
@@ -144,9 +169,9 @@ def sft_trainer(job: Job, model, tokenizer, peft_config=None):
     from tuning.answer_loss import AnswerLossSFTTrainer
     from tuning.packing import rows_collator
 
-    train, validation = datasets(job)
     args = arguments(SFTConfig, job, max_length=job.config.max_length, packing=job.config.packing,
                      packing_strategy="bfd", completion_only_loss=True)
+    train, validation = datasets(job, args)
     trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                                    processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
     if trainer.padding_free:  # TRL refuses a custom collator with packing at construction; swap it in after
@@ -202,9 +227,9 @@ def _preference(job: Job, config_class, trainer_class):
     """DPO and KTO take the same set-up; only TRL's config and trainer classes differ."""
     model, tokenizer = load_base(job)
     model, peft_config = starting_policy(job, model)
-    train, validation = datasets(job)
     args = arguments(config_class, job, beta=job.config.beta, max_length=job.config.max_length,
                      precompute_ref_log_probs=job.config.precompute_ref)
+    train, validation = datasets(job, args)
     trainer = trainer_class(model=model, args=args, train_dataset=train, eval_dataset=validation,
                             processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
     return fit(trainer, job)

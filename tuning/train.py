@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import resource
 import shutil
 import subprocess
@@ -82,15 +81,17 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
           progress: bool = True) -> Version | None:
     """Train one candidate; a run killed part-way resumes from its newest checkpoint when started again.
 
-    Under ``accelerate launch`` every process trains and the first one registers the candidate (the others
-    return None).
+    Under ``accelerate launch`` every process trains its share of each batch; once all of them have finished, the
+    main process alone registers the candidate (the others return None). A process that fails ends the launch
+    before anything is registered.
     """
     config = load_config(config_path, method)
     registry = Registry.open(settings)
     job, lineage = prepare(settings, config, dataset_id, registry, progress)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = RECIPES[method](job)
-    if not trainer.is_world_process_zero() or int(os.environ.get("RANK", "0")) != 0:
+    peak = peak_memory_mb(trainer.accelerator)  # a collective: every process has finished training past this
+    if not trainer.accelerator.is_main_process:
         return None
     created = datetime.now(timezone.utc)
     manifest = {
@@ -101,10 +102,10 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
         **lineage,
         "git_commit": git_commit(),
         "resumed_from": job.resumed_from,
-        "hardware": {**hardware(), "processes": trainer.args.world_size},
+        "hardware": {**hardware(), "processes": trainer.accelerator.num_processes},
         "rows": {"train": len(job.data.train), "validation": len(job.data.validation)},
         "curves": curves(trainer.state.log_history),
-        "metrics": final_metrics(trainer.state),
+        "metrics": final_metrics(trainer.state, peak),
     }
     staged = registry.staging()
     if manifest["kind"] == "lora":
@@ -122,7 +123,8 @@ def curves(log_history: list[dict]) -> dict:
             "validation": [[h["step"], round(h["eval_loss"], 5)] for h in log_history if "eval_loss" in h]}
 
 
-def final_metrics(state) -> dict:
+def final_metrics(state, peak_mb: float) -> dict:
+    """The run's summary; Trainer sums ``num_input_tokens_seen`` over every process, so tokens/s is the launch's."""
     summary = next((h for h in reversed(state.log_history) if "train_runtime" in h), {})
     runtime = summary.get("train_runtime") or 0.0
     return {
@@ -134,16 +136,19 @@ def final_metrics(state) -> dict:
         "tokens": int(state.num_input_tokens_seen or 0),
         "runtime_s": round(runtime, 2),
         "tokens_per_s": round(state.num_input_tokens_seen / runtime, 1) if runtime and state.num_input_tokens_seen else None,
-        "peak_memory_mb": peak_memory_mb(),
+        "peak_memory_mb": peak_mb,
     }
 
 
-def peak_memory_mb() -> float:
+def peak_memory_mb(accelerator) -> float:
+    """The largest peak of any process: GPU memory allocated by torch, or the resident set size on the CPU."""
     import torch
 
     if torch.cuda.is_available():
-        return round(torch.cuda.max_memory_allocated() / 2**20, 1)
-    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+        mine = torch.cuda.max_memory_allocated() / 2**20
+    else:
+        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    return round(accelerator.gather(torch.tensor([mine], device=accelerator.device)).max().item(), 1)
 
 
 def hardware() -> dict:
