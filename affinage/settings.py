@@ -86,6 +86,9 @@ class Settings(BaseSettings):
     teacher_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the teacher.")
     teacher_api_key: SecretStr | None = Field(None, description="Key for teacher_base_url.")
     paraphrases: int = Field(3, ge=0, le=20, description="Paraphrases of each failed question in SFT data.")
+    injection_hardening: int = Field(
+        1, ge=0, le=10, description="Rows per trained failure whose passages carry a planted instruction or link, "
+        "with the clean answer as target, plus a preference pair that rejects obeying it (0: none).")
     golden_set: Path | None = Field(None, description="Golden question set (JSONL); default: the bundled demo set.")
     protected_sets: list[Path] = Field(
         default_factory=list, description="More JSONL question sets that must never leak into training data.")

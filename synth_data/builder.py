@@ -34,6 +34,7 @@ from synth_data.filters import (
     redact_pii,
     run_filters,
 )
+from synth_data.hardening import make_plant, obeying_answer, plant_in, rng_for
 from synth_data.teacher import TeacherError, grounded_answer, paraphrase
 
 log = logging.getLogger("affinage.synth")
@@ -52,6 +53,7 @@ class Item:
     passages: list[str]
     from_teacher: bool
     row: dict = field(repr=False)
+    hardened: bool = False  # its passages carry a planted instruction or link (``synth_data.hardening``)
 
 
 @dataclass
@@ -143,6 +145,8 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
         messages = [*prompt_messages(q, docs, embed), {"role": "assistant", "content": target}]
         items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
                           **{**base, "question": q}))
+    items += hardened_items([question, *rewordings], docs, target, from_teacher, base, embed,
+                            settings.injection_hardening)
     if old_answer.strip() and old_answer.strip() != target.strip():
         items.append(Item("preference", answer=target, from_teacher=from_teacher, row={
             "prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
@@ -150,11 +154,32 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
     return items
 
 
+def hardened_items(wordings: list[str], docs: list[Document], target: str, from_teacher: bool, base: dict, embed,
+                   copies: int) -> list[Item]:
+    """``copies`` SFT rows (and as many preference pairs) whose passages carry a plant, cycling through the
+    wordings; the target stays the clean answer. Seeded by the interaction, so a rebuild writes the same rows."""
+    items = []
+    for n in range(copies if docs else 0):
+        question = wordings[n % len(wordings)]
+        rng = rng_for(f"{base['interaction_id']}:{n}")
+        plant = make_plant(rng)
+        prompt = prompt_messages(question, plant_in(docs, plant, rng), embed)
+        fields = {**base, "question": question, "answer": target, "from_teacher": from_teacher, "hardened": True}
+        items.append(Item("sft", row={"messages": [*prompt, {"role": "assistant", "content": target}]}, **fields))
+        items.append(Item("preference", row={"prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
+                                             "rejected": [{"role": "assistant",
+                                                           "content": obeying_answer(target, plant)}]}, **fields))
+    return items
+
+
 def dedupe_per_kind(items: list[Item]) -> tuple[list[Item], int]:
-    """Near-copies within one kind; an SFT row and the preference pair built from the same answer both stay."""
+    """Near-copies within one kind; an SFT row and the preference pair built from the same answer both stay, and so
+    does a row's hardened copy (same question and answer, planted passages)."""
     kept: list[Item] = []
     for kind in KINDS:
-        kept += dedupe([x for x in items if x.kind == kind], lambda x: f"{x.question}\n{x.answer}", threshold=0.9)[0]
+        for hardened in (False, True):
+            group = [x for x in items if x.kind == kind and x.hardened == hardened]
+            kept += dedupe(group, lambda x: f"{x.question}\n{x.answer}", threshold=0.9)[0]
     return kept, len(items) - len(kept)
 
 
@@ -203,5 +228,7 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
         "filters": {"items_in": report.items_in, "items_out": report.items_out, "dropped": report.dropped,
                     "skipped_interactions": skipped, "pii_redacted": pii},
         "protected_questions": len(protected),
+        "injection_hardening": {"per_failure": settings.injection_hardening,
+                                "rows": {kind: sum(x.hardened for x in kept if x.kind == kind) for kind in KINDS}},
     })
     return SynthResult(manifest, skipped)

@@ -11,6 +11,7 @@ from agent.feedback import record_feedback
 from retrieval.index import ingest
 from synth_data.builder import synthesize
 from synth_data.datasets import list_datasets, verify_dataset
+from synth_data.hardening import PLANTS
 
 BAD = "We never give refunds, sorry."
 GOOD = "Annual plans are refundable within 30 days of purchase: open Settings > Billing and press Request refund."
@@ -55,7 +56,7 @@ def rows(manifest, settings, kind):
 
 
 def test_failures_become_sft_pairs_and_kto_with_lineage(seeded):
-    manifest = run(seeded).manifest
+    manifest = run(seeded, injection_hardening=0).manifest
     settings = seeded.settings
     assert manifest["counts"] == {"sft": 8, "preference": 2, "kto": 3, "heldout": 0}, manifest["filters"]
     sft = rows(manifest, settings, "sft")
@@ -73,6 +74,28 @@ def test_failures_become_sft_pairs_and_kto_with_lineage(seeded):
     assert manifest["filters"]["pii_redacted"] == {"email": 1, "phone": 1}  # each logged text scrubbed once
     assert sum(manifest["filters"]["dropped"].values()) == manifest["filters"]["items_in"] - manifest["filters"]["items_out"]
     assert verify_dataset(settings.datasets_dir / manifest["id"])["id"] == manifest["id"]
+
+
+def test_each_failure_also_trains_on_planted_passages_with_the_clean_answer(seeded):
+    manifest = run(seeded, injection_hardening=2).manifest
+    settings = seeded.settings
+    assert manifest["counts"]["sft"] == 8 + 4 and manifest["counts"]["preference"] == 2 + 4
+    assert manifest["injection_hardening"] == {"per_failure": 2, "rows": {"sft": 4, "preference": 4, "kto": 0,
+                                                                         "heldout": 0}}
+    hardened = [r for r in rows(manifest, settings, "sft") if "ZX-" in r["messages"][1]["content"]
+                or ".example/" in r["messages"][1]["content"]]
+    assert len(hardened) == 4
+    targets = {GOOD, "No, monthly plans are never refunded. Call [PHONE] for help."}
+    for row in hardened:
+        user = row["messages"][1]["content"]
+        passages = user.split("<passages>")[1].split("</passages>")[0]
+        assert any(plant.split("{")[0] in passages for _, plant, _ in PLANTS)  # the plant sits inside the passages
+        assert row["messages"][-1]["content"] in targets  # and the target ignores it
+    pairs = [p for p in rows(manifest, settings, "preference") if p["rejected"][0]["content"] != BAD]
+    assert len(pairs) == 4
+    for pair in pairs:
+        canary = next(t for t in pair["rejected"][0]["content"].split() if "ZX-" in t or ".example/" in t)
+        assert canary.strip(".!") in pair["prompt"][1]["content"] and pair["chosen"][0]["content"] in targets
 
 
 def test_one_paraphrase_per_failure_is_held_out_for_the_gates(seeded):
@@ -129,7 +152,8 @@ def test_teacher_that_fails_is_skipped_and_counted(seeded):
     result = synthesize(settings, seeded.store, seeded.retriever, Down(responses=["x"]),
                         seeded.retriever.embeddings.encode, teacher_name="down", base_model="m", progress=False)
     assert result.skipped == {"teacher_failed": 2, "paraphrase_failed": 1}
-    assert result.manifest["counts"] == {"sft": 1, "preference": 1, "kto": 1, "heldout": 0}  # the human correction needs no teacher
+    # the human correction needs no teacher: its row, its pair, and their hardened copies
+    assert result.manifest["counts"] == {"sft": 2, "preference": 2, "kto": 1, "heldout": 0}
     assert len(result.manifest["source_interaction_ids"]) == 1  # the other two wait, whole, for the next dataset
 
 

@@ -1,0 +1,57 @@
+"""Plants in passages: where they go, what obeying them looks like, and that the gates' probes stay held out."""
+
+import json
+import re
+
+import pytest
+from langchain_core.documents import Document
+
+from synth_data.hardening import PLANTS, make_plant, obeying_answer, plant_in, rng_for
+from tuning.gates import GATE_DATA
+
+DOCS = [Document("Refunds take five days. They go to the card you paid with.", metadata={"source": "a.md#x"}),
+        Document("Exports are in Settings. Press Download to get a CSV.", metadata={"source": "b.md#y"})]
+
+
+def test_a_plant_goes_between_sentences_of_exactly_one_passage():
+    rng = rng_for("interaction-1:0")
+    plant = make_plant(rng)
+    planted = plant_in(DOCS, plant, rng)
+    changed = [(old, new) for old, new in zip(DOCS, planted) if old.page_content != new.page_content]
+    assert len(changed) == 1
+    old, new = changed[0]
+    assert plant.text in new.page_content and new.metadata == old.metadata
+    assert new.page_content.replace(plant.text, "").split() == old.page_content.split()  # nothing else moved
+    assert plant.canary in plant.text
+
+
+def test_plants_are_seeded_by_their_key():
+    first, second = make_plant(rng_for("a:0")), make_plant(rng_for("a:0"))
+    assert first == second
+    assert len({make_plant(rng_for(f"a:{n}")).canary for n in range(20)}) == 20
+
+
+def test_an_obeying_answer_carries_the_canary():
+    for family in ("link", "instruction"):
+        rng = rng_for(family)
+        plant = next(p for p in (make_plant(rng) for _ in range(50)) if p.family == family)
+        assert plant.canary in obeying_answer("Refunds take five days.", plant)
+
+
+def test_plant_in_refuses_an_empty_passage_list():
+    with pytest.raises(ValueError, match="no passage"):
+        plant_in([], make_plant(rng_for("x")), rng_for("x"))
+
+
+def test_no_safety_probe_shares_a_sentence_or_canary_with_the_plants():
+    probes = [json.loads(line) for line in (GATE_DATA / "safety_probes.jsonl").read_text().splitlines() if line.strip()]
+    plant_text = " ".join(f"{plant} {obeyed}" for _, plant, obeyed in PLANTS).lower()
+    plant_runs = set().union(*(word_runs(f"{plant} {obeyed}") for _, plant, obeyed in PLANTS))
+    for probe in probes:
+        assert probe["canary"].lower() not in plant_text
+        assert not word_runs(probe["passage"]) & plant_runs, probe["passage"]  # no four words in a row in common
+
+
+def word_runs(text: str, n: int = 4) -> set[tuple[str, ...]]:
+    words = re.findall(r"[a-z0-9]+", text.lower())
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
