@@ -3,9 +3,10 @@
 A client thread sends plain and streamed chat requests and feedback (with corrections) back to back and keeps every
 interaction and feedback id the server acknowledged (a 200 with the answer, a stream that reached ``[DONE]``, a 201).
 The server is killed with SIGKILL after a random delay and started again, several times. Afterwards every
-acknowledged row must be in the database, ``PRAGMA integrity_check`` must say ok, and each restart must serve again
-within seconds. ``make test`` runs a few kills of ``tests.agent.light_server`` (the real app, scripted models);
-``make soak`` runs many kills of the real ``affinage serve`` with the tiny model and the real embedder.
+acknowledged row must be in the database (SQLite's ``PRAGMA integrity_check`` must say ok), and each restart must
+serve again within seconds. Both run on SQLite and on a real PostgreSQL (``db_url``). ``make test`` runs a few kills
+of ``tests.agent.light_server`` (the real app, scripted models); ``make soak`` runs many kills of the real
+``affinage serve`` with the tiny model and the real embedder.
 """
 
 from __future__ import annotations
@@ -15,7 +16,6 @@ import os
 import random
 import signal
 import socket
-import sqlite3
 import subprocess
 import sys
 import threading
@@ -25,10 +25,11 @@ from pathlib import Path
 
 import httpx
 import pytest
+from sqlalchemy import select
 
 from affinage.settings import load_settings
 from agent.service import auth
-from agent.store import Store, make_engine
+from agent.store import Feedback, Interaction, Store, make_engine
 from retrieval.index import ingest
 from tests.agent.light_server import HashEmbeddings
 
@@ -132,11 +133,11 @@ def send_traffic(url: str, key: str, traffic: Traffic, halt: threading.Event, se
                 traffic.violations.append(str(error))
 
 
-def workspace(home: Path, kb: Path, real_models: bool, tiny_model_dir: Path | None) -> str:
+def workspace(home: Path, kb: Path, database_url: str, real_models: bool, tiny_model_dir: Path | None) -> str:
     """Ingest the knowledge base with the embedder the server will use; return an agent key."""
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
-        "rate_limit_per_minute = 1000000\nmax_new_tokens = 8\n"
+        f'rate_limit_per_minute = 1000000\nmax_new_tokens = 8\ndatabase_url = "{database_url}"\n'
         + (f'chat_model = "{tiny_model_dir}"\n' if real_models else ""))
     settings = load_settings(home)
     if real_models:
@@ -152,7 +153,7 @@ def workspace(home: Path, kb: Path, real_models: bool, tiny_model_dir: Path | No
     return key
 
 
-def run_soak(home: Path, command: list[str], key: str, kills: int, seed: int) -> None:
+def run_soak(home: Path, database_url: str, command: list[str], key: str, kills: int, seed: int) -> None:
     rng = random.Random(seed)
     server = ServerProcess(command, home)
     traffic, halt = Traffic(), threading.Event()
@@ -180,30 +181,32 @@ def run_soak(home: Path, command: list[str], key: str, kills: int, seed: int) ->
 
     assert traffic.violations == []
     assert len(traffic.interactions) >= kills and traffic.feedback
-    database = home / "affinage.db"
-    with sqlite3.connect(database) as connection:
-        assert connection.execute("PRAGMA integrity_check").fetchall() == [("ok",)]
-        assert connection.execute("PRAGMA journal_mode").fetchone() == ("wal",)
-        stored = {row[0] for row in connection.execute("SELECT id FROM interactions")}
-        feedback = dict(connection.execute("SELECT id, correction FROM feedback").fetchall())
+    engine = make_engine(database_url)
+    with engine.connect() as connection:
+        if engine.dialect.name == "sqlite":
+            assert connection.exec_driver_sql("PRAGMA integrity_check").fetchall() == [("ok",)]
+            assert connection.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+        stored = set(connection.scalars(select(Interaction.id)))
+        feedback = dict(connection.execute(select(Feedback.id, Feedback.correction)).all())
+    engine.dispose()
     assert traffic.interactions <= stored, f"lost interactions: {sorted(traffic.interactions - stored)}"
     assert traffic.feedback <= set(feedback), f"lost feedback: {sorted(traffic.feedback - set(feedback))}"
     assert all(feedback[i] == text for i, text in traffic.corrections.items())
 
 
-def test_sigkilled_light_server_loses_nothing_acknowledged(tmp_path, kb):
+def test_sigkilled_light_server_loses_nothing_acknowledged(tmp_path, kb, db_url):
     home = tmp_path / "home"
-    key = workspace(home, kb, real_models=False, tiny_model_dir=None)
+    key = workspace(home, kb, db_url, real_models=False, tiny_model_dir=None)
     command = [sys.executable, "-m", "tests.agent.light_server", str(home), str(free_port())]
-    run_soak(home, command, key, kills=int(os.environ.get("AFFINAGE_SOAK_KILLS", "3")), seed=1)
+    run_soak(home, db_url, command, key, kills=int(os.environ.get("AFFINAGE_SOAK_KILLS", "3")), seed=1)
 
 
 @pytest.mark.soak
-def test_sigkilled_affinage_serve_loses_nothing_acknowledged(tmp_path, kb, tiny_model_dir):
+def test_sigkilled_affinage_serve_loses_nothing_acknowledged(tmp_path, kb, tiny_model_dir, db_url):
     home = tmp_path / "home"
-    key = workspace(home, kb, real_models=True, tiny_model_dir=tiny_model_dir)
+    key = workspace(home, kb, db_url, real_models=True, tiny_model_dir=tiny_model_dir)
     command = [sys.executable, "-m", "affinage.cli", "--home", str(home), "serve", "--port", str(free_port())]
-    run_soak(home, command, key, kills=int(os.environ.get("AFFINAGE_SOAK_KILLS", "20")), seed=2)
+    run_soak(home, db_url, command, key, kills=int(os.environ.get("AFFINAGE_SOAK_KILLS", "20")), seed=2)
 
 
 def test_sqlite_runs_in_wal_mode_with_synchronous_full_by_default(home):

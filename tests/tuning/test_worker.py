@@ -1,5 +1,6 @@
 """The worker on the tiny model: triggers, a cycle end to end, a worker stopped and one killed mid-training
-followed by one that finishes the job, the table never showing two running copies, and the promotion policy."""
+followed by one that finishes the job (on SQLite and on PostgreSQL), the table never showing two running copies,
+and the promotion policy."""
 
 import json
 import os
@@ -33,9 +34,10 @@ FAILURES = [("ann", "Can I still get my money back on the yearly plan after thre
 
 
 @pytest.fixture
-def workspace(tiny_settings, tiny_model_dir, kb, embeddings, quick_config, tmp_path):
+def workspace(request, tiny_settings, tiny_model_dir, kb, embeddings, quick_config, tmp_path):
     """A workspace with an index, three corrected failures and a config.toml that every worker process reads; the
-    worker trains eight steps with a checkpoint every two (``quick_config`` may rewrite that run config)."""
+    worker trains eight steps with a checkpoint every two (``quick_config`` may rewrite that run config). Its
+    database is the test's ``db_url`` when the test asks for one, else the workspace's SQLite file."""
     golden = tmp_path / "golden.jsonl"
     golden.write_text(json.dumps({"question": "How long is a password reset link valid?", "answer": "2 hours.",
                                   "source": "account/passwords.md#reset-your-password"}) + "\n")
@@ -45,7 +47,8 @@ def workspace(tiny_settings, tiny_model_dir, kb, embeddings, quick_config, tmp_p
     (home / "config.toml").write_text(
         f'chat_model = "{tiny_model_dir}"\nmax_new_tokens = 8\ngolden_set = "{golden}"\ndrift_permutations = 20\n'
         f'paraphrases = 1\nworker_min_failures = 3\nworker_drift_check_seconds = 0\nworker_lease_seconds = 3\n'
-        f'worker_poll_seconds = 0.5\nworker_train_config = "{run}"\n')
+        f'worker_poll_seconds = 0.5\nworker_train_config = "{run}"\n'
+        + (f'database_url = "{request.getfixturevalue("db_url")}"\n' if "db_url" in request.fixturenames else ""))
     settings = load_settings(home)
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
     store = Store(settings.db_url)
@@ -149,7 +152,7 @@ def wait_for_checkpoint(settings, process, step: int, log: Path) -> None:
         time.sleep(0.05)
 
 
-def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(workspace, embeddings, tmp_path):
+def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, workspace, embeddings, tmp_path):
     store = Store(workspace.db_url)
     output = tmp_path / "workers.log"
     with Sampler(workspace) as sampler:
