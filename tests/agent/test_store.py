@@ -1,0 +1,61 @@
+"""The store on SQLite and on a real PostgreSQL (``db_url``): rows round-trip with their JSON and their times in UTC,
+feedback refreshes its interaction's signals, a transaction that raises keeps nothing, foreign keys hold, and a
+PostgreSQL URL of either spelling reaches psycopg 3 with sessions in UTC."""
+
+import pytest
+from sqlalchemy import func, select
+from sqlalchemy.exc import IntegrityError
+
+from agent.feedback import record_feedback
+from agent.store import Feedback, Interaction, Store, make_engine, utcnow
+from tuning.jobs import aware
+
+RETRIEVED = [{"chunk_id": "c1", "source": "billing/invoices.md#vat", "score": 0.71}]
+
+
+@pytest.fixture
+def store(db_url):
+    store = Store(db_url)
+    yield store
+    store.close()
+
+
+def interaction(**values) -> Interaction:
+    return Interaction(**{"question": "Où est ma facture ? 💳", "answer": "Settings > Billing.", "retrieved": RETRIEVED,
+                          "prompt_version": "p1", "model_version": "m1", "latency_s": 0.2, "user": "ann", **values})
+
+
+def test_rows_round_trip_with_their_json_and_utc_times(store):
+    before = utcnow()
+    row = store.add(interaction())
+    fed = record_feedback(store, row.id, "down", correction="Open Settings > Billing > Invoices.", user="ann")
+    got = store.get_interaction(row.id)
+    assert (got.question, got.retrieved, got.abstained, got.channel) == ("Où est ma facture ? 💳", RETRIEVED, False, "cli")
+    assert before <= aware(got.created_at) <= utcnow()  # naive from SQLite, aware from PostgreSQL: both UTC
+    assert {signal["kind"] for signal in got.signals} >= {"thumbs_down", "correction_submitted"}
+    with store.session() as session:
+        assert session.get(Feedback, fed.id).correction == "Open Settings > Billing > Invoices."
+
+
+def test_a_transaction_that_raises_keeps_nothing(store):
+    with pytest.raises(RuntimeError), store.session() as session:
+        session.add(interaction())
+        session.flush()
+        raise RuntimeError("the request failed after the write")
+    with store.session() as session:
+        assert session.scalar(select(func.count()).select_from(Interaction)) == 0
+
+
+def test_feedback_on_a_missing_interaction_is_refused_by_the_database(store):
+    with pytest.raises(IntegrityError), store.session() as session:
+        session.add(Feedback(interaction_id="nope", rating="up"))
+
+
+@pytest.mark.parametrize("db_url", ["postgresql"], indirect=True)
+def test_a_postgresql_url_of_either_spelling_uses_psycopg_in_utc(db_url):
+    for url in (db_url, db_url.replace("postgresql+psycopg://", "postgresql://")):
+        engine = make_engine(url)
+        with engine.connect() as connection:
+            assert connection.exec_driver_sql("SHOW timezone").scalar() == "UTC"
+        assert engine.url.drivername == "postgresql+psycopg"
+        engine.dispose()
