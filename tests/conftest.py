@@ -101,14 +101,17 @@ def db_url(request, tmp_path):
 
     server = make_engine(POSTGRES_URL).execution_options(isolation_level="AUTOCOMMIT")
     name = f"affinage_test_{uuid.uuid4().hex[:12]}"
+    unreachable = None
     try:
         with server.connect() as connection:
             connection.exec_driver_sql(f'CREATE DATABASE "{name}"')
     except OperationalError as error:
+        unreachable = " ".join(str(error.orig).split())
+    if unreachable:
         server.dispose()
-        pytest.fail(f"PostgreSQL is not reachable at {POSTGRES_URL} ({str(error).strip().splitlines()[0]}): run "
-                    "`bash scripts/start-postgres.sh` (make test does), or set AFFINAGE_TEST_POSTGRES_URL to a role "
-                    "that may create databases", pytrace=False)
+        pytest.fail(f"PostgreSQL is not reachable at {server.url} ({unreachable}): run `bash scripts/start-postgres.sh`"
+                    " (make test does), or set AFFINAGE_TEST_POSTGRES_URL to a role that may create databases",
+                    pytrace=False)
     try:
         yield server.url.set(database=name).render_as_string(hide_password=False)
     finally:

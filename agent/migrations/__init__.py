@@ -3,8 +3,9 @@
 An upgrade runs in one transaction that first takes a lock, so several API replicas and workers starting at once
 against one database migrate it exactly once: a PostgreSQL advisory lock, SQLite's write lock (``BEGIN
 IMMEDIATE``), and within a process a thread lock too, as Alembic is not thread-safe. Both databases roll back DDL
-with the transaction, so a start killed mid-upgrade leaves the schema as it was. A database that the old ``create_all`` made (the tables, no ``alembic_version``) is stamped at the initial
-revision, rows untouched, and upgraded from there.
+with the transaction, so a start killed mid-upgrade leaves the schema as it was. A database that the old
+``create_all`` made (its tables, no ``alembic_version``) is stamped at the initial revision, rows untouched, and
+upgraded from there.
 
 To add a revision after changing a model in ``agent/store.py``::
 

@@ -2,9 +2,9 @@
 
     python -m tests.agent.light_server HOME PORT
 
-Everything is the production stack (``create_app``, the SQLite log through ``agent.store``, JSON logging and uvicorn
-set up as ``affinage serve`` does) except the two models: a scripted chat model that streams a fixed answer and a
-hashing embedder, so the process never imports torch. The index must have been ingested with ``HashEmbeddings``.
+Everything is the production stack (``create_app``, the database at ``database_url`` through ``agent.store``, JSON
+logging and uvicorn set up as ``affinage serve`` does) except the two models: a scripted chat model that streams a
+fixed answer and a hashing embedder, so the process never imports torch. The index must have been ingested with ``HashEmbeddings``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ def test_rows_round_trip_with_their_json_and_utc_times(store):
     row = store.add(interaction())
     fed = record_feedback(store, row.id, "down", correction="Open Settings > Billing > Invoices.", user="ann")
     got = store.get_interaction(row.id)
-    assert (got.question, got.retrieved, got.abstained, got.channel) == ("Où est ma facture ? 💳", RETRIEVED, False, "cli")
+    assert (got.question, got.retrieved, got.abstained) == ("Où est ma facture ? 💳", RETRIEVED, False)
     assert before <= aware(got.created_at) <= utcnow()  # naive from SQLite, aware from PostgreSQL: both UTC
     assert {signal["kind"] for signal in got.signals} >= {"thumbs_down", "correction_submitted"}
     with store.session() as session:
