@@ -4,7 +4,8 @@
 
 Everything is the production stack (``create_app``, the database at ``database_url`` through ``agent.store``, JSON
 logging and uvicorn set up as ``affinage serve`` does) except the two models: a scripted chat model that streams a
-fixed answer and a hashing embedder, so the process never imports torch. The index must have been ingested with ``HashEmbeddings``.
+fixed answer and a hashing embedder, so the process never imports torch. The index must have been ingested with
+``HashEmbeddings``.
 """
 
 from __future__ import annotations
