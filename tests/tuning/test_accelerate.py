@@ -7,10 +7,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 from safetensors.torch import load_file
 
+from synth_data.datasets import write_dataset
+from tests.tuning.conftest import rows
 from tuning.registry import Registry
-from tuning.train import weights_sha256
+from tuning.train import train, weights_sha256
 
 REPO = Path(__file__).resolve().parents[2]
 PROCESSES = 2
@@ -35,9 +38,16 @@ def launch(settings, model_dir: Path, module: str, *train_args: str) -> subproce
 
 
 @pytest.mark.parametrize("method", ["sft", "dpo"])
-def test_two_processes_train_one_candidate(tiny_settings, tiny_model_dir, dataset, quick_config, method):
+def test_two_processes_train_what_one_process_trains(tiny_settings, tiny_model_dir, dataset, quick_config, tmp_path,
+                                                     method):
+    """Two processes taking one row each per step end where one process taking both rows ends: gradients are averaged
+    over the processes (the CPU answer-only loss included), and one process registers one candidate."""
+    one = tiny_settings.model_copy(update={"home": tmp_path / "one-process"})
+    write_dataset(one.datasets_dir, rows(), {"base_model": tiny_model_dir.name})
+    alone = train(one, method, config_path=quick_config(max_steps=2, batch_size=2, lora_dropout=0.0), progress=False)
     base_digest = weights_sha256(tiny_model_dir)
-    config = quick_config(max_steps=4, batch_size=2, max_length=128)
+
+    config = quick_config(max_steps=2, batch_size=1, lora_dropout=0.0)
     result = launch(tiny_settings, tiny_model_dir, "affinage.cli", "--method", method, "--config", str(config))
     assert result.returncode == 0, result.stderr[-3000:]
 
@@ -45,14 +55,16 @@ def test_two_processes_train_one_candidate(tiny_settings, tiny_model_dir, datase
     assert [v.id for v in versions] == [result.stdout.split()[-1]]  # one version, registered by one process
     assert result.stdout.count("candidate ") == 1
     manifest = versions[0].manifest
-    assert manifest["hardware"]["processes"] == PROCESSES and manifest["metrics"]["steps"] == 4
-    if method == "sft":  # packed rows: more tokens than one process can hold in its batches, so every rank counted
-        assert manifest["metrics"]["tokens"] > 4 * 2 * 128
+    assert manifest["hardware"]["processes"] == PROCESSES and alone.manifest["hardware"]["processes"] == 1
+    assert manifest["metrics"]["steps"] == 2
+    assert manifest["metrics"]["tokens"] == alone.manifest["metrics"]["tokens"] > 0  # every process's tokens counted
 
     assert set(manifest["files"]) == {"adapter_model.safetensors", "adapter_config.json", "README.md"}
-    adapter = load_file(str(versions[0].path / "adapter_model.safetensors"))
-    assert adapter and all("lora_" in name for name in adapter)
+    adapter, expected = (load_file(str(v.path / "adapter_model.safetensors")) for v in (versions[0], alone))
+    assert adapter.keys() == expected.keys() and all("lora_" in name for name in adapter)
     assert any(t.abs().sum() > 0 for name, t in adapter.items() if "lora_B" in name)  # B starts at zero: it trained
+    for name in adapter:
+        assert torch.allclose(adapter[name], expected[name], atol=1e-5), name
     assert weights_sha256(tiny_model_dir) == base_digest == manifest["base_model"]["sha256"]
     assert not any((tiny_settings.home / "runs").iterdir())  # checkpoints go once the candidate is registered
 
