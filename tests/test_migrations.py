@@ -1,6 +1,7 @@
 """Alembic migrations on SQLite and a real PostgreSQL: the migrated schema is exactly the models (so a model changed
-without a revision fails here), a database the old create_all made is stamped and keeps its rows, replicas starting
-at once migrate it once, and the administrator's `affinage db` commands."""
+without a revision fails here), a database the old create_all made is stamped and keeps its rows, one a newer
+release migrated is refused, replicas starting at once migrate it once, and the administrator's `affinage db`
+commands."""
 
 import subprocess
 import sys
@@ -52,6 +53,19 @@ def test_a_database_from_before_migrations_is_stamped_and_keeps_its_rows(db_url)
     with store.session() as session:
         assert session.scalars(select(Interaction.id)).all() == ["kept"]
     store.close()
+
+
+def test_a_database_migrated_by_a_newer_release_is_refused_with_the_reason(db_url, monkeypatch, tmp_path, capsys):
+    Store(db_url).close()
+    engine = make_engine(db_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("UPDATE alembic_version SET version_num = '9999'")
+    engine.dispose()
+    with pytest.raises(migrations.NewerSchema, match="schema revision 9999, which this affinage does not know"):
+        Store(db_url)
+    monkeypatch.setenv("AFFINAGE_DATABASE_URL", db_url)
+    assert main(["--home", str(tmp_path), "db", "upgrade"]) == 1
+    assert "run the newer affinage that migrated it" in capsys.readouterr().err
 
 
 def test_replicas_starting_at_once_migrate_the_database_once(db_url):

@@ -45,8 +45,16 @@ def config(connection: Connection | None = None) -> Config:
 
 
 @functools.cache
+def _script() -> ScriptDirectory:
+    return ScriptDirectory.from_config(config())
+
+
 def head() -> str:
-    return ScriptDirectory.from_config(config()).get_current_head()
+    return _script().get_current_head()
+
+
+class NewerSchema(ValueError):
+    """The database was migrated by a newer affinage: this one must not write to it."""
 
 
 def current(connection: Connection) -> str | None:
@@ -70,6 +78,9 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     with _ALEMBIC, engine.begin() as connection:
         _lock(connection)
         before = current(connection)  # another process may have upgraded while this one waited for the lock
+        if before is not None and before not in {script.revision for script in _script().walk_revisions()}:
+            raise NewerSchema(f"the database is at schema revision {before}, which this affinage does not know (its "
+                              f"newest is {head()}): run the newer affinage that migrated it")
         cfg = config(connection)
         if before is None and inspect(connection).has_table(LEGACY_TABLE):
             command.stamp(cfg, INITIAL)
@@ -87,7 +98,7 @@ def new_revision(message: str) -> Path:
         engine = make_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
         upgrade(engine)
         with engine.begin() as connection:
-            number = len(list(ScriptDirectory.from_config(config()).walk_revisions())) + 1
+            number = len(list(_script().walk_revisions())) + 1
             script = command.revision(config(connection), message, autogenerate=True, rev_id=f"{number:04d}")
         engine.dispose()
     return Path(script.path)
