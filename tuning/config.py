@@ -48,8 +48,8 @@ class RunConfig:
     # preference tuning (dpo, kto)
     beta: float = field(default=0.1, metadata={"doc": "dpo/kto: strength of the pull towards the reference."})
     start_from: str = field(
-        default="active", metadata={"doc": "dpo/kto: continue the active LoRA adapter ('active') or train a new one "
-                                           "on the base model ('base')."})
+        default="active", metadata={"doc": "sft/dpo/kto: continue the active LoRA adapter ('active'), so a cycle builds "
+                                           "on what the last one taught, or train a new one on the base ('base')."})
     precompute_ref: bool = field(
         default=True, metadata={"doc": "dpo/kto: compute reference log-probs once before training, "
                                         "so no reference forward pass (or reference copy) is kept during it."})

@@ -23,7 +23,7 @@ class Job:
     config: RunConfig
     data: TrainingData
     base_path: Path  # local folder of the base model's weights
-    start_adapter: Path | None  # dpo/kto: the active LoRA adapter to continue from
+    start_adapter: Path | None  # sft/dpo/kto: the active LoRA adapter to continue from
     run_dir: Path  # checkpoints of this run (the same inputs give the same folder, so a restart resumes)
     progress: bool = True
     resumed_from: str | None = None  # the checkpoint a restarted run went on from
@@ -189,7 +189,8 @@ def fit(trainer, job: Job):
 
 
 def starting_policy(job: Job, model):
-    """dpo/kto continue the active adapter (TRL keeps a frozen copy as the reference) or get a fresh LoRA."""
+    """sft/dpo/kto continue the active adapter (dpo/kto: TRL keeps a frozen copy as the reference) or get a new
+    LoRA; a continued adapter keeps its own rank and target modules."""
     if job.start_adapter is None:
         return model, lora(job.config)
     from peft import PeftModel
@@ -198,15 +199,17 @@ def starting_policy(job: Job, model):
 
 
 # -- recipes ---------------------------------------------------------------------------------------------------------
-def sft(job: Job, quantized: bool = False):
-    """LoRA SFT; the loss covers the assistant's answer only; conversations packed into rows."""
-    model, tokenizer = load_base(job, quantized)
-    return fit(sft_trainer(job, model, tokenizer, lora(job.config)), job)
+def sft(job: Job):
+    """LoRA SFT from the active adapter or a new one; the loss covers the answer only; conversations packed in rows."""
+    model, tokenizer = load_base(job)
+    model, peft_config = starting_policy(job, model)
+    return fit(sft_trainer(job, model, tokenizer, peft_config), job)
 
 
 def qlora(job: Job):
-    """LoRA SFT over a 4-bit base (CUDA + bitsandbytes)."""
-    return sft(job, quantized=True)
+    """A new LoRA over a 4-bit base (CUDA + bitsandbytes)."""
+    model, tokenizer = load_base(job, quantized=True)
+    return fit(sft_trainer(job, model, tokenizer, lora(job.config)), job)
 
 
 def dpo(job: Job):

@@ -16,6 +16,8 @@ from tuning.data import load_training_data
 from tuning.recipes import RECIPES, Job, hardware_problem
 from tuning.registry import Registry, Version, sha256_file
 
+CONTINUES = ("sft", "dpo", "kto")  # methods that can continue the active LoRA adapter (``start_from``)
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -60,11 +62,11 @@ def prepare(settings: Settings, config: RunConfig, dataset_id: str | None, regis
     name, base_path = base_model(settings)
     data = load_training_data(settings.datasets_dir, dataset_id, config.method, name, config.val_fraction, config.seed)
     start_version, start_adapter = None, None
-    if config.method in ("dpo", "kto") and config.start_from == "active" and registry.active_id():
+    if config.method in CONTINUES and config.start_from == "active" and registry.active_id():
         active = registry.get(registry.active_id())
         if active.manifest.get("kind") != "lora":
-            raise ValueError(f"{config.method} continues a LoRA adapter, but the active version {active.id} holds "
-                             "full weights: set start_from = 'base' in the config")
+            raise ValueError(f"{config.method} continues the active LoRA adapter, but the active version {active.id} "
+                             "holds full weights: set start_from = 'base' in the config")
         start_version, start_adapter = active.id, registry.verify(active.id)
     lineage = {
         "base_model": {"name": name, "sha256": weights_sha256(base_path)},

@@ -87,6 +87,23 @@ def test_candidate_round_trip_gives_identical_outputs(tiny_settings, tiny_model_
         assert not torch.allclose(base.eval()(ids).logits, expected, atol=1e-5)  # the adapter does something
 
 
+def test_sft_continues_the_active_adapter_so_a_cycle_builds_on_the_last(tiny_settings, dataset, quick_config):
+    import json
+
+    registry = Registry.open(tiny_settings)
+    first = train(tiny_settings, "sft", config_path=quick_config(lora_r=4, lora_alpha=8), progress=False)
+    assert first.manifest["start_from"] == "base"
+    registry.record_gate(first.id, True, {})
+    registry.promote(first.id, actor="test")
+    second = train(tiny_settings, "sft", config_path=quick_config(lora_r=8, lora_alpha=16), progress=False)
+    assert second.manifest["start_from"] == first.id
+    rank = lambda version: json.loads((version.path / "adapter_config.json").read_text())["r"]  # noqa: E731
+    assert rank(second) == 4  # the active adapter, trained on: its rank, not the config's new one
+    fresh = train(tiny_settings, "sft", config_path=quick_config(lora_r=8, lora_alpha=16, start_from="base"),
+                  progress=False)
+    assert fresh.manifest["start_from"] == "base" and rank(fresh) == 8
+
+
 def test_dpo_continues_the_active_adapter(tiny_settings, dataset, quick_config):
     registry = Registry.open(tiny_settings)
     sft = train(tiny_settings, "sft", config_path=quick_config(), progress=False)
