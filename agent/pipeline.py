@@ -111,6 +111,12 @@ def model_version(llm: BaseChatModel) -> str:
                or type(llm).__name__)
 
 
+def weak_retrieval_threshold(min_score: float) -> float:
+    """Flag knowledge gaps a little above the abstain threshold (borderline answers that were attempted too); the
+    detector needs a threshold in (0, 1], which a min_score at or below -0.1 (always answer) would not give."""
+    return min(1.0, max(0.05, min_score + 0.1))
+
+
 class SupportAgent:
     """Answers questions with the chain and logs every answer."""
 
@@ -124,8 +130,7 @@ class SupportAgent:
         self.store = store
         self.examples = examples
         self.chain = build_chain(retriever, examples, llm, settings)
-        # Flag knowledge gaps a little above the abstain threshold: borderline answers that were attempted too.
-        self.detectors = DetectorConfig(retrieval_threshold=min(1.0, settings.min_score + 0.1))
+        self.detectors = DetectorConfig(retrieval_threshold=weak_retrieval_threshold(settings.min_score))
 
     def _earlier_questions(self, user: str | None) -> list[tuple[str, float]]:
         """The same user's recent questions, for the rephrase detector."""

@@ -2,7 +2,9 @@ import pytest
 from langchain_core.messages import AIMessage, HumanMessage
 from sqlalchemy import select
 
+from agent.detectors import DetectorConfig
 from agent.factory import build_agent
+from agent.pipeline import weak_retrieval_threshold
 from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION
 from agent.store import Interaction
 from retrieval.index import ingest
@@ -97,3 +99,9 @@ def test_failure_signals_are_recorded_with_each_answer(tiny_settings, kb, embedd
     assert kinds == ["weak_retrieval", "refusal", "human_request"]
     assert set(later) == {"weak_retrieval", "refusal", "rephrase", "human_request"}
     assert 0 < later["rephrase"]["strength"] <= 1 and "earlier" in later["rephrase"]["reason"]
+
+
+@pytest.mark.parametrize("min_score, threshold", [(0.3, 0.4), (0.95, 1.0), (-0.1, 0.05), (-1.0, 0.05)])
+def test_any_allowed_min_score_gives_a_weak_retrieval_threshold(min_score, threshold):
+    assert weak_retrieval_threshold(min_score) == pytest.approx(threshold)
+    DetectorConfig(retrieval_threshold=weak_retrieval_threshold(min_score))  # accepted by the detectors
