@@ -6,6 +6,8 @@ import json
 import tomllib
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
+from types import UnionType
+from typing import get_args, get_origin, get_type_hints
 
 METHODS = ("sft", "dpo", "kto", "partial", "full", "qlora")
 PACKABLE = ("sft", "partial", "full", "qlora")  # methods that train on plain conversations
@@ -117,20 +119,34 @@ def load_config(path: Path | None, method: str) -> RunConfig:
             raise ValueError(f"config file {path}: unknown keys {', '.join(unknown)} (known: {', '.join(sorted(known))})")
         if values.get("method", method) != method:
             raise ValueError(f"config file {path} sets method {values['method']!r} but --method is {method!r}")
+    hints = get_type_hints(RunConfig)
     for f in fields(RunConfig):
-        if f.name in values and not _type_ok(values[f.name], f.default):
-            raise ValueError(f"config file {path}: {f.name} = {values[f.name]!r} is not a {type(f.default).__name__}")
+        if f.name in values and not type_ok(values[f.name], hints[f.name]):
+            raise ValueError(f"config file {path}: {f.name} = {values[f.name]!r} is not {type_name(hints[f.name])}")
     return RunConfig(**{**values, "method": method}).resolved()
 
 
-def _type_ok(value, default) -> bool:
-    if default is None or isinstance(default, str) and isinstance(value, list):
-        return value is None or isinstance(value, (bool, int, float, str, list))
-    if isinstance(default, bool) or isinstance(value, bool):
-        return isinstance(value, bool) and isinstance(default, bool)
-    if isinstance(default, float):
-        return isinstance(value, (int, float))
-    return isinstance(value, type(default))
+def type_ok(value, hint) -> bool:
+    """Whether a TOML/JSON value fits a field's annotation: a bool is not a number, an int is a float."""
+    options = get_args(hint) if isinstance(hint, UnionType) else (hint,)
+    for option in options:
+        if option is type(None) and value is None:
+            return True
+        if get_origin(option) is list:
+            if isinstance(value, list) and all(type_ok(item, get_args(option)[0]) for item in value):
+                return True
+        elif option in (int, float) and not isinstance(value, bool):
+            if isinstance(value, int) or option is float and isinstance(value, float):
+                return True
+        elif isinstance(option, type) and isinstance(value, option):
+            return True
+    return False
+
+
+def type_name(hint) -> str:
+    names = {bool: "a boolean", int: "an integer", float: "a number", str: "a string", type(None): "null"}
+    return " or ".join(names.get(o, "a list of strings" if get_origin(o) is list else str(o))
+                       for o in (get_args(hint) if isinstance(hint, UnionType) else (hint,)))
 
 
 def describe() -> str:

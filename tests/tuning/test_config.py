@@ -25,6 +25,19 @@ def test_conflicting_or_bad_values_are_named(overrides, named):
     assert named in str(error.value)
 
 
+@pytest.mark.parametrize("line, error", [
+    ('packing = "yes"', "packing = 'yes' is not a boolean or null"),  # a field whose default is None
+    ('learning_rate = true', "learning_rate = True is not a number or null"),
+    ("target_modules = [1, 2]", "target_modules = [1, 2] is not a string or a list of strings"),
+    ("lora_r = 2.5", "lora_r = 2.5 is not an integer"),
+])
+def test_config_values_must_fit_their_field(tmp_path, line, error):
+    path = tmp_path / "run.toml"
+    path.write_text(line + "\n")
+    with pytest.raises(ValueError, match=error.replace("[", "\\[").replace("]", "\\]")):
+        load_config(path, "sft")
+
+
 def test_config_file_is_checked(tmp_path):
     path = tmp_path / "run.toml"
     path.write_text("lora_r = 8\nlearning_rate = 1e-3\n")
@@ -35,7 +48,7 @@ def test_config_file_is_checked(tmp_path):
     with pytest.raises(ValueError, match="unknown keys lora_rank"):
         load_config(path, "sft")
     path.write_text('lora_r = "eight"\n')
-    with pytest.raises(ValueError, match="lora_r = 'eight' is not a int"):
+    with pytest.raises(ValueError, match="lora_r = 'eight' is not an integer"):
         load_config(path, "sft")
     path.write_text('method = "dpo"\n')
     with pytest.raises(ValueError, match="sets method 'dpo' but --method is 'sft'"):
