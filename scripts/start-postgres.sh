@@ -45,7 +45,7 @@ cluster() {  # "VERSION NAME STATUS" of the cluster on $PORT, if any
 }
 
 CREATED=""
-if ! command -v pg_lsclusters >/dev/null 2>&1; then
+if ! ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || ! command -v pg_lsclusters >/dev/null 2>&1; then
     command -v apt-get >/dev/null 2>&1 || { say "PostgreSQL is not installed and apt-get is not available: install it yourself"; exit 1; }
     say "installing Debian's postgresql package"
     export DEBIAN_FRONTEND=noninteractive
