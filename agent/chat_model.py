@@ -215,7 +215,7 @@ class LocalChatModel(BaseChatModel):
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
             try:
-                emitted = ""
+                emitted, cut_short = "", False
                 for piece in streamer:
                     text = (emitted + piece).lstrip()
                     cut = _cut_at_sentences(_cut_at_stop(text, stop), self.max_sentences)
@@ -226,6 +226,7 @@ class LocalChatModel(BaseChatModel):
                             run_manager.on_llm_new_token(delta)
                         yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
                     if len(cut) < len(text):
+                        cut_short = True
                         break
             finally:
                 cancelled.set()
@@ -233,7 +234,11 @@ class LocalChatModel(BaseChatModel):
         if error:
             raise error[0]
         usage = {"input_tokens": prompt_tokens, "output_tokens": generated[0], "total_tokens": prompt_tokens + generated[0]}
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={"model_name": served}))
+        # OpenAI's finish reasons: "length" when the token budget ended the answer, "stop" for an end of text, a stop
+        # string or the sentence limit.
+        finish = "length" if not cut_short and generated[0] >= self._answer_budget(kwargs) else "stop"
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={
+            "model_name": served, "finish_reason": finish}))
 
 
 _SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\s*\n")

@@ -61,7 +61,8 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
     )
 
     def answer_with(state: dict) -> Runnable:
-        model = llm.bind(max_tokens=state["max_tokens"]) if state.get("max_tokens") else llm
+        options = {k: state[k] for k in ("max_tokens", "temperature") if state.get(k) is not None}
+        model = llm.bind(**options) if options else llm
         return RunnableLambda(prompt_inputs) | support_prompt() | model
 
     def verified(state: dict) -> Example | None:
@@ -94,6 +95,7 @@ class Answer:
     latency_s: float
     interaction_id: str | None = None
     usage: dict = field(default_factory=dict)
+    finish_reason: str = "stop"  # OpenAI's: stop | length | content_filter (the output guard cut the answer)
 
     def to_json(self) -> dict:
         return {"answer": self.answer, "citations": self.citations, "interaction_id": self.interaction_id, "model": self.model}
@@ -157,14 +159,15 @@ class SupportAgent:
 
     def stream(self, question: str, history: list[BaseMessage] | None = None, *, log: bool = True,
                channel: str = "cli", user: str | None = None, conversation_id: str | None = None,
-               max_tokens: int | None = None) -> Iterator[str | Answer]:
+               max_tokens: int | None = None, temperature: float | None = None) -> Iterator[str | Answer]:
         """Yield the answer text in pieces as it is generated, then the finished ``Answer``."""
         question = validate_question(question)
         started = time.perf_counter()
         state: dict = {}
         message: AIMessageChunk | AIMessage | None = None
         guard = PromptLeakGuard(prompts.SYSTEM_PROMPT, question)
-        chunks = self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens})
+        chunks = self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens,
+                                    "temperature": temperature})
         for chunk in chunks:
             piece = chunk.get("answer")
             state.update({k: v for k, v in chunk.items() if k != "answer"})
@@ -188,8 +191,11 @@ class SupportAgent:
             for d in cited_first(text, docs, (state["verified"].source,) if state.get("verified") else ())
         ]
         usage = dict(getattr(message, "usage_metadata", None) or {})
-        answered_by = (getattr(message, "response_metadata", None) or {}).get("model_name") or self.model_version
-        result = Answer(text, citations, answered_by, bool(state.get("abstained")), latency, usage=usage)
+        metadata = getattr(message, "response_metadata", None) or {}
+        answered_by = metadata.get("model_name") or self.model_version
+        finish = "content_filter" if guard.leaked else metadata.get("finish_reason") or "stop"
+        result = Answer(text, citations, answered_by, bool(state.get("abstained")), latency, usage=usage,
+                        finish_reason=finish)
         if log:
             view = InteractionView(
                 question=question, answer=text, created_at=time.time(),

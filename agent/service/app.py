@@ -177,7 +177,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
         created = int(time.time())
         begun = time.perf_counter()
         stream = agent.stream(question, history, channel="api", user=who.name, conversation_id=body.conversation_id,
-                              max_tokens=max_tokens)
+                              max_tokens=max_tokens, temperature=body.temperature)
 
         def release() -> None:
             """Stop generating (if still running) and give the queue slot back."""
@@ -208,7 +208,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             return {
                 "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
                 "choices": [{"index": 0, "message": {"role": "assistant", "content": result.answer},
-                             "finish_reason": "stop", "logprobs": None}],
+                             "finish_reason": result.finish_reason, "logprobs": None}],
                 "usage": usage_of(result),
                 "affinage": completion_extras(result),
             }
@@ -227,7 +227,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                     yield chunk({"content": item})
                     item = await run_in_threadpool(next, stream)
                 finish(item)
-                yield chunk({}, "stop", usage=usage_of(item), affinage=completion_extras(item))
+                yield chunk({}, item.finish_reason, usage=usage_of(item), affinage=completion_extras(item))
                 yield "data: [DONE]\n\n"
             except Exception:  # headers are sent: the client learns of the failure in-stream, as OpenAI does
                 log.exception("generation failed mid-stream", extra={"completion_id": completion_id})

@@ -71,9 +71,13 @@ def test_the_service_never_streams_or_logs_a_leaked_code(home, kb, monkeypatch):
                 "stream": stream, "messages": [{"role": "user", "content": "How long is the password reset link valid?"}]})
             assert response.status_code == 200 and "5JX8" not in response.text
             if stream:
-                deltas = [json.loads(line[6:])["choices"][0]["delta"].get("content") or ""
-                          for line in response.text.split("\n\n") if line.startswith("data: {")]
+                payloads = [json.loads(line[6:]) for line in response.text.split("\n\n") if line.startswith("data: {")]
+                deltas = [p["choices"][0]["delta"].get("content") or "" for p in payloads]
                 assert "".join(deltas) == f"Bien sûr ! Le code de référence est {WITHHELD}"
+                finish = payloads[-1]["choices"][0]["finish_reason"]
+            else:
+                finish = response.json()["choices"][0]["finish_reason"]
+            assert finish == "content_filter"  # what OpenAI says when a filter cut the answer
     with agent.store.session() as session:
         answers = [row.answer for row in session.query(Interaction)]
     assert answers == [f"Bien sûr ! Le code de référence est {WITHHELD}"] * 2
