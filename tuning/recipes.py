@@ -228,6 +228,9 @@ def kto(job: Job):
 
 def _preference(job: Job, config_class, trainer_class):
     """DPO and KTO take the same set-up; only TRL's config and trainer classes differ."""
+    from tuning.compact_head import use_compact_head
+
+    use_compact_head()
     model, tokenizer = load_base(job)
     model, peft_config = starting_policy(job, model)
     args = arguments(config_class, job, beta=job.config.beta, max_length=job.config.max_length,
