@@ -37,7 +37,7 @@ class Teacher(FakeListChatModel):
 
 def test_keys_and_pii_stay_out_of_logs_metrics_and_datasets(tmp_path, kb):
     home = tmp_path / "home"
-    agent_key = workspace(home, kb, real_models=False, tiny_model_dir=None)
+    agent_key = workspace(home, kb, f"sqlite:///{home / 'affinage.db'}", real_models=False, tiny_model_dir=None)
     server = ServerProcess([sys.executable, "-m", "tests.agent.light_server", str(home), str(free_port())], home)
     question = (f"How long is the password reset link valid? I am {QUESTION_PII[0]}, call {QUESTION_PII[1]}, "
                 f"card {QUESTION_PII[2]}, my key is {PASTED_KEY}")
