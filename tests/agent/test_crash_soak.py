@@ -133,11 +133,14 @@ def send_traffic(url: str, key: str, traffic: Traffic, halt: threading.Event, se
                 traffic.violations.append(str(error))
 
 
-def workspace(home: Path, kb: Path, database_url: str, real_models: bool, tiny_model_dir: Path | None) -> str:
-    """Ingest the knowledge base with the embedder the server will use; return an agent key."""
+def workspace(home: Path, kb: Path, database_url: str | None = None, real_models: bool = False,
+              tiny_model_dir: Path | None = None) -> str:
+    """Ingest the knowledge base with the embedder the server will use; return an agent key. The database is
+    ``database_url``, by default the workspace's SQLite file."""
     home.mkdir(parents=True)
     (home / "config.toml").write_text(
-        f'rate_limit_per_minute = 1000000\nmax_new_tokens = 8\ndatabase_url = "{database_url}"\n'
+        "rate_limit_per_minute = 1000000\nmax_new_tokens = 8\n"
+        + (f'database_url = "{database_url}"\n' if database_url else "")
         + (f'chat_model = "{tiny_model_dir}"\n' if real_models else ""))
     settings = load_settings(home)
     if real_models:
