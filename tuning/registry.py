@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import shutil
 import tempfile
@@ -78,6 +79,18 @@ def sha256_file(path: Path) -> str:
 
 def now() -> str:
     return datetime.now(timezone.utc).isoformat()
+
+
+def finite(value):
+    """``value`` with NaN and infinities as None: strict JSON, which PostgreSQL requires and which compares equal
+    to itself (a diverged run's loss curve holds NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
 
 
 def event_json(row: RegistryEvent) -> dict:
@@ -145,8 +158,8 @@ class Registry:
             if refused:
                 raise RegistryError(f"refusing to register non-safetensors files: {', '.join(sorted(refused))}")
             files = {str(p.relative_to(staged)): sha256_file(p) for p in sorted(staged.rglob("*")) if p.is_file()}
-            manifest = {**manifest, "files": files}
-            (staged / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False))
+            manifest = finite({**manifest, "files": files})
+            (staged / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False))
             for path in staged.rglob("*"):
                 if path.is_file():
                     fsync_file(path)

@@ -98,6 +98,14 @@ def test_tampered_weights_or_manifest_are_refused(registry):
     assert registry.active_id() is None and registry.pointer_state()["generation"] == 0
 
 
+def test_a_manifest_with_nan_is_stored_as_strict_json(registry):
+    staged = registry.staging()
+    (staged / "adapter_model.safetensors").write_bytes(b"w")
+    registry.add(staged, {"id": "nan", "curves": {"train": [[1, float("nan")], [2, float("inf")]]}})
+    assert registry.get("nan").manifest["curves"] == {"train": [[1, None], [2, None]]}
+    registry.verify("nan")  # the manifest on disk is the registered one
+
+
 def test_extra_and_pickle_files_are_refused(registry):
     staged = registry.staging()
     (staged / "adapter_model.bin").write_bytes(b"pickle")
