@@ -399,6 +399,9 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     except SQLAlchemyError as error:  # an unreachable server or a bad URL: one line, without the password
         raise ValueError(f"database: {getattr(error, 'orig', None) or error}") from error
     head = migrations.head()
+    if not migrations.known(after):
+        raise ValueError(f"the database is at schema revision {after}, newer than this affinage knows (its newest is "
+                         f"{head}): use the release that migrated it")
     if before != after:
         print(f"upgraded {before or 'empty'} -> {after}")
     elif after == head:

@@ -66,6 +66,8 @@ def test_a_database_migrated_by_a_newer_release_is_refused_with_the_reason(db_ur
     monkeypatch.setenv("AFFINAGE_DATABASE_URL", db_url)
     assert main(["--home", str(tmp_path), "db", "upgrade"]) == 1
     assert "run the newer affinage that migrated it" in capsys.readouterr().err
+    assert main(["--home", str(tmp_path), "db", "current"]) == 1  # never "run affinage db upgrade"
+    assert "newer than this affinage knows (its newest is" in capsys.readouterr().err
 
 
 def test_replicas_starting_at_once_migrate_the_database_once(db_url):

@@ -53,6 +53,11 @@ def head() -> str:
     return _script().get_current_head()
 
 
+def known(revision: str | None) -> bool:
+    """Whether this release has ``revision`` (None: an empty database, which every release can migrate)."""
+    return revision is None or revision in {script.revision for script in _script().walk_revisions()}
+
+
 class NewerSchema(ValueError):
     """The database was migrated by a newer affinage: this one must not write to it."""
 
@@ -78,7 +83,7 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
     with _ALEMBIC, engine.begin() as connection:
         _lock(connection)
         before = current(connection)  # another process may have upgraded while this one waited for the lock
-        if before is not None and before not in {script.revision for script in _script().walk_revisions()}:
+        if not known(before):
             raise NewerSchema(f"the database is at schema revision {before}, which this affinage does not know (its "
                               f"newest is {head()}): run the newer affinage that migrated it")
         cfg = config(connection)
