@@ -4,6 +4,7 @@ The schema is managed by Alembic (``agent.migrations``): a model changed here ne
 
 from __future__ import annotations
 
+import functools
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -235,3 +236,10 @@ class RegistryEvent(Base):
     version: Mapped[str] = mapped_column(String(200), index=True)  # a version id, or "base" for the bare base model
     actor: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict] = mapped_column(JSON, default=dict)
+
+
+@functools.cache
+def shared_store(url: str) -> Store:
+    """One Store per database URL in this process, for code that opens the database on demand (the worker's cycle
+    stages, the gates, training): each Store is an engine with its own connection pool and a migration check."""
+    return Store(url)

@@ -33,7 +33,7 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
 from affinage.atomic import fsync_dir, fsync_file
-from agent.store import RegistryEvent, RegistryPointer, RegistryVersion, Store, utcnow
+from agent.store import RegistryEvent, RegistryPointer, RegistryVersion, Store, shared_store, utcnow
 
 log = logging.getLogger("affinage.registry")
 
@@ -114,8 +114,8 @@ class Registry:
 
     @classmethod
     def open(cls, settings, store: Store | None = None) -> "Registry":
-        """The workspace's registry, in ``store`` or, by default, a store on ``settings.db_url``."""
-        return cls(settings.registry_dir, store or Store(settings.db_url))
+        """The workspace's registry, in ``store`` or, by default, this process's store on ``settings.db_url``."""
+        return cls(settings.registry_dir, store or shared_store(settings.db_url))
 
     def _open_pointer(self) -> None:
         from tuning.registry_files import import_file_registry, retire_files

@@ -34,11 +34,19 @@ class Imported:
 
 
 def import_file_registry(root: Path, session: Session) -> Imported | None:
-    """Add the file-based registry under ``root`` to ``session``; None when there is none."""
+    """Add the file-based registry under ``root`` to ``session``; None when there is none.
+
+    Only a registry that still has its ``ACTIVE`` or ``events.jsonl`` is one: version folders alone are what a
+    database-backed registry leaves on disk, and a new or restored database must not adopt them as candidates (a
+    restore puts the database back first, then the files; see docs/deployment.md).
+    """
     versions = root / "versions"
     folders = sorted(d for d in versions.iterdir() if d.is_dir() and not d.name.startswith(".")
                      and (d / "manifest.json").is_file()) if versions.is_dir() else []
-    if not folders and not any((root / name).exists() for name in LEGACY_FILES):
+    if not any((root / name).exists() for name in LEGACY_FILES):
+        if folders:
+            log.warning("version folders the database does not know are ignored (restore the database's backup "
+                        "if they should be versions)", extra={"folders": len(folders)})
         return None
     for folder in folders:
         record = json.loads((folder / "state.json").read_text()) if (folder / "state.json").is_file() else {}

@@ -273,6 +273,15 @@ def test_a_file_based_registry_is_imported_once_on_first_open(tmp_path, db_url):
     assert reopened.active_id() == "a" and len(reopened.events()) == 3
 
 
+def test_version_folders_alone_are_not_imported_into_a_new_database(tmp_path, db_url):
+    root = tmp_path / "registry"
+    file_registry(root)
+    Registry(root, Store(db_url))  # imported: ACTIVE and events.jsonl are retired, the folders stay
+    fresh = f"sqlite:///{tmp_path / 'fresh.db'}"  # e.g. a database being restored: nothing may adopt the folders
+    registry = Registry(root, Store(fresh))
+    assert registry.list() == [] and registry.active_id() is None and registry.events() == []
+
+
 def test_an_import_that_cannot_be_done_changes_nothing(tmp_path, db_url):
     root = tmp_path / "registry"
     file_registry(root)
