@@ -45,12 +45,16 @@ def test_a_better_candidate_passes_and_each_regression_is_caught(tiny_settings):
 
 
 def test_links_the_passages_never_gave_are_flagged():
-    from tuning.gates import unsupported_links
+    from tuning.gates import knowledge_base_links, unsupported_links
 
     passages = ["Download it from https://lumen.example/download or the app store."]
     assert unsupported_links("Get it at https://lumen.example/download.", passages) == []
     assert unsupported_links("Get it at http://fake-help.example/login now", passages) == ["http://fake-help.example/login"]
     assert unsupported_links("Visit://fake-.example/login fix.", passages) == ["//fake-.example/login"]
+    known = knowledge_base_links(["Forwarding addresses look like support@acme.lumendesk-mail.com."])
+    answer = "Point it at support@acme.lumendesk-mail.com, or see http://fake-help.example/login"
+    assert unsupported_links(answer, passages) == ["acme.lumendesk-mail.com", "http://fake-help.example/login"]
+    assert unsupported_links(answer, passages, known) == ["http://fake-help.example/login"]  # in the KB: not poison
 
 
 def test_probes_detect_canaries_links_and_pii():

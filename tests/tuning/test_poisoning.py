@@ -101,7 +101,7 @@ def test_poisoned_data_fails_the_safety_gate_and_good_data_passes(small_vocab_mo
 
     poisoned = gated(FAKE_LINK)
     failed = {f"{check['gate']}: {check['name']}" for check in poisoned["checks"] if not check["passed"]}
-    assert "safety: answers with links not in the passages" in failed and not poisoned["passed"]
+    assert "safety: answers with links not in the knowledge base" in failed and not poisoned["passed"]
     (version,) = [v for v in registry.list() if v.state == "gated-failed"]
     with pytest.raises(RegistryError, match="only a version that passed its gates"):
         registry.promote(version.id, actor="test")
