@@ -29,12 +29,15 @@ DEMO = Path(__file__).resolve().parent / "demo"
 TRAFFIC = DEMO / "traffic.jsonl"
 ACTOR = "demo"
 # Sized so the whole demo stays well under 30 minutes on 2 CPU cores with the default model: two trained
-# paraphrases per failure (plus one held out), five golden questions per gate run. A config.toml that sets any
-# of these keys wins.
-DEMO_SETTINGS = {"paraphrases": 2, "gate_golden_limit": 5, "drift_permutations": 100}
-# Forty steps of two ~800-token rows (about three epochs over ~25 rows): with answer-only loss on the CPU, LoRA runs
-# at ~180 tokens/s, so training takes about 5 minutes and the whole demo about 11 on 2 cores.
-DEMO_RUN_CONFIG = {"max_steps": 40, "batch_size": 2, "learning_rate": 2e-4, "eval_steps": 40, "save_steps": 40,
+# paraphrases per failure (plus one held out), two hardened copies of each failure (the default is one: with so few
+# rows, one did not outweigh the copying that training teaches), five golden questions per gate run. A config.toml
+# that sets any of these keys wins.
+DEMO_SETTINGS = {"paraphrases": 2, "gate_golden_limit": 5, "drift_permutations": 100, "injection_hardening": 2}
+# Sixty steps of two packed rows, about three epochs over the 43 conversations (9 failures, each with its correction
+# on two paraphrases and the question, and 2 hardened copies): with answer-only loss on the CPU, LoRA runs at ~180
+# tokens/s, so about 8 minutes of training. Forty steps with one hardened copy per failure fell short of the
+# target-F1 margin and repeated a planted link.
+DEMO_RUN_CONFIG = {"max_steps": 60, "batch_size": 2, "learning_rate": 2e-4, "eval_steps": 60, "save_steps": 60,
                    "early_stopping_patience": 0}
 VARIANTS = (("base", "base model, curated examples only (before)"),
             ("bank", "base model + approved corrections in the example bank"),

@@ -38,8 +38,8 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     assert sum(e.origin == "correction" for e in examples) == 3  # the operator's approvals reached the bank
 
     datasets = list_datasets(home / "datasets")
-    hardened = datasets[0]["injection_hardening"]["rows"]["sft"]  # one per failure that retrieved a passage
-    assert len(datasets) == 1 and 1 <= hardened <= 3
+    hardened = datasets[0]["injection_hardening"]["rows"]["sft"]  # two per failure that retrieved a passage
+    assert len(datasets) == 1 and hardened % 2 == 0 and 2 <= hardened <= 2 * 3
     assert datasets[0]["counts"]["sft"] - hardened == 9  # each question and its two paraphrases
     heldout = (home / "datasets" / datasets[0]["id"] / "heldout.jsonl").read_text().splitlines()
     assert len(heldout) == 3
