@@ -3,6 +3,7 @@
 import torch
 import trl.trainer.utils as trl_utils
 from transformers import AutoModelForCausalLM
+from trl.kernels.chunked_logprob import _use_triton as trl_rule  # TRL's own rule, even once a recipe swapped it
 
 from tuning.compact_head import compact_positions, use_compact_head
 
@@ -30,7 +31,7 @@ def test_compact_scoring_gives_the_same_log_probs_loss_and_gradients(tiny_model_
     labels = ids.clone()
     labels[:, :7] = -100  # the prompt
     labels[1, 10:] = -100  # padding after a shorter answer
-    every = score(model, trl_utils._use_triton, monkeypatch, ids, labels)  # TRL's own rule: all positions on the CPU
+    every = score(model, trl_rule, monkeypatch, ids, labels)  # TRL's own rule: every position on the CPU
     compact = score(model, compact_positions, monkeypatch, ids, labels)
 
     assert every[3] == [2 * 11] and compact[3] == [int((labels[:, 1:] != -100).sum())] == [5 + 3]
@@ -41,8 +42,7 @@ def test_compact_scoring_gives_the_same_log_probs_loss_and_gradients(tiny_model_
 
 
 def test_use_compact_head_switches_the_cpu_rule_only(monkeypatch):
-    original = trl_utils._use_triton
-    monkeypatch.setattr(trl_utils, "_use_triton", original)
+    monkeypatch.setattr(trl_utils, "_use_triton", trl_rule)
     use_compact_head()
-    assert trl_utils._use_triton(torch.device("cpu")) is True
-    assert trl_utils._use_triton(torch.device("meta")) == original(torch.device("meta"))
+    assert trl_rule(torch.device("cpu")) is False and trl_utils._use_triton(torch.device("cpu")) is True
+    assert trl_utils._use_triton(torch.device("meta")) == trl_rule(torch.device("meta"))
