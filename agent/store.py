@@ -5,6 +5,8 @@ The schema is managed by Alembic (``agent.migrations``): a model changed here ne
 from __future__ import annotations
 
 import functools
+import sqlite3
+import time
 import uuid
 from contextlib import contextmanager
 from datetime import datetime, timezone
@@ -140,6 +142,24 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+BUSY_TIMEOUT_S = 10.0
+
+
+def use_wal(cursor: sqlite3.Cursor, timeout_s: float = BUSY_TIMEOUT_S) -> None:
+    """Switch the file to WAL, retrying while another process holds it. Turning a new file to WAL needs an exclusive
+    lock, and SQLite answers "database is locked" at once there instead of waiting in its busy handler, so processes
+    that open one new database together (``accelerate launch`` ranks, replicas) would fail without the retry."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            cursor.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() >= deadline:
+                raise
+            time.sleep(0.05)
+
+
 def make_engine(url: str) -> Engine:
     """An engine set up for durability: SQLite in WAL mode with synchronous=FULL and foreign keys on; PostgreSQL
     through psycopg 3 (``postgresql://`` URLs too), sessions in UTC, connections checked before use."""
@@ -158,10 +178,10 @@ def make_engine(url: str) -> Engine:
     @event.listens_for(engine, "connect")
     def _pragmas(dbapi_connection, _record) -> None:
         cursor = dbapi_connection.cursor()
-        cursor.execute("PRAGMA journal_mode=WAL")
+        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
+        use_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA busy_timeout=10000")
         cursor.close()
 
     return engine

@@ -1,6 +1,9 @@
 """The store on SQLite and on a real PostgreSQL (``db_url``): rows round-trip with their JSON and their times in UTC,
 feedback refreshes its interaction's signals, a transaction that raises keeps nothing, foreign keys hold, and a
-PostgreSQL URL of either spelling reaches psycopg 3 with sessions in UTC."""
+PostgreSQL URL of either spelling reaches psycopg 3 with sessions in UTC; processes that open one new SQLite file at
+the same moment all get WAL mode and write."""
+
+import multiprocessing
 
 import pytest
 from sqlalchemy import func, select
@@ -59,3 +62,36 @@ def test_a_postgresql_url_of_either_spelling_uses_psycopg_in_utc(db_url):
             assert connection.exec_driver_sql("SHOW timezone").scalar() == "UTC"
         assert engine.url.drivername == "postgresql+psycopg"
         engine.dispose()
+
+
+
+def open_and_write(path: str, start) -> str:
+    """One process: open the file as the service does, the moment every other process does, and write a row."""
+    start.wait()
+    engine = make_engine(f"sqlite:///{path}")
+    try:
+        with engine.begin() as connection:
+            connection.exec_driver_sql("CREATE TABLE IF NOT EXISTS t (x INTEGER)")
+            connection.exec_driver_sql("INSERT INTO t VALUES (1)")
+            return connection.exec_driver_sql("PRAGMA journal_mode").scalar()
+    except Exception as error:  # noqa: BLE001 - the parent asserts on what each process saw
+        return repr(error)
+    finally:
+        engine.dispose()
+
+
+def test_processes_opening_one_new_sqlite_file_together_all_get_wal_and_write(tmp_path):
+    """Turning a new file to WAL needs an exclusive lock that SQLite refuses at once rather than waiting for; before
+    the retry, about one start in four of four processes failed with "database is locked" (two ``accelerate`` ranks
+    opening the registry hit it in CI)."""
+    processes, starts = 4, 25
+    context = multiprocessing.get_context("spawn")
+    with context.Manager() as manager, context.Pool(processes) as pool:
+        for start in range(starts):
+            path = str(tmp_path / f"new-{start}.sqlite")
+            results = pool.starmap(open_and_write, [(path, manager.Barrier(processes))] * processes)
+            assert results == ["wal"] * processes, results
+            engine = make_engine(f"sqlite:///{path}")
+            with engine.connect() as connection:
+                assert connection.exec_driver_sql("SELECT count(*) FROM t").scalar() == processes
+            engine.dispose()
