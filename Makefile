@@ -43,8 +43,8 @@ soak: install
 	$(PY) bench/load_soak.py
 	$(PY) bench/injection.py
 
-# The whole loop once on the demo knowledge base with the default model, in a new temporary workspace (about 20 min
-# on 2 cores): traffic, feedback, one cycle, promotion, before/after figures.
+# The whole loop once on the demo knowledge base with the default model, in a new temporary workspace (15 to 20 min
+# on 2 cores): traffic, feedback, one cycle, promotion if the gates pass, before/after figures.
 demo: install
 	$(VENV)/bin/affinage demo
 

@@ -2,7 +2,7 @@
 """The improvement loop on real data: the Python FAQ, base model against one and two SFT cycles and SFT then DPO.
 
     .venv/bin/python bench/loop_faq.py [--traffic N] [--eval N] [--sft-steps N] [--sft-lr LR] [--dpo-steps N]
-                                       [--home DIR] [--faq-dir DIR] [--no-write]
+                                       [--home DIR] [--faq-dir DIR] [--no-write] [--from-json FILE]
 
 1. Ingests the FAQ of Debian's ``python3-doc`` (``rag_faq.ensure_faq_dir`` installs it when missing) in a fresh
    workspace. ``bench/python_faq_questions.jsonl`` is split: every other question (up to ``--traffic``) is support
@@ -59,6 +59,13 @@ class Clock:
         self.stages[name] = round(time.perf_counter() - began, 1)
         log(f"{name}: {self.stages[name]:.0f} s")
         return result
+
+
+def heldout_in_training(datasets_dir: Path, questions: list[str]) -> int:
+    """How many held-out rewordings occur in any training file (sft, preference, kto) of any dataset the run built."""
+    texts = [path.read_text(encoding="utf-8").lower() for path in sorted(datasets_dir.glob("*/*.jsonl"))
+             if path.name != "heldout.jsonl"]
+    return sum(any(json.dumps(q.strip().lower())[1:-1] in text for text in texts) for q in questions)
 
 
 def write_run_config(path: Path, values: dict) -> Path:
@@ -211,14 +218,73 @@ def run(args) -> dict:
         result["variants"]["sft-1+dpo"] = {"skipped": "cycle 1's dataset has no preference pairs"}
 
     result.update(stages=clock.stages, home=str(home), faq_dir=str(faq_dir), notes=notes,
-                  max_new_tokens=settings.max_new_tokens, gate_golden=settings.gate_golden_limit)
+                  max_new_tokens=settings.max_new_tokens, gate_golden=settings.gate_golden_limit,
+                  gate_limits=gate_limits(settings),
+                  heldout_in_training=heldout_in_training(settings.datasets_dir, result["heldout_questions"]))
     return result
 
 
+def gate_limits(settings) -> dict:
+    """The forgetting gates' limits the verdicts compare each cycle with."""
+    return {"perplexity_increase": settings.gate_max_perplexity_increase, "kl": settings.gate_max_kl}
+
+
+def forgetting(v: dict, r: dict, ref: str, limits: dict) -> str:
+    """The cycle's general-text perplexity change over what it started from, and its KL from the base, each judged
+    by the forgetting gates' own rules."""
+    from tuning.checks import at_most, relative_increase_at_most, verdict
+
+    change = v["perplexity"] / r["perplexity"] - 1
+    within = verdict([relative_increase_at_most("forgetting", "perplexity", r["perplexity"], v["perplexity"],
+                                                limits["perplexity_increase"]),
+                      at_most("forgetting", "KL from base", v["kl_from_base"], limits["kl"])])
+    return (f"general-text perplexity {change:+.1%} over {ref} (the forgetting gate allows "
+            f"+{limits['perplexity_increase']:.0%}), KL from base {v['kl_from_base']:.3f} (allows {limits['kl']:g}): "
+            + ("within both" if within else "OVER a limit, so the gates would fail it"))
+
+
+def reasons(name: str, v: dict, r: dict, ref: str) -> list[str]:
+    """Why a cycle did not raise held-out token-F1, each reason read off the run's own figures."""
+    h, rh, t = v["heldout"], r["heldout"], v["train"]
+    gain, one_answer = h["token_f1"] - rh["token_f1"], 1 / max(1, h["n"])
+    loss, validation = t["train_loss"], t["best_validation_loss"]
+    out = []
+    if abs(gain) < one_answer:
+        out.append(f"the change ({gain:+.3f}) is smaller than one answer's weight in the mean (1/{h['n']} = "
+                   f"{one_answer:.3f}): at this sample size it is noise, not evidence either way")
+    if name == "sft-1+dpo":
+        if abs(loss - 0.693) < 0.05:
+            out.append(f"the DPO loss stayed near ln 2 ({loss:.3f}): the policy barely separated chosen from "
+                       "rejected answers")
+        else:
+            out.append(f"DPO lowered its preference loss to {loss:.3f} (ln 2 = 0.693 at the start), but it widens "
+                       "the margin between chosen and rejected answers rather than raising the likelihood of the "
+                       "reference wording that token-F1 scores")
+    elif loss is not None and loss > 1.5:
+        out.append(f"training did not fit its rows (final train loss {loss:.3f}): too few steps or too low a "
+                   "learning rate for this data")
+    elif validation is not None and loss is not None and validation - loss > 0.5:
+        out.append(f"it fit its training rows (loss {loss:.3f}) far better than its validation rows "
+                   f"({validation:.3f}): it learned those rewordings more than the facts the held-out rewordings ask")
+    if t["rows"]["train"] < 10:
+        out.append(f"it had only {t['rows']['train']} training rows")
+    facts = h["key_fact_recall"] - rh["key_fact_recall"]
+    if facts > 0:
+        out.append(f"key-fact recall did rise ({facts:+.3f}): more answers hold the fact, in wording further from "
+                   "the reference")
+    if not out:
+        out.append(f"no cause stands out in the figures: train loss {loss:.3f}, best validation loss "
+                   + ("n/a" if validation is None else f"{validation:.3f}") + f", {t['steps']} steps from {ref}")
+    return out
+
+
 def verdicts(result: dict) -> list[str]:
-    """For each cycle: did held-out quality improve over what it started from, and if not, what was measured."""
+    """For each cycle: did held-out quality improve over what it started from, and if not, why (from the figures)."""
+    from affinage.settings import Settings
+
     held = result["heldout_questions"]
     questions = sum(q.strip().endswith("?") for q in held)
+    limits = result.get("gate_limits") or gate_limits(Settings())  # runs before it was recorded used the defaults
     lines = []
     for name, ref in (("sft-1", "base"), ("sft-2", "sft-1"), ("sft-1+dpo", "sft-1")):
         v, r = result["variants"][name], result["variants"][ref]
@@ -226,21 +292,30 @@ def verdicts(result: dict) -> list[str]:
             lines.append(f"- **{name}**: not trained; {v['skipped']}.")
             continue
         gain = v["heldout"]["token_f1"] - r["heldout"]["token_f1"]
+        facts = v["heldout"]["key_fact_recall"] - r["heldout"]["key_fact_recall"]
         unseen = v["unseen"]["token_f1"] - r["unseen"]["token_f1"]
         t = v["train"]
-        facts = (f"it trained on {t['rows']['train']} rows ({t['rows']['validation']} validation) for "
-                 f"{t['steps']} steps, final train loss {t['train_loss']:.3f}, best validation loss "
-                 + ("n/a" if t["best_validation_loss"] is None else f"{t['best_validation_loss']:.3f}"))
+        trained = (f"{t['rows']['train']} rows ({t['rows']['validation']} validation), {t['steps']} steps, final "
+                   f"train loss {t['train_loss']:.3f}, best validation loss "
+                   + ("n/a" if t["best_validation_loss"] is None else f"{t['best_validation_loss']:.3f}"))
+        kept = forgetting(v, r, ref, limits)
         if gain > 0.005:
-            lines.append(f"- **{name}** improved held-out token-F1 over {ref} by {gain:+.3f} (unseen FAQ questions "
-                         f"{unseen:+.3f}); {facts}.")
+            one_answer = 1 / max(1, v["heldout"]["n"])
+            lines.append(f"- **{name}** improved held-out token-F1 over {ref} by {gain:+.3f} (key-fact recall "
+                         f"{facts:+.3f}; unseen FAQ questions {unseen:+.3f}); {trained}; {kept}."
+                         + (f" Both gains are smaller than one held-out answer's weight in the mean "
+                            f"({one_answer:.3f}), so this is not conclusive on its own."
+                            if gain < one_answer and facts < one_answer else ""))
             continue
-        why = f"Measured: {facts}"
-        lines.append(f"- **{name}** did NOT improve held-out token-F1 over {ref} ({gain:+.3f}; unseen FAQ questions "
-                     f"{unseen:+.3f}). {why}.")
+        lines.append(f"- **{name}** did NOT improve held-out token-F1 over {ref} ({gain:+.3f}; key-fact recall "
+                     f"{facts:+.3f}; unseen FAQ questions {unseen:+.3f}); {trained}; {kept}. Why: "
+                     + "; ".join(reasons(name, v, r, ref)) + ".")
     n_held, n_unseen = result["variants"]["base"]["heldout"]["n"], result["variants"]["base"]["unseen"]["n"]
+    leaked = result.get("heldout_in_training")
     lines.append(f"- Caveats, measured: {questions} of the {len(held)} held-out rewordings are questions (end with "
-                 f"'?'; first ones below); the sets are small (n={n_held} and {n_unseen}): one answer weighs "
+                 "'?'; first ones below)"
+                 + ("" if leaked is None else f", and {leaked} of them occur in any training file the run built")
+                 + f"; the sets are small (n={n_held} and {n_unseen}): one answer weighs "
                  f"{1 / max(1, n_held):.0%} and {1 / max(1, n_unseen):.0%} of each mean, so gains of a few hundredths "
                  "are within what a single answer changes.")
     return lines
@@ -281,7 +356,9 @@ def render(result: dict) -> str:
     gates = "passed" if g["passed"] else "FAILED: " + "; ".join(g["failed"])
     lines += ["", "Wall time per stage: " + ", ".join(f"{k} {s:.0f} s" for k, s in result["stages"].items())
               + f"; total {sum(result['stages'].values()) / 60:.1f} min.", "",
-              f"Gates on sft-1 (golden = the first {result['gate_golden']} unseen questions): {gates}"
+              f"Gates on sft-1 (golden = the first {result['gate_golden']} unseen questions; on all "
+              f"{v['base']['unseen']['n']}, sft-1's token-F1 is {v['sft-1']['unseen']['token_f1']:.3f} against the "
+              f"base's {v['base']['unseen']['token_f1']:.3f}): {gates}"
               + ("" if g["passed"] else " — promoted anyway, with an override reason in the audit log, only so that "
                  "cycle 2 and DPO could continue from it."), "", "What each cycle did:", "", *verdicts(result), "",
               "First held-out rewordings: "
@@ -307,6 +384,9 @@ def main(argv: list[str] | None = None) -> int:
             raise SystemExit(f"loop_faq: --{name.replace('_', '-')} must be at least 1, got {getattr(args, name)}")
     if args.from_json:
         result = json.loads(Path(args.from_json).read_text(encoding="utf-8"))
+        if "heldout_in_training" not in result and (Path(result["home"]) / "datasets").is_dir():  # an older run
+            result["heldout_in_training"] = heldout_in_training(Path(result["home"]) / "datasets",
+                                                                result["heldout_questions"])
     else:
         load, started = load_average(), dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         result = run(args)

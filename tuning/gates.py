@@ -122,6 +122,13 @@ def unsupported_link_rate(results: list[dict], known: frozenset[str] = frozenset
                  for r in results])
 
 
+def probes_that_worked(probes: list[dict], answers: list[str]) -> list[dict]:
+    """The probes an answer fell for, with that answer (PII scrubbed), so an operator sees what a failed safety gate
+    rests on."""
+    return [{"family": p["family"], "question": p["question"], "passage": p.get("passage", ""),
+             "answer": redact_pii(answer)[0]} for p, answer in zip(probes, answers) if probe_succeeded(p, answer)]
+
+
 def attack_success(probes: list[dict], answers: list[str]) -> dict[str, float]:
     """Share of probes that succeeded, per probe family."""
     families: dict[str, list[bool]] = {}
@@ -157,8 +164,8 @@ def decide(settings: Settings, active: dict, candidate: dict) -> list[c.Check]:
 
 
 # -- running --------------------------------------------------------------------------------------------------------
-def measure(agent, model, base_model, tokenizer, sets: Sets, progress: bool) -> dict:
-    """One version's answers and figures on every held-out set."""
+def measure(agent, model, base_model, tokenizer, sets: Sets, known_links: frozenset[str], progress: bool) -> dict:
+    """One version's answers and figures on every held-out set (``known_links``: the knowledge base's links)."""
     from agent.evaluation import run_eval
     from tuning.forgetting import mean_kl, perplexity
 
@@ -180,8 +187,7 @@ def measure(agent, model, base_model, tokenizer, sets: Sets, progress: bool) -> 
         "general_answers": general_answers,
         "kl_from_base": mean_kl(model, base_model, tokenizer, sets.general_text),
         "safety": attack_success(sets.probes, probe_answers),
-        "unsupported_links": unsupported_link_rate(golden + target, knowledge_base_links(
-            chunk.text for chunk in (agent.retriever.index.chunks if agent.retriever.index else []))),
+        "unsupported_links": unsupported_link_rate(golden + target, known_links),
         "probe_answers": probe_answers,
         "golden_answers": golden,
     }
@@ -239,15 +245,18 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
     models = {"active": base if active_id is None else load_weights(base_path, registry, active_id),
               "candidate": load_weights(base_path, registry, version_id)}
     measured = {}
-    agent = None
+    agent, known_links = None, None
     for side, model in models.items():
         llm = LocalChatModel(model, tokenizer, version=active_id if side == "active" else version_id,
                              model_name=base_path.name, max_new_tokens=settings.max_new_tokens,
                              temperature=settings.temperature, repetition_penalty=settings.repetition_penalty,
                              max_sentences=settings.max_answer_sentences)
         agent = build_agent(settings, llm=llm, embeddings=agent.retriever.embeddings if agent else None)
+        if known_links is None:  # the same knowledge base for both sides
+            known_links = knowledge_base_links(chunk.text for chunk in agent.retriever.index.chunks) \
+                if agent.retriever.index else frozenset()
         log.info("measuring", extra={"side": side})
-        measured[side] = measure(agent, model, base, tokenizer, sets, progress)
+        measured[side] = measure(agent, model, base, tokenizer, sets, known_links, progress)
 
     checks = decide(settings, measured["active"], measured["candidate"])
     created = datetime.fromisoformat(version.manifest["created_at"])
@@ -261,6 +270,7 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
                  "safety_probes": len(sets.probes)},
         "measures": {side: {k: v for k, v in m.items() if not k.endswith("_answers")} for side, m in measured.items()},
         "output_drift": output_drift(measured["active"]["golden_answers"], measured["candidate"]["golden_answers"]),
+        "probes_that_worked": {side: probes_that_worked(sets.probes, m["probe_answers"]) for side, m in measured.items()},
         "drift": drift,
         "examples": [{"question": a["question"], "reference": a["reference"], "active": a["answer"], "candidate": b["answer"]}
                      for a, b in zip(measured["active"]["golden_answers"][:5], measured["candidate"]["golden_answers"][:5])],

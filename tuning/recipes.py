@@ -6,6 +6,7 @@ TRL and PEFT do the work; a recipe only chooses. Saving into the registry is sha
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import sys
 from contextlib import redirect_stdout
@@ -27,6 +28,7 @@ class Job:
     run_dir: Path  # checkpoints of this run (the same inputs give the same folder, so a restart resumes)
     progress: bool = True
     resumed_from: str | None = None  # the checkpoint a restarted run went on from
+    tokens_before: int = 0  # tokens that checkpoint had already trained on (this session's speed excludes them)
 
 
 def hardware_problem(config: RunConfig) -> str | None:
@@ -183,6 +185,9 @@ def fit(trainer, job: Job):
     """Train, resuming from the newest complete checkpoint; library chatter goes to stderr, not stdout."""
     checkpoint = last_checkpoint(job.run_dir / "checkpoints")
     job.resumed_from = checkpoint.name if checkpoint else None
+    if checkpoint:
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        job.tokens_before = int(state.get("num_input_tokens_seen") or 0)
     with redirect_stdout(sys.stderr):
         trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     return trainer

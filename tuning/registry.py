@@ -302,7 +302,8 @@ class Registry:
 
     def _set_lifecycle(self, version: Version, state: str, gate: dict | None, action: str, actor: str,
                        details: dict) -> None:
-        """Move the version's lifecycle and log it in one transaction, only if nobody moved it since it was read."""
+        """Move the version's lifecycle and log it in one transaction, only if nobody moved or promoted it since it was
+        read (a reject racing a promotion must not leave the serving version marked rejected)."""
         with self.store.session() as session:
             moved = session.execute(update(RegistryVersion)
                                     .where(RegistryVersion.id == version.id, RegistryVersion.state == version.lifecycle)
@@ -310,6 +311,10 @@ class Registry:
             if moved.rowcount != 1:
                 raise RegistryError(f"version {version.id} changed while this was being decided (someone else "
                                     "gated or decided it): look at it again")
+            # read after the row update: a promotion holding the row commits first, so its pointer is seen here
+            if version.id in session.get(RegistryPointer, POINTER_ID).ever_active:
+                raise RegistryError(f"version {version.id} was promoted while this was being decided: look at it "
+                                    "again (roll back first to take it out of service)")
             session.add(RegistryEvent(action=action, version=version.id, actor=actor, details=details))
 
     def _move_pointer(self, seen: dict, new: dict, action: str, subject: str, actor: str) -> None:

@@ -14,13 +14,13 @@ operator reaches for first costs no load; older ones are unloaded.
 from __future__ import annotations
 
 import logging
-import threading
 import time
 from pathlib import Path, PurePosixPath
 
 import httpx
 
 from tuning.registry import Registry, RegistryError
+from tuning.serving import RegistryPoller
 
 log = logging.getLogger("affinage.serving")
 
@@ -87,7 +87,7 @@ def server_path(folder: Path, registry_dir: Path, remote_registry_dir: str | Non
     return str(PurePosixPath(remote_registry_dir or local.as_posix()) / relative.as_posix())
 
 
-class RemoteAdapterFollower:
+class RemoteAdapterFollower(RegistryPoller):
     """Polls the registry pointer and the server; loads, routes and unloads so the server serves the active version.
 
     A version the server cannot take (full weights, hashes that do not match, a refused load) is logged and the
@@ -98,14 +98,14 @@ class RemoteAdapterFollower:
     """
 
     retry_s = 60.0
+    thread_name = "remote-adapter-follower"
 
     def __init__(self, llm, registry: Registry, adapters: VLLMAdapters, base_name: str, registry_dir: Path,
                  remote_registry_dir: str | None, interval_s: float = 2.0):
+        super().__init__(interval_s)
         self.llm, self.registry, self.adapters, self.base_name = llm, registry, adapters, base_name
-        self.registry_dir, self.remote_registry_dir, self.interval_s = registry_dir, remote_registry_dir, interval_s
+        self.registry_dir, self.remote_registry_dir = registry_dir, remote_registry_dir
         self._failed: tuple[str, float] | None = None  # the version last refused, and when
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
 
     @property
     def routed(self) -> str | None:
@@ -175,31 +175,16 @@ class RemoteAdapterFollower:
                 log.warning("could not unload an adapter no longer needed",
                             extra={"version": name, "error": str(error)})
 
-    def start(self) -> "RemoteAdapterFollower":
-        self._thread = threading.Thread(target=self._run, name="remote-adapter-follower", daemon=True)
-        self._thread.start()
-        return self
-
     def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
+        super().stop()
         self.adapters.close()
 
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.check_logged()
-
-    def check_logged(self) -> bool:
-        """``check``, with an unreachable server or a failed registry read logged instead of raised."""
-        try:
-            return self.check()
-        except httpx.HTTPError as error:
+    def log_failure(self, error: Exception) -> None:
+        if isinstance(error, httpx.HTTPError):
             log.error("cannot reach the vLLM server or list its adapters; routing unchanged",
                       extra={"error": str(error)})
-        except Exception as error:  # noqa: BLE001 - a bad pointer read must not kill the follower
-            log.error("registry check failed", extra={"error": str(error)})
-        return False
+        else:
+            super().log_failure(error)
 
 
 def follow_vllm(settings, llm) -> RemoteAdapterFollower:

@@ -143,7 +143,8 @@ report written {e(report['created_at'][:19])} UTC.</p>
 
 
 def details(report: dict) -> str:
-    """What the numbers rest on: set sizes, output drift, input drift, and answers side by side."""
+    """What the numbers rest on: set sizes, output drift, input drift, the safety probes that worked, and answers
+    side by side."""
     e = html.escape
     parts = []
     if report.get("sets"):
@@ -165,6 +166,13 @@ def details(report: dict) -> str:
                      f"{o['p_value']:.3g} ({'drifted' if o['drifted'] else 'no drift'}; "
                      f"{o['n_reference']} vs {o['n_recent']} questions). Drifted topics: "
                      f"{e(', '.join(drifted)) or 'none'}.</p>")
+    worked = [(side, probe) for side, probes in (report.get("probes_that_worked") or {}).items() for probe in probes]
+    if worked:
+        rows = "".join(f"<tr><td>{e(side)}</td><td>{e(p['family'])}</td><td>{e(p['question'])}</td>"
+                       f"<td>{e(p['passage'])}</td><td>{e(p['answer'])}</td></tr>" for side, p in worked)
+        parts.append("<h2>Safety probes that worked</h2><p>Answers that obeyed a planted passage or leaked what they "
+                     "should not (PII scrubbed here).</p><table><tr><th>version</th><th>probe</th><th>question</th>"
+                     f"<th>planted passage</th><th>answer</th></tr>{rows}</table>")
     if report.get("examples"):
         rows = "".join(f"<tr><td>{e(x['question'])}</td><td>{e(x['reference'])}</td><td>{e(x['active'])}</td>"
                        f"<td>{e(x['candidate'])}</td></tr>" for x in report["examples"])

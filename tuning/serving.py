@@ -26,17 +26,59 @@ def load_weights(base_path: Path, registry: Registry, version_id: str | None):
     return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
 
 
-class ActiveVersionWatcher:
+class RegistryPoller:
+    """Runs ``check`` every ``interval_s`` on a daemon thread until stopped; a failed check is logged, never fatal,
+    so a database or server that is down for a moment does not stop a replica from following promotions."""
+
+    thread_name = "registry-poller"
+
+    def __init__(self, interval_s: float):
+        self.interval_s = interval_s
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def check(self) -> bool:
+        """Bring serving in line with the registry; True when what is served changed."""
+        raise NotImplementedError
+
+    def check_logged(self) -> bool:
+        """``check``, with a failure logged instead of raised."""
+        try:
+            return self.check()
+        except Exception as error:  # noqa: BLE001 - a bad pointer read must not kill the poller
+            self.log_failure(error)
+            return False
+
+    def log_failure(self, error: Exception) -> None:
+        log.error("registry check failed", extra={"error": str(error)})
+
+    def start(self):
+        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self._stop.set()
+        if self._thread:
+            self._thread.join(timeout=5)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self.check_logged()
+
+
+class ActiveVersionWatcher(RegistryPoller):
     """Polls the registry pointer; a change loads the new version beside the serving one, then swaps it in.
 
     Loading happens outside the model's lock, so requests keep being answered meanwhile; the swap itself waits
     for the request in flight. A version that fails to load is logged and the old one keeps serving.
     """
 
+    thread_name = "active-version-watcher"
+
     def __init__(self, llm, registry: Registry, base_path: Path, interval_s: float = 2.0):
-        self.llm, self.registry, self.base_path, self.interval_s = llm, registry, base_path, interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
+        super().__init__(interval_s)
+        self.llm, self.registry, self.base_path = llm, registry, base_path
         self._failed: int | None = None  # the pointer generation whose version failed: retried once the pointer moves
 
     def check(self) -> bool:
@@ -60,25 +102,8 @@ class ActiveVersionWatcher:
         log.info("now serving a new version", extra={"version": self.llm.served_version, "previous": previous})
         return True
 
-    def start(self) -> "ActiveVersionWatcher":
-        self._thread = threading.Thread(target=self._run, name="active-version-watcher", daemon=True)
-        self._thread.start()
-        return self
 
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            try:
-                self.check()
-            except Exception as error:  # noqa: BLE001 - a bad pointer read must not kill the watcher
-                log.error("registry check failed", extra={"error": str(error)})
-
-
-def follow_registry(settings, llm) -> ActiveVersionWatcher | None:
+def follow_registry(settings, llm) -> RegistryPoller | None:
     """Swap the active version into a local model now and return a watcher to keep following it.
 
     For a remote endpoint: with ``remote_lora = 'vllm'`` a follower that loads the active adapter into the vLLM

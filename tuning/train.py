@@ -107,7 +107,7 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
         "hardware": {**hardware(), "processes": trainer.accelerator.num_processes},
         "rows": {"train": len(job.data.train), "validation": len(job.data.validation)},
         "curves": curves(trainer.state.log_history),
-        "metrics": final_metrics(trainer.state, peak),
+        "metrics": final_metrics(trainer.state, peak, job.tokens_before),
     }
     staged = registry.staging()
     if manifest["kind"] == "lora":
@@ -125,10 +125,14 @@ def curves(log_history: list[dict]) -> dict:
             "validation": [[h["step"], round(h["eval_loss"], 5)] for h in log_history if "eval_loss" in h]}
 
 
-def final_metrics(state, peak_mb: float) -> dict:
-    """The run's summary; Trainer sums ``num_input_tokens_seen`` over every process, so tokens/s is the launch's."""
+def final_metrics(state, peak_mb: float, tokens_before: int = 0) -> dict:
+    """The run's summary; Trainer sums ``num_input_tokens_seen`` over every process, so tokens/s is the launch's.
+
+    After a resume, ``train_runtime`` is this session's alone, so its speed counts only the tokens trained since the
+    checkpoint (``tokens_before`` had been seen by then)."""
     summary = next((h for h in reversed(state.log_history) if "train_runtime" in h), {})
     runtime = summary.get("train_runtime") or 0.0
+    trained_now = int(state.num_input_tokens_seen or 0) - tokens_before
     return {
         "train_loss": summary.get("train_loss"),
         "best_validation_loss": state.best_metric,
@@ -137,7 +141,7 @@ def final_metrics(state, peak_mb: float) -> dict:
         "stopped_early": state.global_step < state.max_steps,
         "tokens": int(state.num_input_tokens_seen or 0),
         "runtime_s": round(runtime, 2),
-        "tokens_per_s": round(state.num_input_tokens_seen / runtime, 1) if runtime and state.num_input_tokens_seen else None,
+        "tokens_per_s": round(trained_now / runtime, 1) if runtime and trained_now > 0 else None,
         "peak_memory_mb": peak_mb,
     }
 

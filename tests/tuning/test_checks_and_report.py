@@ -26,12 +26,15 @@ def test_report_pages_say_what_failed_with_plots_and_escape_everything(tmp_path)
                  "metrics": {"steps": 3}, "curves": {"train": [[1, 2.0], [2, 1.5]], "validation": [[2, 1.7]]}}
     drift = {"topics": {"billing": {"share_reference": 0.5, "share_recent": 0.2, "p_value": 0.01},
                         "login": {"share_reference": 0.5, "share_recent": 0.8, "p_value": 0.4}}}
-    report = write_report(tmp_path, candidate, checks, {"drift": drift})
+    worked = {"candidate": [{"family": "planted-link", "question": "Where?", "passage": "Use <a href=x>evil</a>",
+                             "answer": "<img src=x onerror=alert(1)> evil.example"}], "active": []}
+    report = write_report(tmp_path, candidate, checks, {"drift": drift, "probes_that_worked": worked})
     assert report["passed"] is False and report["gates"] == {"regression": True, "safety": False}
     assert json.loads((tmp_path / "report.json").read_text())["checks"][1]["passed"] is False
     page = (tmp_path / "report.html").read_text()
     assert "FAILED: safety" in page
     assert "<script>" not in page and "&lt;script&gt;" in page and "ds-&lt;b&gt;x" in page
+    assert "Safety probes that worked" in page and "<img src=x" not in page and "&lt;img src=x" in page
     assert page.count("data:image/png;base64,") == 3  # loss curves, before/after bars, drift
 
 

@@ -144,6 +144,26 @@ def test_a_promotion_racing_another_loses_with_a_clear_error(tmp_path, db_url):
     assert_consistent(first)
 
 
+def test_a_reject_racing_a_promotion_loses_and_the_serving_version_keeps_its_approval(tmp_path, db_url):
+    """Operator 1 reads a version to reject it, operator 2 promotes it meanwhile: the reject fails, nothing written."""
+    first, second = (Registry(tmp_path / "registry", Store(db_url)) for _ in range(2))
+    passed(first, add_version(first, "a"))
+
+    def get_while_the_other_promotes(version_id: str, pointer=None):
+        version = Registry.get(first, version_id, pointer)
+        second.promote("a", actor="operator-2")
+        return version
+
+    first.get = get_while_the_other_promotes
+    with pytest.raises(RegistryError, match="was promoted while this was being decided"):
+        first.decide("a", approve=False, actor="operator-1", comment="looks wrong")
+    del first.get
+    version = first.get("a")
+    assert version.state == "active" and version.lifecycle == "gated-passed"
+    assert [e["action"] for e in first.events()] == ["registered", "gated", "promoted"]
+    assert_consistent(first)
+
+
 RACE = """
 import sys, time
 from pathlib import Path

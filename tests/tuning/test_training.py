@@ -14,7 +14,7 @@ from safetensors.torch import load_file
 from tuning.config import load_config
 from tuning.recipes import RECIPES
 from tuning.registry import Registry
-from tuning.train import prepare, train
+from tuning.train import final_metrics, prepare, train
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -145,10 +145,21 @@ def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_settin
     resumed = train(tiny_settings, "sft", config_path=config, progress=False)
     assert resumed.manifest["resumed_from"] in ("checkpoint-4", "checkpoint-6")
     assert resumed.manifest["metrics"]["steps"] == uninterrupted.manifest["metrics"]["steps"] == 6
+    assert resumed.manifest["metrics"]["tokens"] == uninterrupted.manifest["metrics"]["tokens"]
     first, second = adapter(uninterrupted.path), adapter(resumed.path)
     assert first.keys() == second.keys()
     for name in first:
         assert torch.allclose(first[name], second[name], atol=1e-6), name
+
+
+def test_speed_after_a_resume_counts_only_the_tokens_trained_since_the_checkpoint():
+    from types import SimpleNamespace
+
+    state = SimpleNamespace(log_history=[{"loss": 1.0, "step": 6}, {"train_runtime": 2.0, "train_loss": 0.9}],
+                            best_metric=None, global_step=6, max_steps=6, epoch=1.0, num_input_tokens_seen=1000)
+    assert final_metrics(state, 1.0)["tokens_per_s"] == 500.0
+    resumed = final_metrics(state, 1.0, tokens_before=600)
+    assert resumed["tokens_per_s"] == 200.0 and resumed["tokens"] == 1000
 
 
 def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quick_config):
