@@ -64,7 +64,6 @@ def test_a_postgresql_url_of_either_spelling_uses_psycopg_in_utc(db_url):
         engine.dispose()
 
 
-
 def open_and_write(path: str, start) -> str:
     """One process: open the file as the service does, the moment every other process does, and write a row."""
     start.wait()
