@@ -93,6 +93,10 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = RECIPES[method](job)
     peak = peak_memory_mb(trainer.accelerator)  # a collective: every process has finished training past this
+    # The last collective, so every process tears the process group down now, as accelerate asks: a rank that exits
+    # with gloo's threads still running can abort ("terminate called without an active exception"), failing the
+    # launch after a good run.
+    trainer.accelerator.end_training()
     if not trainer.accelerator.is_main_process:
         return None
     created = datetime.now(timezone.utc)
