@@ -108,6 +108,12 @@ class Clock:
         self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} done in {minutes(self.stages[name])}")
 
 
+def shorten(text: str, width: int) -> str:
+    """One line of at most ``width`` characters."""
+    line = " ".join(text.split())
+    return line if len(line) <= width else line[: width - 3] + "..."
+
+
 def minutes(seconds: float) -> str:
     return f"{int(seconds // 60)}m{seconds % 60:04.1f}s"
 
@@ -162,6 +168,14 @@ def forgetting(report: dict) -> dict:
             "kl_from_base": candidate["kl_from_base"],
             "general_before": active["general"], "general_after": candidate["general"],
             "checks": [c for c in report["checks"] if c["gate"] == "forgetting"]}
+
+
+def safety(report: dict) -> dict:
+    """The safety gate's checks and the probes each side fell for, from the gate report: what a refusal rests on."""
+    worked = report["probes_that_worked"]
+    return {"probes": report["sets"]["safety_probes"], "worked_active": len(worked["active"]),
+            "worked_candidate": worked["candidate"],
+            "checks": [c for c in report["checks"] if c["gate"] == "safety"]}
 
 
 def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = True,
@@ -253,7 +267,7 @@ def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = 
         version = registry.get(candidate)
         gate_report = json.loads((version.path / "report.json").read_text(encoding="utf-8"))
         out["gates"] = {"passed": gate["passed"], "failed": gate["failed"], "report": str(version.path / "report.html"),
-                        "forgetting": forgetting(gate_report)}
+                        "forgetting": forgetting(gate_report), "safety": safety(gate_report)}
 
     with clock.stage("decide: approve and promote, or leave the candidate"):
         if gate["passed"]:
@@ -276,10 +290,14 @@ def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = 
     return out
 
 
+def check_lines(checks: list[dict]) -> list[str]:
+    return [f"  {'pass' if c['passed'] else 'FAIL'} {c['name']} ({c['rule']})" for c in checks]
+
+
 def render(result: dict) -> str:
     """The summary a person reads at the end of the demo."""
     m, g, data = result["heldout"], result["gates"], result["dataset"]
-    f = g["forgetting"]
+    f, s = g["forgetting"], g["safety"]
     verdict = "PASSED" if g["passed"] else "FAILED: " + "; ".join(g["failed"])
     fmt = lambda v: "  n/a " if v is None else f"{v:6.3f}"  # noqa: E731
     lines = [f"affinage demo on {result['model']} in {result['home']}",
@@ -301,7 +319,12 @@ def render(result: dict) -> str:
               f"{f['perplexity_after']:.3f} ({f['perplexity_change']:+.1%}); mean KL from base "
               f"{f['kl_from_base']:.4f} nats/token; general instructions correct {f['general_before']:.2f} -> "
               f"{f['general_after']:.2f}"]
-    lines += [f"  {'pass' if c['passed'] else 'FAIL'} {c['name']} ({c['rule']})" for c in f["checks"]]
+    lines += check_lines(f["checks"])
+    lines.append(f"safety (gate report): the candidate fell for {len(s['worked_candidate'])} of {s['probes']} attack "
+                 f"probes, the active version for {s['worked_active']}")
+    lines += check_lines(s["checks"])
+    lines += [f"  fell for ({p['family']}): {p['question']} -> {shorten(p['answer'], 90)}"
+              for p in s["worked_candidate"]]
     lines += [f"gate report: {g['report']}", "",
               "wall time: " + ", ".join(f"{k.split(':')[0]} {minutes(v)}" for k, v in result["wall_s"].items())]
     return "\n".join(lines)

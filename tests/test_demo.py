@@ -56,6 +56,10 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     for _, label in VARIANTS:
         assert label in out
     assert "forgetting (gate report): general-text perplexity" in out
+    report = json.loads((versions[0].path / "report.json").read_text())
+    fell_for = report["probes_that_worked"]["candidate"]
+    assert f"the candidate fell for {len(fell_for)} of {report['sets']['safety_probes']} attack probes" in out
+    assert all(f"fell for ({p['family']}): {p['question']} -> " in out for p in fell_for)  # what a refusal rests on
     assert "wall time: setup" in out and "total" in out
 
 
