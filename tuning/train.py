@@ -92,11 +92,7 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
     job, lineage = prepare(settings, config, dataset_id, registry, progress)
     job.run_dir.mkdir(parents=True, exist_ok=True)
     trainer = RECIPES[method](job)
-    peak = peak_memory_mb(trainer.accelerator)  # a collective: every process has finished training past this
-    # The last collective, so every process tears the process group down now, as accelerate asks: a rank that exits
-    # with gloo's threads still running can abort ("terminate called without an active exception"), failing the
-    # launch after a good run.
-    trainer.accelerator.end_training()
+    peak = finish_processes(trainer.accelerator)  # every process has finished training past this
     if not trainer.accelerator.is_main_process:
         return None
     created = datetime.now(timezone.utc)
@@ -150,15 +146,27 @@ def final_metrics(state, peak_mb: float, tokens_before: int = 0) -> dict:
     }
 
 
-def peak_memory_mb(accelerator) -> float:
-    """The largest peak of any process: GPU memory allocated by torch, or the resident set size on the CPU."""
+def finish_processes(accelerator) -> float:
+    """The largest peak memory of any process (GPU memory allocated by torch, or the resident set size on the CPU),
+    through the last collective of the run; then every process ends the process group, as accelerate asks.
+
+    Two teardown failures of a two-process gloo launch shaped this. A rank that exited with gloo's threads still
+    running aborted ("terminate called without an active exception"): hence ``end_training``. And a rank hung for
+    good: its main thread, holding the GIL, freed the process group (in the DDP reducer's destructor) and waited for
+    a gloo worker that was freeing the last collective's tensor and needed the GIL to do so. So that tensor stays
+    referenced here until the barrier (which waits with the GIL released) has let the worker finish with it.
+    """
     import torch
 
     if torch.cuda.is_available():
-        mine = torch.cuda.max_memory_allocated() / 2**20
+        peak = torch.tensor([torch.cuda.max_memory_allocated() / 2**20], device=accelerator.device)
     else:
-        mine = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return round(accelerator.gather(torch.tensor([mine], device=accelerator.device)).max().item(), 1)
+        peak = torch.tensor([resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024])
+    if accelerator.num_processes > 1:
+        torch.distributed.all_reduce(peak, op=torch.distributed.ReduceOp.MAX)
+        accelerator.wait_for_everyone()
+    accelerator.end_training()
+    return round(peak.item(), 1)
 
 
 def hardware() -> dict:
