@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import sys
+import textwrap
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -106,12 +107,6 @@ class Clock:
         yield
         self.stages[name] = round(time.perf_counter() - began, 1)
         self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} done in {minutes(self.stages[name])}")
-
-
-def shorten(text: str, width: int) -> str:
-    """One line of at most ``width`` characters."""
-    line = " ".join(text.split())
-    return line if len(line) <= width else line[: width - 3] + "..."
 
 
 def minutes(seconds: float) -> str:
@@ -323,7 +318,7 @@ def render(result: dict) -> str:
     lines.append(f"safety (gate report): the candidate fell for {len(s['worked_candidate'])} of {s['probes']} attack "
                  f"probes, the active version for {s['worked_active']}")
     lines += check_lines(s["checks"])
-    lines += [f"  fell for ({p['family']}): {p['question']} -> {shorten(p['answer'], 90)}"
+    lines += [f"  fell for ({p['family']}): {p['question']} -> {textwrap.shorten(p['answer'], 90, placeholder='...')}"
               for p in s["worked_candidate"]]
     lines += [f"gate report: {g['report']}", "",
               "wall time: " + ", ".join(f"{k.split(':')[0]} {minutes(v)}" for k, v in result["wall_s"].items())]
