@@ -35,11 +35,12 @@ test: install
 	PYTHON=$(PY) bash scripts/start-postgres.sh
 	$(PY) -m pytest -q
 
-# The long runs: many SIGKILLs of the real `affinage serve`, 16 streaming clients for 60 s on the default model,
-# and prompt injection against the real agent (the last two rewrite their sections of BENCHMARKS.md).
+# The long runs: many SIGKILLs of the real `affinage serve`, a minute of racing reviews, key creations and feedback
+# on each database, 16 streaming clients for 60 s on the default model, and prompt injection against the real agent (the last two rewrite their sections of BENCHMARKS.md).
 soak: install
 	PYTHON=$(PY) bash scripts/start-postgres.sh
 	AFFINAGE_SOAK_KILLS=20 $(PY) -m pytest -q -s -m soak tests/agent/test_crash_soak.py
+	$(PY) -m pytest -q -s -m soak tests/agent/test_race_soak.py
 	$(PY) bench/load_soak.py
 	$(PY) bench/injection.py
 

@@ -12,6 +12,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from affinage.settings import Settings, load_settings
+from affinage.workspace import secure_workspace
 from tuning.config import METHODS
 
 
@@ -147,6 +148,24 @@ def _limit_malloc_arenas(arenas: int = 2) -> None:
         pass
 
 
+# uvicorn's own limits: an idle keep-alive connection closes after KEEP_ALIVE_SECONDS (nginx's upstream
+# keepalive_timeout stays below it) and headers still incomplete past MAX_HEADER_BYTES get 400. uvicorn has no timeout
+# for headers or a body that arrive slower than promised (its keep-alive timer stops at the first byte of a
+# request): a reverse proxy bounds those (docs/deployment.md, "Slow clients").
+KEEP_ALIVE_SECONDS = 5
+MAX_HEADER_BYTES = 16 * 1024  # h11's own default, stated: a request line and headers buffered while incomplete
+
+
+def server_config(app, settings: Settings, host: str, port: int):
+    """The uvicorn Config `affinage serve` runs; h11 is pinned because uvicorn applies the header limit to h11 only."""
+    import uvicorn
+
+    return uvicorn.Config(
+        app, host=host, port=port, http="h11", log_level="warning", access_log=False,
+        timeout_keep_alive=KEEP_ALIVE_SECONDS, h11_max_incomplete_event_size=MAX_HEADER_BYTES,
+        limit_concurrency=settings.max_connections, timeout_graceful_shutdown=settings.shutdown_grace_seconds)
+
+
 def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     import uvicorn
 
@@ -168,8 +187,9 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
                 auth.revoke_key(store, name)
             print(f"  {role:8} key ({name}): {auth.create_key(store, name, role)}")
     sys.stdout.flush()
-    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False)
-    return 0
+    server = uvicorn.Server(server_config(app, settings, args.host, args.port))
+    server.run()
+    return 0 if server.started else 1  # a lifespan that failed to start: uvicorn has logged why
 
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
@@ -178,8 +198,8 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
     store = Store(settings.db_url)
     if args.action == "create":
-        key = auth.create_key(store, args.name, args.role)
-        print(f"Created {args.role} key {args.name!r}. It is shown only this once; store it now:")
+        key, row = auth.issue_key(store, args.name, args.role)  # the name stripped of surrounding whitespace
+        print(f"Created {row.role} key {row.name!r}. It is shown only this once; store it now:")
         print(key)
     elif args.action == "revoke":
         auth.revoke_key(store, args.name)
@@ -564,8 +584,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "corrections" and args.action != "list" and not args.id:
         print(f"affinage: error: corrections {args.action} needs an ID", file=sys.stderr)
         return 2
+    umask = None
     try:
         settings = load_settings(args.home)
+        # Private before any work: every file written from here on (ours, SQLite's, FAISS's, torch's) is 0600.
+        # The demo without --home makes its own temporary workspace: never create ./.affinage for it.
+        umask = secure_workspace(None if args.command == "demo" and args.home is None else settings.home)
         _quiet_libraries()
         return args.func(settings, args)
     except (ValueError, OSError) as error:  # bad input: one line, non-zero exit; bugs keep their traceback
@@ -573,6 +597,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         return 130
+    finally:
+        if umask is not None:  # for in-process callers (tests); a real command exits here anyway
+            os.umask(umask)
 
 
 if __name__ == "__main__":

@@ -95,10 +95,27 @@ class Settings(BaseSettings):
     max_items_per_user: int = Field(50, ge=1, description="Most training items one user's feedback may feed a dataset.")
     min_groundedness: float = Field(0.5, ge=0.0, le=1.0, description="Teacher answers less grounded than this are dropped.")
     rate_limit_per_minute: int = Field(60, ge=1, description="Chat requests per API key per minute.")
+    feedback_per_minute: int = Field(30, ge=1, description="Feedback posts (thumbs, corrections) per API key per minute.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message or correction, in characters.")
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
     max_queue: int = Field(8, ge=0, description="Chat requests that may wait for the model; more get 503 at once.")
+    max_in_flight_per_key: int = Field(
+        2, ge=1, description="Chat requests one API key may have in progress at once; more get 429 at once, so one key "
+        "cannot fill the queue.")
+    prompt_tokens_per_minute: int = Field(
+        12_000, ge=100, description="Prompt tokens (the client's messages that reach the model, counted by a local "
+        "model's tokenizer, else estimated at 4 characters a token) per API key per minute; over it, 429.")
+    queue_timeout_seconds: float = Field(
+        30.0, gt=0, le=3600, description="Longest wait for a local model busy with other answers; a request that "
+        "waited this long without starting gets 503.")
     max_body_bytes: int = Field(1_000_000, ge=1024, description="Largest accepted request body.")
+    max_connections: int = Field(
+        256, ge=1, description="`affinage serve`: open connections (idle keep-alive ones included) and running "
+        "requests it accepts; a request beyond either gets uvicorn's plain 503 at once. Bounds what slow or idle "
+        "clients can hold; a body that trickles in is bounded only by a reverse proxy (docs/deployment.md).")
+    shutdown_grace_seconds: int = Field(
+        60, ge=1, le=3600, description="`affinage serve` on SIGTERM: requests still open after this long (a long "
+        "stream, a client that never finishes its body) are cancelled; below systemd's 90 s stop timeout.")
     gate_tolerance: float = Field(
         0.02, ge=0.0, le=1.0, description="Golden-set token-F1, ROUGE-L, citation accuracy and groundedness may drop "
         "at most this much for a candidate to pass.")

@@ -71,6 +71,10 @@ class ContextOverflowError(ValueError):
     """The prompt plus the requested answer length does not fit the model's context window."""
 
 
+class ModelBusyError(TimeoutError):
+    """A request waited ``queue_timeout`` seconds for the model without starting: the service answers 503."""
+
+
 class LocalChatModel(BaseChatModel):
     """A transformers causal LM behind LangChain's chat-model interface, with token streaming.
 
@@ -85,6 +89,7 @@ class LocalChatModel(BaseChatModel):
     temperature: float = 0.0
     repetition_penalty: float = 1.1
     max_sentences: int = 0
+    queue_timeout: float | None = None  # longest wait for the model (its lock) before ModelBusyError; None: forever
     _model: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
     _version: str | None = PrivateAttr(default=None)
@@ -210,7 +215,10 @@ class LocalChatModel(BaseChatModel):
                 error.append(exc)
                 streamer.end()
 
-        with self._lock:
+        # Requests wait for the model here, so the queue's deadline is here too.
+        if not self._lock.acquire(timeout=-1 if self.queue_timeout is None else self.queue_timeout):
+            raise ModelBusyError(f"waited {self.queue_timeout:g} s for the model, which is busy with other answers")
+        try:
             model, served = self._model, self.served_version  # a swap waits for this request to finish
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
@@ -231,6 +239,8 @@ class LocalChatModel(BaseChatModel):
             finally:
                 cancelled.set()
                 thread.join()
+        finally:
+            self._lock.release()
         if error:
             raise error[0]
         usage = {"input_tokens": prompt_tokens, "output_tokens": generated[0], "total_tokens": prompt_tokens + generated[0]}
@@ -285,4 +295,5 @@ def load_chat_model(settings: Settings) -> BaseChatModel:
         temperature=settings.temperature,
         repetition_penalty=settings.repetition_penalty,
         max_sentences=settings.max_answer_sentences,
+        queue_timeout=settings.queue_timeout_seconds,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 
 from agent.store import Example, Feedback, Interaction, Store, utcnow
 from synth_data.filters import redact_pii
@@ -10,6 +10,10 @@ from synth_data.filters import redact_pii
 
 class UnknownCorrection(LookupError):
     pass
+
+
+class AlreadyReviewed(ValueError):
+    """Someone else reviewed the correction first (the service answers 409)."""
 
 
 def pending_corrections(store: Store) -> list[tuple[Feedback, Interaction]]:
@@ -31,14 +35,23 @@ def correction_info(feedback: Feedback, interaction: Interaction) -> dict:
 
 
 def review_correction(store: Store, feedback_id: str, approve: bool, reviewer: str) -> Example | None:
-    """Approve (into the example bank, PII redacted) or reject one pending correction, in one transaction."""
+    """Approve (into the example bank, PII redacted) or reject one pending correction, in one transaction.
+
+    The review is claimed by a conditional UPDATE, the transaction's first statement, and the example is added in the
+    same transaction: of reviewers racing on one correction exactly one wins (SQLite's write lock, PostgreSQL's row
+    lock and re-check), the others get AlreadyReviewed, and the bank holds an example only if the review says approved.
+    """
     with store.session() as session:
+        claimed = session.execute(
+            update(Feedback)
+            .where(Feedback.id == feedback_id, Feedback.review.is_(None), Feedback.correction.is_not(None))
+            .values(review="approved" if approve else "rejected", reviewed_by=reviewer, reviewed_at=utcnow())
+            .execution_options(synchronize_session=False))
         feedback = session.get(Feedback, feedback_id)
-        if feedback is None or feedback.correction is None:
-            raise UnknownCorrection(f"no correction with id {feedback_id!r}")
-        if feedback.review is not None:
-            raise ValueError(f"correction {feedback_id!r} was already {feedback.review} by {feedback.reviewed_by}")
-        feedback.review, feedback.reviewed_by, feedback.reviewed_at = ("approved" if approve else "rejected"), reviewer, utcnow()
+        if claimed.rowcount != 1:
+            if feedback is None or feedback.correction is None:
+                raise UnknownCorrection(f"no correction with id {feedback_id!r}")
+            raise AlreadyReviewed(f"correction {feedback_id!r} was already {feedback.review} by {feedback.reviewed_by}")
         if not approve:
             return None
         interaction = session.get(Interaction, feedback.interaction_id)

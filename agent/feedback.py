@@ -16,13 +16,26 @@ class UnknownInteraction(LookupError):
     pass
 
 
+class NotYourInteraction(PermissionError):
+    pass
+
+
 def record_feedback(store: Store, interaction_id: str, rating: str, correction: str | None = None,
-                    comment: str | None = None, user: str | None = None) -> Feedback:
-    """Store one feedback row and refresh the interaction's feedback signals from all its feedback."""
+                    comment: str | None = None, user: str | None = None, owner_only: bool = False) -> Feedback:
+    """Store one feedback row and refresh the interaction's feedback signals from all its feedback.
+
+    With ``owner_only`` (the API, for callers below operator) only the user the interaction answered may judge it,
+    so nobody can put "corrections" of someone else's conversation into the operator's queue.
+    """
     with store.session() as session:
-        interaction = session.get(Interaction, interaction_id)
+        # The row lock serialises feedback on one interaction: without it, two writers on PostgreSQL each recompute
+        # the signals from the feedback they can see, and the later one drops the other's (SQLite has one writer).
+        interaction = session.get(Interaction, interaction_id, with_for_update=True)
         if interaction is None:
             raise UnknownInteraction(f"no interaction with id {interaction_id!r}")
+        if owner_only and interaction.user != user:
+            raise NotYourInteraction(f"interaction {interaction_id!r} answered another user; only that user or an "
+                                     "operator may give feedback on it")
         row = Feedback(interaction_id=interaction_id, rating=rating, correction=correction, comment=comment, user=user)
         session.add(row)
         session.flush()

@@ -122,8 +122,25 @@ def test_keys_create_list_revoke(home, capsys):
     assert main(["--home", str(home), "keys", "list", "--json"]) == 0
     listed = capsys.readouterr().out
     assert json.loads(listed)[0]["name"] == "olga" and key not in listed
-    assert main(["--home", str(home), "keys", "create", "--role", "agent", "--name", "olga"]) == 1
-    assert "already exists" in capsys.readouterr().err
+    assert main(["--home", str(home), "keys", "create", "--role", "agent", "--name", " olga "]) == 1
+    assert "a key named 'olga' already exists" in capsys.readouterr().err  # names are stripped
+    assert main(["--home", str(home), "keys", "create", "--role", "agent", "--name", "  "]) == 1
+    assert "a key needs a non-empty name" in capsys.readouterr().err
+    assert main(["--home", str(home), "keys", "create", "--role", "agent", "--name", " ann\t"]) == 0
+    assert "Created agent key 'ann'." in capsys.readouterr().out
     assert main(["--home", str(home), "keys", "revoke", "olga"]) == 0
     assert authenticate(Store(f"sqlite:///{home / 'affinage.db'}"), key) is None
     assert main(["--home", str(home), "keys", "revoke", "olga"]) == 1
+
+
+def test_serve_runs_uvicorn_with_its_limits(tmp_path):
+    from affinage.cli import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES, server_config
+    from affinage.settings import load_settings
+
+    settings = load_settings(tmp_path, max_connections=40, shutdown_grace_seconds=7)
+    config = server_config(object(), settings, "127.0.0.1", 8123)
+    assert (config.host, config.port, config.http) == ("127.0.0.1", 8123, "h11")
+    assert config.limit_concurrency == 40 and config.timeout_graceful_shutdown == 7
+    assert config.timeout_keep_alive == KEEP_ALIVE_SECONDS == 5
+    assert config.h11_max_incomplete_event_size == MAX_HEADER_BYTES
+    assert load_settings(tmp_path).max_connections > load_settings(tmp_path).max_queue  # the app's JSON 503 comes first

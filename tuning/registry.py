@@ -233,8 +233,8 @@ class Registry:
         version = self.get(version_id)
         if version.state not in GATEABLE:
             raise RegistryError(f"version {version_id} is {version.state}; only candidates are gated")
-        self._set_lifecycle(version, "gated-passed" if passed else "gated-failed",
-                            {"passed": passed, "at": now(), **summary}, "gated", actor, {"passed": passed})
+        self._set_lifecycle(version, "gated-passed" if passed else "gated-failed", "gated", actor, {"passed": passed},
+                            gate={"passed": passed, "at": now(), **summary})
         return self.get(version_id)
 
     def decide(self, version_id: str, approve: bool, actor: str, comment: str,
@@ -255,8 +255,8 @@ class Registry:
         details = {"comment": comment.strip()}
         if approve and version.state == "gated-failed":
             details["override_reason"] = override_reason.strip()
-        self._set_lifecycle(version, "approved" if approve else "rejected", version.gate,
-                            "approved" if approve else "rejected", actor, details)
+        self._set_lifecycle(version, "approved" if approve else "rejected", "approved" if approve else "rejected",
+                            actor, details)
         return self.get(version_id)
 
     def promote(self, version_id: str, actor: str) -> Version:
@@ -300,14 +300,20 @@ class Registry:
             state = row.state
         return Version(row.id, state, row.manifest, self.versions / row.id, row.state, row.gate)
 
-    def _set_lifecycle(self, version: Version, state: str, gate: dict | None, action: str, actor: str,
-                       details: dict) -> None:
+    def _set_lifecycle(self, version: Version, state: str, action: str, actor: str, details: dict,
+                       gate: dict | None = None) -> None:
         """Move the version's lifecycle and log it in one transaction, only if nobody moved or promoted it since it was
-        read (a reject racing a promotion must not leave the serving version marked rejected)."""
+        read (a reject racing a promotion must not leave the serving version marked rejected).
+
+        A new ``gate`` verdict replaces the stored one. A decision (no ``gate``) leaves the verdict alone and also
+        requires it to be the one that was read: re-gating keeps a version gated-passed, so the state alone would let an
+        approval of the old verdict through and write that verdict back over the new one."""
+        seen = (version.gate or {}).get("at") if gate is None else None
         with self.store.session() as session:
             moved = session.execute(update(RegistryVersion)
-                                    .where(RegistryVersion.id == version.id, RegistryVersion.state == version.lifecycle)
-                                    .values(state=state, gate=gate))
+                                    .where(RegistryVersion.id == version.id, RegistryVersion.state == version.lifecycle,
+                                           *([RegistryVersion.gate["at"].as_string() == seen] if seen else []))
+                                    .values(state=state, **({"gate": gate} if gate is not None else {})))
             if moved.rowcount != 1:
                 raise RegistryError(f"version {version.id} changed while this was being decided (someone else "
                                     "gated or decided it): look at it again")

@@ -2,29 +2,42 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import threading
 import time
 import uuid
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Iterator, Literal
 
+import anyio
+import fastapi_offline
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import FileResponse, Response, StreamingResponse
 from fastapi.staticfiles import StaticFiles
 from langchain_core.messages import AIMessage, BaseMessage, HumanMessage
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
 from affinage.settings import Settings
-from agent.chat_model import ContextOverflowError
+from agent.chat_model import ContextOverflowError, ModelBusyError
 from agent.corrections import UnknownCorrection, correction_info, pending_corrections, review_correction
-from agent.feedback import UnknownInteraction, record_feedback
-from agent.pipeline import Answer, SupportAgent
+from agent.feedback import NotYourInteraction, UnknownInteraction, record_feedback
+from agent.pipeline import MAX_HISTORY_TURNS, Answer, SupportAgent
 from agent.service import auth
-from agent.service.errors import APIError, error_body, install_error_handlers
-from agent.service.limits import BodySizeLimit, GenerationQueue, RateLimiter
+from agent.service.errors import APIError, error_body, error_response, install_error_handlers
+from agent.service.limits import (
+    BUSY_RETRY_AFTER_S,
+    BodySizeLimit,
+    GenerationQueue,
+    KeyConcurrency,
+    RateLimiter,
+    TokenBudget,
+    prompt_tokens,
+)
 from agent.service.observability import Metrics
 from agent.service.operator import operator_routes
 from agent.service.schemas import (
@@ -46,11 +59,23 @@ DEFAULT_MODEL = "default"
 # images and their one stylesheet is allowed by hash.
 OPERATOR_CSP = (f"default-src 'self'; img-src 'self' data:; style-src 'self' {REPORT_STYLE_HASH}; "
                 "frame-ancestors 'none'; base-uri 'none'; form-action 'self'")
+# Metric labels come from closed sets, so no client can grow /metrics: HTTP's methods, else "other".
+HTTP_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
+MAX_LOGGED_PATH = 200
+
+# Swagger UI styles its elements inline; the rest of its page is ours.
+DOCS_CSP = ("default-src 'self'; img-src 'self' data:; style-src 'self' 'unsafe-inline'; frame-ancestors 'none'; "
+            "base-uri 'none'; form-action 'self'")
+SWAGGER_ASSETS = Path(fastapi_offline.__file__).parent / "static"
 SECURITY_HEADERS = {
     "Content-Security-Policy": "default-src 'self'; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
     "X-Content-Type-Options": "nosniff",
     "Referrer-Policy": "no-referrer",
 }
+
+
+def method_label(method: str) -> str:
+    return method if method in HTTP_METHODS else "other"
 
 
 def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI:
@@ -62,6 +87,9 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     store = agent.store
     metrics = Metrics()
     limiter = RateLimiter(settings.rate_limit_per_minute)
+    prompt_budget = TokenBudget(settings.prompt_tokens_per_minute)
+    in_flight = KeyConcurrency(settings.max_in_flight_per_key)
+    feedback_limiter = RateLimiter(settings.feedback_per_minute)
     queue = GenerationQueue(settings.max_queue)
     started = time.time()
 
@@ -74,7 +102,7 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
         if agent.watcher:
             agent.watcher.stop()
 
-    app = FastAPI(title="affinage", version="0.1.0", lifespan=follow_promotions,
+    app = FastAPI(title="affinage", version="0.1.0", lifespan=follow_promotions, docs_url=None, redoc_url=None,
                   description="A support assistant with an OpenAI-compatible API.")
     app.state.agent, app.state.metrics, app.state.queue = agent, metrics, queue
     install_error_handlers(app)
@@ -104,18 +132,25 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
 
     @app.middleware("http")
     async def observe(request: Request, call_next):
-        route = request.url.path
+        """Count, time and log every request, and answer any exception that escapes a route with a 500 in OpenAI's
+        shape here, inside the counting, rather than as Starlette's plain-text page that nothing records."""
         begun = time.perf_counter()
-        response = await call_next(request)
+        try:
+            response = await call_next(request)
+        except Exception:
+            log.exception("unhandled error", extra={"method": method_label(request.method),
+                                                    "path": request.url.path[:MAX_LOGGED_PATH]})
+            response = error_response(500, "internal error; it was logged", "internal_error")
         for name, value in SECURITY_HEADERS.items():  # a route may set a stricter or wider CSP of its own
             response.headers.setdefault(name, value)
         elapsed = time.perf_counter() - begun
-        known = request.scope.get("route")
-        label = getattr(known, "path", "other")
-        metrics.requests.labels(label, request.method, str(response.status_code)).inc()
+        label = getattr(request.scope.get("route"), "path", "other")  # a route's template: a closed set
+        method = method_label(request.method)
+        metrics.requests.labels(label, method, str(response.status_code)).inc()
         metrics.latency.labels(label).observe(elapsed)
-        log.info("request", extra={"method": request.method, "path": route, "status": response.status_code,
-                                   "duration_s": round(elapsed, 4), "caller": getattr(request.state, "caller", None)})
+        log.info("request", extra={"method": method, "path": request.url.path[:MAX_LOGGED_PATH],
+                                   "status": response.status_code, "duration_s": round(elapsed, 4),
+                                   "caller": getattr(request.state, "caller", None)})
         return response
 
     # --- chat ------------------------------------------------------------------------------------------
@@ -131,6 +166,8 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     def parse_chat(body: ChatRequest) -> tuple[str, list[BaseMessage], int | None]:
         if body.model not in (None, DEFAULT_MODEL, *model_ids()):
             raise APIError(404, f"model {body.model!r} does not exist; GET /v1/models lists them", "model_not_found", "model")
+        if body.n is not None and body.n > 1:
+            raise APIError(400, f"n is {body.n}; affinage answers with one choice, so n must be 1", "n_not_supported", "n")
         turns = [m for m in body.messages if m.role in ("user", "assistant")]  # the system prompt is ours
         if not turns or turns[-1].role != "user":
             raise APIError(400, "the last message must come from the user", "invalid_messages", "messages")
@@ -165,28 +202,64 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
 
     @app.post("/v1/chat/completions", tags=["openai"])
     async def chat_completions(body: ChatRequest, request: Request, who: auth.Caller = Depends(require("agent"))):
+        """Admit the request past the key's limits (requests in flight, requests and prompt tokens per minute) and the
+        queue, then answer, whole or streamed; a request that waits past ``queue_timeout_seconds`` for the model gets
+        503, and, like one refused by the queue or too long for the context, its prompt tokens are refunded.
+
+        When the client goes away, generation stops (a non-streamed request notices at the next piece of the answer)
+        and the interaction is not logged: the log holds answers that were delivered, and an abandoned one logged as
+        answered would feed the failure detectors and training with an answer nobody read."""
         question, history, max_tokens = parse_chat(body)
-        for reason, admit in (("rate_limit", lambda: limiter.check(who.name)), ("queue_full", queue.enter)):
+        key = who.name
+
+        def admit(reason: str, take) -> None:
             try:
-                admit()
+                take()
             except APIError:
                 metrics.rejected.labels(reason).inc()
                 raise
+
+        admit("in_flight", lambda: in_flight.enter(key))  # first: a refused request costs no budget
+        try:
+            admit("rate_limit", lambda: limiter.check(key))
+            messages = [*history[-2 * MAX_HISTORY_TURNS:], HumanMessage(question)]  # what the pipeline sends the model
+            tokens = await run_in_threadpool(prompt_tokens, messages, getattr(agent.llm, "count_tokens", None))
+            admit("prompt_tokens", lambda: prompt_budget.charge(key, tokens))
+            try:
+                admit("queue_full", queue.enter)
+            except APIError:
+                prompt_budget.refund(key, tokens)
+                raise
+        except BaseException:
+            in_flight.leave(key)
+            raise
         metrics.queue_depth.set(queue.depth)
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         begun = time.perf_counter()
-        stream = agent.stream(question, history, channel="api", user=who.name, conversation_id=body.conversation_id,
+        stream = agent.stream(question, history, channel="api", user=key, conversation_id=body.conversation_id,
                               max_tokens=max_tokens, temperature=body.temperature)
+        once = threading.Lock()
 
         def release() -> None:
-            """Stop generating (if still running) and give the queue slot back."""
+            """Stop generating (if still running) and give the slots back, once however many paths call it."""
+            if not once.acquire(blocking=False):
+                return
             stream.close()
             queue.leave()
+            in_flight.leave(key)
             metrics.queue_depth.set(queue.depth)
 
         try:
             first = await run_in_threadpool(first_item, stream)
+        except (ModelBusyError, APIError) as error:  # refused before the model read the prompt: its tokens are refunded
+            release()
+            prompt_budget.refund(key, tokens)
+            if isinstance(error, APIError):  # the prompt does not fit the model's context
+                raise
+            metrics.rejected.labels("queue_timeout").inc()
+            raise APIError(503, f"{error}; retry shortly", "queue_timeout",
+                           headers={"Retry-After": str(BUSY_RETRY_AFTER_S)}) from None
         except BaseException:
             release()
             raise
@@ -197,13 +270,28 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
             metrics.tokens.inc(usage_of(result)["completion_tokens"])
 
         if not body.stream:
+            gone = asyncio.Event()
+
+            async def watch() -> None:
+                """Wait for the client to hang up: ``request.is_disconnected()`` never sees it through the http
+                middleware's receive, so listen the way StreamingResponse does."""
+                while (await request.receive())["type"] != "http.disconnect":
+                    pass
+                gone.set()
+
+            watcher = asyncio.ensure_future(watch())
             try:
                 result = first if isinstance(first, Answer) else None
-                while result is None:
+                while result is None and not gone.is_set():  # nobody will read the answer: stop making it
                     item = await run_in_threadpool(next, stream)
                     result = item if isinstance(item, Answer) else None
             finally:
+                watcher.cancel()
                 release()
+            if result is None:
+                log.info("client went away; generation stopped", extra={"completion_id": completion_id, "caller": key})
+                raise APIError(499, "the client closed the connection before the answer was ready",
+                               "client_closed_request")
             finish(result)
             return {
                 "id": completion_id, "object": "chat.completion", "created": created, "model": result.model,
@@ -233,9 +321,12 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                 log.exception("generation failed mid-stream", extra={"completion_id": completion_id})
                 yield f"data: {json.dumps(error_body(500, 'generation failed; the answer is incomplete', 'generation_failed'))}\n\n"
             finally:
-                await run_in_threadpool(release)
+                with anyio.CancelScope(shield=True):  # a client that hangs up cancels this task: still give back
+                    await run_in_threadpool(release)
 
-        return StreamingResponse(events(), media_type="text/event-stream",
+        # A hang-up cancels the response, which can leave events() suspended at a yield until the garbage collector
+        # closes it: the response's background task gives the slots back when it ends, whatever ended it.
+        return StreamingResponse(events(), media_type="text/event-stream", background=BackgroundTask(release),
                                  headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
 
     # --- feedback --------------------------------------------------------------------------------------
@@ -249,11 +340,19 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                 raise APIError(400, f"{field} has {len(value)} characters; the limit is {settings.max_message_chars}",
                                f"{field}_too_long", field)
         try:
+            feedback_limiter.check(who.name)
+        except APIError:
+            metrics.rejected.labels("feedback_rate_limit").inc()
+            raise
+        try:
             row = record_feedback(store, body.interaction_id, body.rating, user=who.name,
                                   correction=body.correction.strip() if body.correction else None,
-                                  comment=body.comment.strip() if body.comment else None)
+                                  comment=body.comment.strip() if body.comment else None,
+                                  owner_only=not who.can("operator"))
         except UnknownInteraction as error:
             raise APIError(404, str(error), "interaction_not_found", "interaction_id") from None
+        except NotYourInteraction as error:
+            raise APIError(403, str(error), "not_your_interaction", "interaction_id") from None
         metrics.feedback.labels(body.rating, str(bool(body.correction)).lower()).inc()
         return FeedbackResponse(id=row.id, interaction_id=row.interaction_id, rating=row.rating)
 
@@ -285,11 +384,12 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     @app.post("/api/admin/keys", status_code=201, response_model=CreatedKey, tags=["admin"])
     def new_key(body: KeyRequest, who: auth.Caller = Depends(require("admin"))) -> dict:
         try:
-            key = auth.create_key(store, body.name, body.role)
-        except ValueError as error:
+            key, row = auth.issue_key(store, body.name, body.role)
+        except auth.InvalidKey as error:
+            raise APIError(400, str(error), f"invalid_key_{error.param}", error.param) from None
+        except auth.KeyNameTaken as error:
             raise APIError(409, str(error), "key_exists", "name") from None
-        log.info("key created", extra={"key_name": body.name, "role": body.role, "by": who.name})
-        row = next(r for r in auth.list_keys(store) if r.name == body.name)
+        log.info("key created", extra={"key_name": row.name, "role": row.role, "by": who.name})
         return {**auth.key_info(row), "key": key}
 
     @app.delete("/api/admin/keys/{name}", status_code=204, tags=["admin"])
@@ -321,6 +421,12 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
         return FileResponse(STATIC / "operator.html", headers={"Cache-Control": "no-cache",
                                                                "Content-Security-Policy": OPERATOR_CSP})
 
+    @app.get("/docs", include_in_schema=False)
+    def api_docs() -> FileResponse:
+        """Swagger UI, from files served here (FastAPI's own page loads them from a CDN, which the CSP blocks)."""
+        return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": DOCS_CSP})
+
+    app.mount("/static/docs-assets", StaticFiles(directory=SWAGGER_ASSETS), name="docs-assets")
     if STATIC.is_dir():
         app.mount("/static", StaticFiles(directory=STATIC), name="static")
     return app

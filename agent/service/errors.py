@@ -7,9 +7,13 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-_TYPES = {400: "invalid_request_error", 401: "authentication_error", 403: "permission_error", 404: "not_found_error",
-          405: "invalid_request_error", 413: "invalid_request_error", 415: "invalid_request_error",
-          422: "invalid_request_error", 429: "rate_limit_error", 503: "overloaded_error"}
+# OpenAI's error types; any other 4xx is the client's (invalid_request_error), any other 5xx the server's (api_error).
+_TYPES = {401: "authentication_error", 403: "permission_error", 404: "not_found_error", 429: "rate_limit_error",
+          503: "overloaded_error"}
+
+
+def error_type(status: int) -> str:
+    return _TYPES.get(status, "invalid_request_error" if 400 <= status < 500 else "api_error")
 
 
 class APIError(Exception):
@@ -20,7 +24,7 @@ class APIError(Exception):
 
 
 def error_body(status: int, message: str, code: str | None = None, param: str | None = None) -> dict:
-    return {"error": {"message": message, "type": _TYPES.get(status, "api_error"), "param": param, "code": code}}
+    return {"error": {"message": message, "type": error_type(status), "param": param, "code": code}}
 
 
 def error_response(status: int, message: str, code: str | None = None, param: str | None = None,

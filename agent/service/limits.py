@@ -1,14 +1,33 @@
-"""Per-key rate limits, a bounded generation queue and a body size limit, so overload and oversized requests are
-answered at once instead of hanging or filling memory."""
+"""Per-key rate limits (requests, prompt tokens, requests in flight), a bounded generation queue and a body size limit,
+so overload, one greedy key and oversized requests are answered at once instead of hanging or filling memory."""
 
 from __future__ import annotations
 
+import math
 import threading
 import time
 from contextlib import contextmanager
-from typing import Iterator
+from typing import Callable, Iterator
 
 from agent.service.errors import APIError, error_response
+
+# Seconds a refused request is told to wait when the model is busy: about one short answer on CPU.
+BUSY_RETRY_AFTER_S = 2
+# Prompt tokens are estimated at 4 characters each when the model cannot count them itself: OpenAI's rule of thumb,
+# and SmolLM2's tokenizer averages 3.8-4.2 on English prose and code (digits and non-Latin scripts cost more).
+CHARS_PER_TOKEN = 4
+
+
+def estimate_tokens(*texts: str) -> int:
+    return sum(math.ceil(len(text) / CHARS_PER_TOKEN) for text in texts)
+
+
+def prompt_tokens(messages: list, count: Callable[[list], int] | None = None) -> int:
+    """What the prompt budget charges for ``messages``: ``count`` (a local model's own tokenizer and chat template,
+    exact and cheap) when the model has one, else the character estimate."""
+    if count is not None:
+        return int(count(messages))
+    return estimate_tokens(*(m.content if isinstance(m.content, str) else str(m.content) for m in messages))
 
 
 class RateLimiter:
@@ -34,6 +53,72 @@ class RateLimiter:
             self._buckets[key] = (tokens - 1.0, now)
 
 
+class TokenBudget:
+    """A token bucket per key holding ``per_minute`` prompt tokens, refilled continuously; each request is charged its
+    prompt tokens. A request larger than the whole bucket is let through when the bucket is full and leaves it in debt
+    (it is refused later by the model's context, not here forever); a refusal names the wait for the refill."""
+
+    def __init__(self, per_minute: int, clock=time.monotonic):
+        self.capacity = float(per_minute)
+        self.rate = per_minute / 60.0
+        self.clock = clock
+        self._buckets: dict[str, tuple[float, float]] = {}
+        self._lock = threading.Lock()
+
+    def _level(self, key: str, now: float) -> float:
+        tokens, last = self._buckets.get(key, (self.capacity, now))
+        return min(self.capacity, tokens + (now - last) * self.rate)
+
+    def charge(self, key: str, tokens: int) -> None:
+        with self._lock:
+            now = self.clock()
+            level = self._level(key, now)
+            needed = min(float(tokens), self.capacity)
+            if level < needed:
+                retry = max(1, math.ceil((needed - level) / self.rate))
+                self._buckets[key] = (level, now)
+                raise APIError(429, f"this request has {tokens} prompt tokens and the key's budget of "
+                               f"{int(self.capacity)} prompt tokens per minute has {max(0, int(level))} left",
+                               "prompt_tokens_exceeded", headers={"Retry-After": str(retry)})
+            self._buckets[key] = (level - tokens, now)
+
+    def refund(self, key: str, tokens: int) -> None:
+        """Give back the charge of a request refused before the model read its prompt (queue full, queue deadline,
+        prompt over the model's context): the budget is for the model's work."""
+        with self._lock:
+            now = self.clock()
+            self._buckets[key] = (min(self.capacity, self._level(key, now) + tokens), now)
+
+
+class KeyConcurrency:
+    """At most ``max_per_key`` requests of one key in flight: one key cannot fill the queue and hold the model while
+    other keys wait. More get 429 at once."""
+
+    def __init__(self, max_per_key: int):
+        self.max_per_key = max_per_key
+        self._counts: dict[str, int] = {}
+        self._lock = threading.Lock()
+
+    def enter(self, key: str) -> None:
+        with self._lock:
+            count = self._counts.get(key, 0)
+            if count >= self.max_per_key:
+                raise APIError(429, f"this key already has {count} requests in progress, the most allowed; wait for "
+                               "one to finish", "too_many_concurrent_requests",
+                               headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
+            self._counts[key] = count + 1
+
+    def leave(self, key: str) -> None:
+        with self._lock:
+            count = self._counts.pop(key, 0) - 1
+            if count > 0:  # idle keys take no room
+                self._counts[key] = count
+
+    def in_flight(self, key: str) -> int:
+        with self._lock:
+            return self._counts.get(key, 0)
+
+
 class GenerationQueue:
     """Admits one running generation plus ``max_waiting`` queued ones; the rest get 503 with Retry-After."""
 
@@ -51,7 +136,7 @@ class GenerationQueue:
         with self._lock:
             if self.in_flight >= self.capacity:
                 raise APIError(503, f"the assistant is busy ({self.in_flight} requests in progress); retry shortly",
-                               "server_overloaded", headers={"Retry-After": "2"})
+                               "server_overloaded", headers={"Retry-After": str(BUSY_RETRY_AFTER_S)})
             self.in_flight += 1
 
     def leave(self) -> None:

@@ -40,6 +40,7 @@ class ChatRequest(BaseModel):
     max_tokens: int | None = Field(None, ge=1)
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
+    n: int | None = Field(None, ge=1, description="Choices to generate: only 1 is supported; more is refused with 400.")
     user: str | None = Field(None, max_length=200)
     conversation_id: str | None = Field(None, max_length=64, description="affinage extension: groups turns in the log.")
 

@@ -17,7 +17,8 @@ from retrieval.index import ingest
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings
 
-PUBLIC = {"/", "/operator", "/healthz", "/openapi.json", "/docs", "/docs/oauth2-redirect", "/redoc", "/static"}
+PUBLIC = {"/", "/operator", "/healthz", "/openapi.json", "/docs", "/static", "/static/docs-assets"}
+MOUNTS = {"/static", "/static/docs-assets"}
 ROLE_BY_PREFIX = (("/v1/", "agent"), ("/api/feedback", "agent"), ("/api/operator/", "operator"),
                   ("/metrics", "operator"), ("/api/admin/", "admin"))
 WEAKER = {"agent": None, "operator": "agent", "admin": "operator"}
@@ -79,7 +80,8 @@ def test_every_route_is_public_or_needs_a_key_of_the_right_role(app_and_keys):
                 assert response.json()["error"]["type"] == "permission_error", where
             response = client.request(method, path, headers=bearer(keys[role]))
             assert response.status_code not in (401, 403), (where, response.text[:200])
-        for path in sorted(PUBLIC - {"/static"}) + ["/static/chat.js", "/static/operator.js"]:
+        for path in sorted(PUBLIC - MOUNTS) + ["/static/chat.js", "/static/operator.js",
+                                               "/static/docs-assets/swagger-ui-bundle.js"]:
             assert client.get(path).status_code == 200, path
 
 

@@ -116,6 +116,26 @@ def test_planted_pii_never_reaches_a_dataset(seeded):
         assert planted not in text
 
 
+def test_ssn_dotted_card_and_spelled_email_reach_no_dataset_file(seeded):
+    """Issue 21: these formats reached sft, kto, preference and heldout in clear."""
+    ssn, card, email = "123-45-6789", "4111.1111.1111.1111", "bob.pii at example dot com"
+    asked = seeded.ask(f"Can I get a refund on my annual plan? My SSN is {ssn}, write to {email}", user="dee")
+    record_feedback(seeded.store, asked.interaction_id, "down",
+                    correction=f"Annual plans are refundable within 30 days: we refunded card {card} and wrote to "
+                               f"{email} (SSN {ssn} on file).")
+    manifest = run(seeded, paraphrases=2).manifest
+    folder = seeded.settings.datasets_dir / manifest["id"]
+    assert all(manifest["counts"][kind] for kind in ("sft", "kto", "preference", "heldout")), manifest["counts"]
+    texts = {path.name: path.read_text(encoding="utf-8") for path in folder.iterdir()}
+    assert {"sft.jsonl", "kto.jsonl", "preference.jsonl", "heldout.jsonl"} <= set(texts)
+    for name, text in texts.items():
+        for planted in (ssn, card, email, "bob.pii", "45-6789", "1111.1111", "example dot com"):
+            assert planted not in text, (name, planted)
+    held = [row["answer"] for row in rows(manifest, seeded.settings, "heldout")]
+    assert "refunded card [CARD] and wrote to [EMAIL] (SSN [SSN] on file)." in " ".join(held)
+    assert {"ssn", "card", "email"} <= set(manifest["filters"]["pii_redacted"])
+
+
 def test_near_copy_of_a_golden_question_is_removed(seeded, tmp_path):
     golden = tmp_path / "golden.jsonl"
     golden.write_text(json.dumps({"question": "are monthly plans ever refunded", "answer": "No."}) + "\n")

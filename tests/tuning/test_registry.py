@@ -164,6 +164,57 @@ def test_a_reject_racing_a_promotion_loses_and_the_serving_version_keeps_its_app
     assert_consistent(first)
 
 
+def test_an_approval_racing_a_new_gate_verdict_loses_and_the_new_verdict_stays(tmp_path, db_url):
+    """Operator 1 reads a passed verdict to approve it, the gates run again meanwhile and pass with another report:
+    the state alone has not moved, yet the approval was of the old verdict, so it fails and the new verdict stays."""
+    first, second = (Registry(tmp_path / "registry", Store(db_url)) for _ in range(2))
+    passed(first, add_version(first, "a"))
+
+    def get_while_the_gates_run_again(version_id: str, pointer=None):
+        version = Registry.get(first, version_id, pointer)
+        del first.get  # once
+        second.record_gate(version_id, True, {"report": "report-2.json"})
+        return version
+
+    first.get = get_while_the_gates_run_again
+    with pytest.raises(RegistryError, match="changed while this was being decided"):
+        first.decide("a", approve=True, actor="operator-1", comment="better on billing")
+    version = first.get("a")
+    assert (version.state, version.gate["report"]) == ("gated-passed", "report-2.json")
+    assert [e["action"] for e in first.events()] == ["registered", "gated", "gated"]
+    first.decide("a", approve=True, actor="operator-1", comment="better on billing")  # of the verdict now stored
+    assert (first.get("a").state, first.get("a").gate["report"]) == ("approved", "report-2.json")
+
+
+def test_parallel_decisions_on_one_version_leave_one_decision(tmp_path, db_url):
+    """Approvals and rejections at once, one engine each: one wins, the rest are told, one decision is logged."""
+    import threading
+
+    registries = [Registry(tmp_path / "registry", Store(db_url)) for _ in range(6)]
+    passed(registries[0], add_version(registries[0], "a"))
+    barrier, outcomes = threading.Barrier(len(registries)), [None] * len(registries)
+
+    def decide(n: int) -> None:
+        barrier.wait()
+        try:
+            outcomes[n] = registries[n].decide("a", n % 2 == 0, actor=f"op{n}", comment="looked at it").state
+        except RegistryError as error:
+            outcomes[n] = error
+
+    threads = [threading.Thread(target=decide, args=(n,)) for n in range(len(registries))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=60)
+    won = [o for o in outcomes if isinstance(o, str)]
+    assert len(won) == 1 and sum(isinstance(o, RegistryError) for o in outcomes) == len(registries) - 1, outcomes
+    assert registries[0].get("a").state == won[0]
+    decisions = [e for e in registries[0].events() if e["action"] in ("approved", "rejected")]
+    assert [e["action"] for e in decisions] == [won[0]]
+    for registry in registries:
+        registry.store.close()
+
+
 RACE = """
 import sys, time
 from pathlib import Path
