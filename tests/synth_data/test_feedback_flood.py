@@ -44,7 +44,8 @@ def words(rng: random.Random, n: int) -> str:
 
 
 def test_a_flood_of_poisoned_corrections_is_capped_in_every_kind_and_contributors_are_shown(home, kb):
-    settings = load_settings(home, rate_limit_per_minute=100_000, max_items_per_user=CAP, paraphrases=2)
+    settings = load_settings(home, rate_limit_per_minute=100_000, feedback_per_minute=100_000, max_items_per_user=CAP,
+                             paraphrases=2)  # the rate limits are not under test here: the dataset cap is
     embeddings = HashEmbeddings()
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
     agent = build_agent(settings, llm=FakeListChatModel(responses=["We never refund."]), embeddings=embeddings)
