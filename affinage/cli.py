@@ -269,12 +269,18 @@ def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_datasets(settings: Settings, args: argparse.Namespace) -> int:
     from synth_data.datasets import list_datasets
 
-    manifests = list_datasets(settings.datasets_dir)
+    manifests = list_datasets(settings.datasets_dir, include_superseded=True)
     if args.json:
         print(json.dumps(manifests))
     for m in [] if args.json else manifests:
+        if "erased_at" in m:  # a tombstone: an erasure removed its rows
+            removed = " ".join(f"{kind}={n}" for kind, n in m.get("removed", {}).items())
+            print(f"{m['id']}  {m['created_at'][:19]}  superseded by {m.get('superseded_by') or 'nothing'} "
+                  f"after an erasure ({m['erased_at'][:19]}; removed {removed})")
+            continue
         counts = " ".join(f"{kind}={n}" for kind, n in m["counts"].items())
-        print(f"{m['id']}  {m['created_at'][:19]}  {counts}  base={m['base_model']}  teacher={m['teacher']}")
+        supersedes = f"  supersedes={m['supersedes']}" if m.get("supersedes") else ""
+        print(f"{m['id']}  {m['created_at'][:19]}  {counts}  base={m['base_model']}  teacher={m['teacher']}{supersedes}")
     return 0
 
 
@@ -315,7 +321,7 @@ def cmd_models(settings: Settings, args: argparse.Namespace) -> int:
         m = v["metrics"]
         print(f"{v['id']:40} {v['state']:12} train loss {_fmt(m.get('train_loss')):>7}  "
               f"val loss {_fmt(m.get('best_validation_loss')):>7}  {_fmt(m.get('tokens_per_s')):>6} tok/s  "
-              f"data {','.join(v['datasets'])}")
+              f"data {','.join(v['datasets'])}" + ("  trained on erased data" if v["trained_on_erased_data"] else ""))
     return 0
 
 
@@ -431,6 +437,70 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
+    from affinage.erasure import KINDS, Selector, SelectorError, check, forget, reapply
+    from agent.store import Store
+
+    given = {kind: getattr(args, kind) for kind in KINDS if getattr(args, kind) is not None}
+    try:
+        if args.reapply and (given or args.check):
+            raise SelectorError("--reapply replays every recorded erasure: give it no selector and no --check")
+        selector = None if args.reapply else Selector(**given)
+    except SelectorError as error:
+        print(f"affinage: error: forget: {error} (use --customer, --conversation, --interaction or --matching)",
+              file=sys.stderr)
+        return 2
+    store = Store(settings.db_url)
+    actor = f"cli:{getpass.getuser()}"
+    say = None if args.json else (lambda message: print(message, file=sys.stderr))
+    if args.reapply:
+        report = reapply(settings, store, actor, progress=say)
+        if args.json:
+            print(json.dumps(report))
+            return 0
+        counts = ", ".join(f"{n} {table}" for table, n in report["counts"].items())
+        print(f"{report['erasures']} recorded erasures reapplied: {counts}")
+        _print_erasure_effects(report)
+        return 0
+    if args.check:
+        left = check(settings, store, selector)
+        if args.json:
+            print(json.dumps({"selector": selector.kind, "selector_hash": selector.hash, "left": left,
+                              "clean": not left}))
+        elif left:
+            print(f"NOT clean: left for this {selector.kind}: " + ", ".join(f"{kind} {n}" for kind, n in left.items()))
+        else:
+            print(f"clean: nothing left for this {selector.kind} in the database, the job logs or the datasets")
+        return 1 if left else 0
+    report = forget(settings, store, selector, actor, progress=say)
+    if args.json:
+        print(json.dumps(report))
+        return 0
+    if report["nothing_found"]:
+        print(f"nothing found for this {selector.kind}; the request is recorded as erasure {report['erasure_id']}")
+        return 0
+    counts = report["counts"]
+    print(f"erasure {report['erasure_id']} ({selector.kind}, sha256 {report['selector_hash'][:12]}…)"
+          + (": resumed and finished" if report["resumed"] else ""))
+    for table in ("interactions", "feedback", "examples", "job_logs"):
+        extra = f" ({counts['corrections']} with corrections)" if table == "feedback" and counts["corrections"] else ""
+        print(f"  {table:13} {counts[table]:>6} deleted{extra}")
+    _print_erasure_effects(report)
+    return 0
+
+
+def _print_erasure_effects(report: dict) -> None:
+    for item in report["datasets"]:
+        removed = ", ".join(f"{kind} {n}" for kind, n in (item.get("removed") or {}).items()) or "no rows"
+        new = item.get("new") or "nothing (no rows left)"
+        print(f"  dataset {item['old']} superseded by {new} ({removed} removed)")
+    if not report["datasets"]:
+        print("  no dataset held rows of it")
+    print("  versions flagged 'trained on erased data': " + (", ".join(report["versions"]) or "none"))
+    if report.get("follow_up_job"):
+        print(f"  follow-up job queued: {report['follow_up_job']}")
+
+
 def cmd_demo(settings: Settings, args: argparse.Namespace) -> int:
     import tempfile
 
@@ -543,6 +613,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("id", nargs="?", help="the correction (feedback) id, for approve and reject")
     p.add_argument("--json", action="store_true")
     p.set_defaults(func=cmd_corrections)
+
+    p = sub.add_parser("forget", help="erase one customer's data (GDPR art. 17): interactions, feedback, corrections, "
+                                       "example-bank entries, job-log lines; supersede datasets, flag versions")
+    which = p.add_mutually_exclusive_group()
+    which.add_argument("--customer", help="the end customer's id (OpenAI's `user`, the web chat's Customer ID)")
+    which.add_argument("--conversation", help="a conversation id")
+    which.add_argument("--interaction", help="an interaction id")
+    which.add_argument("--matching", help="text such as an email address or a name, matched case-insensitively in "
+                                          "questions, answers, corrections, comments and the example bank")
+    p.add_argument("--check", action="store_true", help="erase nothing: say what is left (exit code 1 if anything)")
+    p.add_argument("--reapply", action="store_true", help="replay every recorded erasure by its ids (after a restore)")
+    p.add_argument("--json", action="store_true", help="print the report as one JSON object")
+    p.set_defaults(func=cmd_forget)
 
     p = sub.add_parser("demo", help="replay support traffic on the demo knowledge base, run one improvement cycle, "
                                      "promote, and print before/after figures (a fresh workspace)")

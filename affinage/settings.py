@@ -156,6 +156,11 @@ class Settings(BaseSettings):
     auto_promote_margin: float = Field(
         0.02, ge=0.0, le=1.0, description="Room to spare under gates_pass_by_margin: scores above their floor by "
         "this much, upper bounds (perplexity, KL, attack rates) below by this share of the bound.")
+    erasure_followup: Literal["report", "retrain"] = Field(
+        "report", description="What follows when an erasure flags model versions as trained on erased data: "
+        "'report' (they are marked; an operator decides), or 'retrain' (also queue a worker job that trains a new "
+        "candidate on the cleaned dataset, from the base model if the active version is flagged; it goes through "
+        "gates and approval as usual).")
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

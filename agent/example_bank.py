@@ -6,7 +6,7 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import func, select, text
+from sqlalchemy import select, text
 
 from affinage.jsonl import numbered_lines
 from agent.store import Example, Store
@@ -28,7 +28,7 @@ class ExampleBank:
     def __init__(self, store: Store, embeddings: SentenceEmbeddings):
         self.store = store
         self.embeddings = embeddings
-        self._cache: tuple[int, list[Example], np.ndarray] | None = None
+        self._cache: tuple[tuple[str, ...], list[Example], np.ndarray] | None = None
         self._lock = threading.Lock()
 
     def add(self, question: str, answer: str, source: str | None = None, origin: str = "curated",
@@ -68,11 +68,23 @@ class ExampleBank:
         best = np.argsort(-scores)[:k]
         return [(examples[i], float(scores[i])) for i in best if scores[i] >= min_score]
 
+    def in_memory(self) -> list[Example]:
+        """The examples this bank would choose from now (its cache, brought up to date): what an erasure checks."""
+        return list(self._vectors()[0])
+
     def _vectors(self) -> tuple[list[Example], np.ndarray]:
+        """The bank and its question vectors, cached under the set of example ids: any change (an example added,
+        one erased, even both at once, in any replica) is seen at the next question, so an erased example is never
+        shown again; only examples not seen before are embedded."""
         with self.store.session() as session:
-            count = session.scalar(select(func.count()).select_from(Example))
+            ids = tuple(sorted(session.scalars(select(Example.id))))  # sorted here: collations differ
         with self._lock:
-            if self._cache is None or self._cache[0] != count:
+            if self._cache is None or self._cache[0] != ids:
                 examples = self.all()
-                self._cache = (count, examples, self.embeddings.encode([e.question for e in examples]))
+                known = {} if self._cache is None else {e.id: v for e, v in zip(self._cache[1], self._cache[2])}
+                fresh = [e for e in examples if e.id not in known]
+                if fresh:
+                    known.update(zip((e.id for e in fresh), self.embeddings.encode([e.question for e in fresh])))
+                vectors = np.array([known[e.id] for e in examples]) if examples else np.zeros((0, 0), dtype=np.float32)
+                self._cache = (tuple(sorted(e.id for e in examples)), examples, vectors)
             return self._cache[1], self._cache[2]

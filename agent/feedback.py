@@ -36,7 +36,8 @@ def record_feedback(store: Store, interaction_id: str, rating: str, correction: 
         if owner_only and interaction.user != user:
             raise NotYourInteraction(f"interaction {interaction_id!r} answered another user; only that user or an "
                                      "operator may give feedback on it")
-        row = Feedback(interaction_id=interaction_id, rating=rating, correction=correction, comment=comment, user=user)
+        row = Feedback(interaction_id=interaction_id, rating=rating, correction=correction, comment=comment, user=user,
+                       customer=interaction.customer)  # so an erasure by customer finds it too
         session.add(row)
         session.flush()
         earlier = session.execute(select(Feedback.rating, Feedback.correction)

@@ -134,15 +134,19 @@ class SupportAgent:
         self.chain = build_chain(retriever, examples, llm, settings)
         self.detectors = DetectorConfig(retrieval_threshold=weak_retrieval_threshold(settings.min_score))
 
-    def _earlier_questions(self, user: str | None) -> list[tuple[str, float]]:
-        """The same user's recent questions, for the rephrase detector."""
+    def _earlier_questions(self, user: str | None, customer: str | None = None) -> list[tuple[str, float]]:
+        """The same user's recent questions, for the rephrase detector; the same customer's when one is named, since
+        one key (the web chat's) serves many customers, and the signal quotes the earlier question."""
         if user is None:
             return []
         since = utcnow() - timedelta(seconds=self.detectors.rephrase_window_s)
+        same = [Interaction.user == user, Interaction.created_at >= since]
+        if customer:
+            same.append(Interaction.customer == customer)
         with self.store.session() as session:
             rows = session.execute(
                 select(Interaction.question, Interaction.created_at)
-                .where(Interaction.user == user, Interaction.created_at >= since)
+                .where(*same)
                 .order_by(Interaction.created_at.desc()).limit(20)
             ).all()
         return [(q, (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()) for q, at in rows]
@@ -159,8 +163,12 @@ class SupportAgent:
 
     def stream(self, question: str, history: list[BaseMessage] | None = None, *, log: bool = True,
                channel: str = "cli", user: str | None = None, conversation_id: str | None = None,
-               max_tokens: int | None = None, temperature: float | None = None) -> Iterator[str | Answer]:
-        """Yield the answer text in pieces as it is generated, then the finished ``Answer``."""
+               max_tokens: int | None = None, temperature: float | None = None,
+               customer: str | None = None) -> Iterator[str | Answer]:
+        """Yield the answer text in pieces as it is generated, then the finished ``Answer``.
+
+        ``user`` is the API key that asked; ``customer`` the end customer the client named (OpenAI's ``user``), kept
+        on the interaction so that ``affinage forget --customer`` can find their data."""
         question = validate_question(question)
         started = time.perf_counter()
         state: dict = {}
@@ -201,7 +209,7 @@ class SupportAgent:
                 question=question, answer=text, created_at=time.time(),
                 retrieved_scores=[float(d.metadata["score"]) for d in state.get("retrieved", [])],
                 passages=[d.page_content for d in docs],
-                earlier_questions=self._earlier_questions(user),
+                earlier_questions=self._earlier_questions(user, (customer or "").strip() or None),
             )
             row = self.store.add(Interaction(
                 question=question,
@@ -220,6 +228,7 @@ class SupportAgent:
                 channel=channel,
                 user=user,
                 conversation_id=conversation_id,
+                customer=(customer or "").strip() or None,
             ))
             result.interaction_id = row.id
         yield result

@@ -54,6 +54,9 @@ class Interaction(Base):
     channel: Mapped[str] = mapped_column(String(32), default="cli")  # cli | api | web
     user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     conversation_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    # The end customer the client named (OpenAI's ``user``; the web chat's Customer ID), so that their data can be
+    # found and erased (affinage.erasure); ``user`` is the API key that asked.
+    customer: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
 
 
 class Example(Base):
@@ -86,6 +89,7 @@ class Feedback(Base):
     review: Mapped[str | None] = mapped_column(String(16), nullable=True)  # approved | rejected (corrections only)
     reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
     reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    customer: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the interaction's
 
 
 class Job(Base):
@@ -142,6 +146,27 @@ class ApiKey(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
 
 
+class Erasure(Base):
+    """One erasure request (GDPR art. 17, ``affinage.erasure``): written with state 'running' and the ids it resolved
+    before anything is deleted, so that a rerun after a crash finishes it. It holds no personal data: the selector
+    only as sha256("kind:value"), random ids, and counts."""
+
+    __tablename__ = "erasures"
+
+    id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    state: Mapped[str] = mapped_column(String(16), default="running")  # running | done
+    actor: Mapped[str] = mapped_column(String(200))
+    selector_kind: Mapped[str] = mapped_column(String(16))  # customer | conversation | interaction | matching
+    selector_hash: Mapped[str] = mapped_column(String(64), index=True)
+    interaction_ids: Mapped[list] = mapped_column(JSON, default=list)
+    example_ids: Mapped[list] = mapped_column(JSON, default=list)  # bank entries matched by text alone
+    counts: Mapped[dict] = mapped_column(JSON, default=dict)  # rows deleted, by table
+    datasets: Mapped[list] = mapped_column(JSON, default=list)  # [{"old", "new", "removed"}] superseded
+    versions: Mapped[list] = mapped_column(JSON, default=list)  # version ids flagged "trained on erased data"
+
+
 BUSY_TIMEOUT_S = 10.0
 
 
@@ -182,6 +207,7 @@ def make_engine(url: str) -> Engine:
         use_wal(cursor)
         cursor.execute("PRAGMA synchronous=FULL")
         cursor.execute("PRAGMA foreign_keys=ON")
+        cursor.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed in the file, not left in free space
         cursor.close()
 
     return engine
@@ -210,6 +236,21 @@ class Store:
         with self.session() as session:
             return session.get(Interaction, interaction_id)
 
+    def purge_deleted(self, attempts: int = 50) -> bool:
+        """Make rows deleted so far unrecoverable from SQLite's files, as an erasure needs: ``secure_delete`` zeroes
+        them in the pages, and a truncating checkpoint empties the WAL, which still holds the pages as they were.
+        The checkpoint waits out readers for a while; False if one kept it from finishing. PostgreSQL keeps dead
+        rows in its own files until VACUUM (FULL) reuses or rewrites them: README, *Forgetting a customer*."""
+        if self.engine.dialect.name != "sqlite":
+            return True
+        for _ in range(attempts):
+            with self.engine.connect() as connection:
+                busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0]
+            if not busy:
+                return True
+            time.sleep(0.1)
+        return False
+
     def close(self) -> None:
         self.engine.dispose()
 
@@ -230,6 +271,7 @@ class RegistryVersion(Base):
     state: Mapped[str] = mapped_column(String(16), default="candidate")  # the lifecycle state (tuning.registry)
     gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the gate verdict: {"passed", "at", ...}
     manifest: Mapped[dict] = mapped_column(JSON)  # a copy of the folder's manifest.json, for listing without disk
+    flags: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # e.g. trained on erased data (tuning.registry)
 
 
 class RegistryPointer(Base):

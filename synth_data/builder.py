@@ -219,6 +219,8 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
     if not [x for x in kept if x.kind != "heldout"]:
         raise ValueError(f"every candidate item was filtered out ({json.dumps(report.dropped)}); nothing written")
     rows = {kind: [x.row for x in kept if x.kind == kind] for kind in KINDS}
+    lineage = {**{kind: [x.interaction_id for x in kept if x.kind == kind] for kind in KINDS},
+               "contributors": {x.interaction_id: x.user or "anonymous" for x in kept}}  # for erasures: row -> source
     manifest = write_dataset(settings.datasets_dir, rows, {
         "base_model": base_model,
         "teacher": teacher_name,
@@ -230,5 +232,5 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
         "protected_questions": len(protected),
         "injection_hardening": {"per_failure": settings.injection_hardening,
                                 "rows": {kind: sum(x.hardened for x in kept if x.kind == kind) for kind in KINDS}},
-    })
+    }, lineage)
     return SynthResult(manifest, skipped)

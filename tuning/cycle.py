@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Callable
 
 from affinage.settings import Settings
@@ -83,21 +84,53 @@ def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, e
 
 
 def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool = True) -> dict:
-    """A candidate from the dataset with ``worker_method``; one already registered from it is adopted."""
-    from tuning.train import train
+    """A candidate from the dataset with ``worker_method``; one already registered from it is adopted.
+
+    A dataset an erasure superseded since the job began is replaced by the one that superseded it, and an active
+    version flagged as trained on erased data is never built upon: training starts from the base model."""
+    from synth_data.erasure import current_dataset
+    from tuning.train import CONTINUES, train
 
     method = settings.worker_method
-    for version in Registry.open(settings).list():
+    current = current_dataset(settings.datasets_dir, dataset_id)
+    if current is None:
+        raise ValueError(f"dataset {dataset_id} was erased: every row it held came from erased data")
+    if current != dataset_id:
+        note(f"dataset {dataset_id} was superseded by {current} after an erasure: training on that")
+        dataset_id = current
+    registry = Registry.open(settings)
+    for version in registry.list():
         trained_on = [d["id"] for d in version.manifest.get("datasets", [])]
         if version.manifest.get("method") == method and dataset_id in trained_on:
             note(f"candidate {version.id} was trained from {dataset_id} by an earlier attempt: using it")
             return {"candidate": version.id, "method": method}
-    version = train(settings, method, dataset_id, settings.worker_train_config, progress=progress)
+    config = settings.worker_train_config
+    active = registry.get(registry.active_id()) if registry.active_id() else None
+    if method in CONTINUES and active is not None and active.trained_on_erased:
+        config = from_base_config(settings, method)
+        note(f"the active version {active.id} was trained on erased data: the candidate starts from the base model")
+    version = train(settings, method, dataset_id, config, progress=progress)
     metrics = version.manifest["metrics"]
     note(f"candidate {version.id}: {metrics['steps']} steps"
          + (f", resumed from {version.manifest['resumed_from']}" if version.manifest.get("resumed_from") else ""))
     return {"candidate": version.id, "method": method, "resumed_from": version.manifest.get("resumed_from"),
             "steps": metrics["steps"]}
+
+
+def from_base_config(settings: Settings, method: str) -> Path:
+    """``worker_train_config`` with ``start_from = "base"``, written beside the runs (same values, so a resumed run
+    finds its checkpoints)."""
+    import tomllib
+
+    from affinage.atomic import atomic_write_text
+
+    values, source = {}, settings.worker_train_config
+    if source is not None:
+        text = source.read_text(encoding="utf-8")
+        values = json.loads(text) if source.suffix == ".json" else tomllib.loads(text)
+    path = settings.home / "runs" / f"{method}-from-base.json"
+    atomic_write_text(path, json.dumps({**values, "start_from": "base"}, indent=2, sort_keys=True))
+    return path
 
 
 def gate_stage(settings: Settings, candidate: str, note: Note, progress: bool = True) -> dict:

@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from synth_data.datasets import list_datasets, verify_dataset
+from synth_data.datasets import list_datasets, superseded, superseded_message, verify_dataset
 
 FILE_FOR = {"sft": "sft", "partial": "sft", "full": "sft", "qlora": "sft", "dpo": "preference", "kto": "kto"}
 MIN_ROWS_FOR_VALIDATION = 4
@@ -21,7 +21,8 @@ class TrainingData:
 
 
 def find_dataset(root: Path, dataset_id: str | None) -> Path:
-    """The folder of ``dataset_id``, or of the newest dataset when none is named."""
+    """The folder of ``dataset_id``, or of the newest dataset when none is named; one an erasure superseded is
+    refused, naming the dataset that replaced it."""
     manifests = list_datasets(root)
     if dataset_id is None:
         if not manifests:
@@ -31,6 +32,9 @@ def find_dataset(root: Path, dataset_id: str | None) -> Path:
     if "/" in dataset_id or not (folder / "manifest.json").is_file():
         known = ", ".join(m["id"] for m in manifests[-5:]) or "none"
         raise ValueError(f"dataset {dataset_id!r} does not exist (newest: {known})")
+    manifest = json.loads((folder / "manifest.json").read_text())
+    if superseded(manifest):
+        raise ValueError(superseded_message(manifest))
     return folder
 
 

@@ -36,10 +36,13 @@ def aware(moment: datetime | None) -> datetime | None:
     return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
-def enqueue(store: Store, kind: str, trigger: str, max_attempts: int) -> Job | None:
-    """A new queued job, or None when one of ``kind`` is already queued or running (one at a time)."""
+def enqueue(store: Store, kind: str, trigger: str, max_attempts: int, outputs: dict | None = None,
+            singleton: bool = True) -> Job | None:
+    """A new queued job, or None when one of ``kind`` is already queued or running (one at a time; ``singleton``
+    False lets jobs of ``kind`` queue side by side). ``outputs`` marks stages as already done (a worker skips them)."""
     try:
-        return store.add(Job(kind=kind, singleton=kind, trigger=trigger, max_attempts=max_attempts, outputs={}))
+        return store.add(Job(kind=kind, singleton=kind if singleton else None, trigger=trigger,
+                             max_attempts=max_attempts, outputs=dict(outputs or {})))
     except IntegrityError:
         return None
 

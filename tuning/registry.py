@@ -28,6 +28,7 @@ import tempfile
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
@@ -43,6 +44,7 @@ GATEABLE = ("candidate", "gated-passed", "gated-failed")
 PROMOTABLE = ("gated-passed", "approved")
 ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja", ".model", ".md")
 POINTER_ID = 1
+ERASED_FLAG = "trained_on_erased_data"
 
 
 class RegistryError(ValueError):
@@ -61,12 +63,19 @@ class Version:
     path: Path
     lifecycle: str  # the last lifecycle state, kept after retirement
     gate: dict | None  # the gate verdict: {"passed", "at", ...}
+    flags: dict | None = None  # {"trained_on_erased_data": {"datasets", "erasure", "at"}} (``flag_trained_on_erased``)
+
+    @property
+    def trained_on_erased(self) -> dict | None:
+        """The erasure flag, or None: the version learnt from data a customer had erased since."""
+        return (self.flags or {}).get(ERASED_FLAG)
 
     def to_json(self) -> dict:
         metrics = self.manifest.get("metrics", {})
         return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
                 "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
-                "metrics": metrics, "gate": self.gate}
+                "metrics": metrics, "gate": self.gate, "flags": self.flags or {},
+                "trained_on_erased_data": self.trained_on_erased is not None}
 
 
 def sha256_file(path: Path) -> str:
@@ -286,6 +295,49 @@ class Registry:
                                      "ever_active": pointer["ever_active"]}, "rolled_back", previous or BASE, actor)
         return previous
 
+    def flag_trained_on_erased(self, dataset_ids: list[str], erasure_id: str, actor: str,
+                               erased_texts: Iterable[str] = ()) -> list[str]:
+        """Flag every version trained on one of ``dataset_ids`` (an erasure superseded them), and every version
+        that continued such a version's adapter (``start_from``), since its weights hold the same data; returns
+        them, oldest first. One ``flagged`` audit event per version and erasure: a rerun changes nothing. Nothing
+        is promoted or rolled back here (``tuning.erasure.follow_up`` decides what follows).
+
+        ``erased_texts`` (the erased questions, the selector's text) are replaced by ``[erased]`` wherever the
+        flagged versions' gate reports and verdicts quote them (``tuning.report.scrub_report``)."""
+        from tuning.report import scrub, scrub_report
+
+        erased, versions, texts = set(dataset_ids), self.list(), list(erased_texts)
+        learnt: dict[str, set[str]] = {}  # version -> the erased datasets in its weights
+        via: dict[str, str] = {}
+        for version in versions:  # oldest first, so a version's start comes before it
+            direct = {d["id"] for d in version.manifest.get("datasets", [])} & erased
+            parent = version.manifest.get("start_from")
+            inherited = learnt.get(parent, set()) if parent not in (None, BASE) else set()
+            if direct or inherited:
+                learnt[version.id] = direct | inherited
+                if inherited and not direct:
+                    via[version.id] = parent
+        flagged = [v.id for v in versions if v.id in learnt]
+        for version_id in flagged:
+            with self.store.session() as session:
+                row = session.get(RegistryVersion, version_id, with_for_update=True)
+                old = (row.flags or {}).get(ERASED_FLAG) or {}
+                datasets = sorted({*old.get("datasets", []), *learnt[version_id]})
+                erasures = list(dict.fromkeys([*old.get("erasures", []), erasure_id]))
+                if datasets != old.get("datasets") or erasures != old.get("erasures"):
+                    extra = {"via": via[version_id]} if version_id in via else {}
+                    row.flags = {**(row.flags or {}), ERASED_FLAG: {
+                        "datasets": datasets, "erasure": erasure_id, "erasures": erasures, "at": now(), **extra}}
+                    session.add(RegistryEvent(action="flagged", version=version_id, actor=actor, details={
+                        "flag": ERASED_FLAG, "erasure": erasure_id, "datasets": sorted(learnt[version_id]), **extra}))
+                gate, quotes = scrub(row.gate, texts, keep=("at",))
+                if quotes:
+                    row.gate = gate
+            quotes = scrub_report(self.versions / version_id, texts)
+            if quotes:
+                log.info("erased text removed from a gate report", extra={"version": version_id, "quotes": quotes})
+        return flagged
+
     # -- writing -------------------------------------------------------------------------------------------------
     def _row(self, version_id: str) -> RegistryVersion | None:
         with self.store.session() as session:
@@ -298,7 +350,7 @@ class Registry:
             state = "retired"
         else:
             state = row.state
-        return Version(row.id, state, row.manifest, self.versions / row.id, row.state, row.gate)
+        return Version(row.id, state, row.manifest, self.versions / row.id, row.state, row.gate, row.flags)
 
     def _set_lifecycle(self, version: Version, state: str, action: str, actor: str, details: dict,
                        gate: dict | None = None) -> None:

@@ -7,8 +7,10 @@ import hashlib
 import html
 import io
 import json
+import re
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Iterable
 
 from affinage.atomic import atomic_write_text
 from tuning.checks import Check, verdict
@@ -187,3 +189,49 @@ def write_report(folder: Path, candidate: dict, checks: list[Check], extra: dict
     atomic_write_text(folder / "report.json", json.dumps(report, indent=2, ensure_ascii=False))
     atomic_write_text(folder / "report.html", render_html(report, checks))
     return report
+
+
+ERASED = "[erased]"
+
+
+def _pattern(texts: Iterable[str]) -> re.Pattern | None:
+    texts = sorted({t.strip() for t in texts if t and t.strip()}, key=len, reverse=True)
+    return re.compile("|".join(re.escape(t) for t in texts), re.IGNORECASE) if texts else None
+
+
+def scrub(value, texts: Iterable[str], keep: tuple[str, ...] = ()):
+    """``value`` (JSON) with every occurrence of ``texts`` (case aside) replaced by ``[erased]``, and how many there
+    were; keys in ``keep`` are left alone (a verdict's timestamp, which decisions compare)."""
+    pattern = _pattern(texts)
+    count = 0
+
+    def walk(item):
+        nonlocal count
+        if isinstance(item, str):
+            clean, n = pattern.subn(ERASED, item)
+            count += n
+            return clean
+        if isinstance(item, dict):
+            return {k: v if k in keep else walk(v) for k, v in item.items()}
+        if isinstance(item, list):
+            return [walk(v) for v in item]
+        return item
+
+    return (walk(value), count) if pattern else (value, 0)
+
+
+def scrub_report(folder: Path, texts: Iterable[str]) -> int:
+    """Replace erased text in a version's report.json and report.html (each atomically; the page re-rendered from
+    the scrubbed JSON, the page first, so a rerun after a crash still finds the quotes in the JSON). Today's reports
+    quote only bundled material (golden set, probes) and the versions' answers; this catches an answer that repeats
+    erased text, and any quote a later report adds. Returns the quotes replaced in report.json."""
+    texts = list(texts)
+    report_file = folder / "report.json"
+    if not report_file.is_file() or _pattern(texts) is None:
+        return 0
+    report, count = scrub(json.loads(report_file.read_text(encoding="utf-8")), texts)
+    if count:
+        checks = [Check(**c) for c in report.get("checks", [])]
+        atomic_write_text(folder / "report.html", render_html(report, checks))
+        atomic_write_text(report_file, json.dumps(report, indent=2, ensure_ascii=False))
+    return count

@@ -67,6 +67,9 @@ def prepare(settings: Settings, config: RunConfig, dataset_id: str | None, regis
         if active.manifest.get("kind") != "lora":
             raise ValueError(f"{config.method} continues the active LoRA adapter, but the active version {active.id} "
                              "holds full weights: set start_from = 'base' in the config")
+        if active.trained_on_erased:
+            raise ValueError(f"{config.method} would continue the active version {active.id}, which was trained on "
+                             "erased data and would carry it into the candidate: set start_from = 'base' in the config")
         start_version, start_adapter = active.id, registry.verify(active.id)
     lineage = {
         "base_model": {"name": name, "sha256": weights_sha256(base_path)},

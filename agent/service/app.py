@@ -28,6 +28,7 @@ from agent.corrections import UnknownCorrection, correction_info, pending_correc
 from agent.feedback import NotYourInteraction, UnknownInteraction, record_feedback
 from agent.pipeline import MAX_HISTORY_TURNS, Answer, SupportAgent
 from agent.service import auth
+from agent.service.erasure_routes import erasure_routes
 from agent.service.errors import APIError, error_body, error_response, install_error_handlers
 from agent.service.limits import (
     BUSY_RETRY_AFTER_S,
@@ -237,8 +238,8 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
         completion_id = f"chatcmpl-{uuid.uuid4().hex}"
         created = int(time.time())
         begun = time.perf_counter()
-        stream = agent.stream(question, history, channel="api", user=key, conversation_id=body.conversation_id,
-                              max_tokens=max_tokens, temperature=body.temperature)
+        stream = agent.stream(question, history, channel="api", user=key, customer=body.user,
+                              conversation_id=body.conversation_id, max_tokens=max_tokens, temperature=body.temperature)
         once = threading.Lock()
 
         def release() -> None:
@@ -375,6 +376,9 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
                 "example_id": example.id if example else None}
 
     app.include_router(operator_routes(settings, store, agent.retriever.embeddings.encode, require))
+    from affinage.erasure import Selector, check, forget  # the top layer's work, handed in: never imported above
+    app.include_router(erasure_routes(settings, store, require, forget=forget, check=check, selector=Selector,
+                                      bank=agent.examples))
 
     # --- keys (admin) ------------------------------------------------------------------------------------
     @app.get("/api/admin/keys", response_model=list[KeyInfo], tags=["admin"])

@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+
+
+def _no_nul(value: str) -> str:
+    """PostgreSQL's text refuses NUL, so it is refused here as bad input (400) on every database alike."""
+    if "\x00" in value:
+        raise ValueError("text must not contain a NUL character (\\u0000)")
+    return value
+
+
+Text = Annotated[str, AfterValidator(_no_nul)]  # every client-sent string that may reach the database
 
 
 class TextPart(BaseModel):
@@ -17,6 +27,12 @@ class ChatMessage(BaseModel):
 
     role: Literal["system", "developer", "user", "assistant", "tool"]
     content: str | list[TextPart] | None = None
+
+    @field_validator("content")
+    @classmethod
+    def _content_has_no_nul(cls, content):
+        _no_nul("".join(part.text for part in content) if isinstance(content, list) else content or "")
+        return content
 
     def text(self) -> str:
         if isinstance(self.content, list):
@@ -33,7 +49,7 @@ class ChatRequest(BaseModel):
 
     model_config = ConfigDict(extra="ignore")
 
-    model: str | None = Field(None, description="A name from /v1/models; 'default' or omitted means the active version.")
+    model: Text | None = Field(None, description="A name from /v1/models; 'default' or omitted means the active version.")
     messages: list[ChatMessage] = Field(..., min_length=1)
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -41,17 +57,17 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     n: int | None = Field(None, ge=1, description="Choices to generate: only 1 is supported; more is refused with 400.")
-    user: str | None = Field(None, max_length=200)
-    conversation_id: str | None = Field(None, max_length=64, description="affinage extension: groups turns in the log.")
+    user: Text | None = Field(None, max_length=200)
+    conversation_id: Text | None = Field(None, max_length=64, description="affinage extension: groups turns in the log.")
 
 
 class FeedbackRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    interaction_id: str = Field(..., min_length=1, max_length=64)
+    interaction_id: Text = Field(..., min_length=1, max_length=64)
     rating: Literal["up", "down"]
-    correction: str | None = Field(None, description="The answer the assistant should have given.")
-    comment: str | None = None
+    correction: Text | None = Field(None, description="The answer the assistant should have given.")
+    comment: Text | None = None
 
 
 class FeedbackResponse(BaseModel):
@@ -63,7 +79,7 @@ class FeedbackResponse(BaseModel):
 class KeyRequest(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    name: str = Field(..., min_length=1, max_length=200)
+    name: Text = Field(..., min_length=1, max_length=200)
     role: Literal["agent", "operator", "admin"]
 
 
@@ -93,3 +109,16 @@ class ReviewResult(BaseModel):
     id: str
     review: Literal["approved", "rejected"]
     example_id: str | None = None
+
+
+class ForgetRequest(BaseModel):
+    """Exactly one selector (two or none: 400 naming them); ``check`` erases nothing and says what is left."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    customer: str | None = Field(None, max_length=200, description="The end customer's id (OpenAI's `user`).")
+    conversation: str | None = Field(None, max_length=64)
+    interaction: str | None = Field(None, max_length=64)
+    matching: str | None = Field(None, max_length=200, description="An email address or a name, matched "
+                                 "case-insensitively in questions, answers, corrections and the example bank.")
+    check: bool = False

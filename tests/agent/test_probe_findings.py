@@ -143,3 +143,16 @@ def test_api_docs_page_renders_from_local_files_under_the_csp(service, browser):
             screenshot(page, "api-docs.png")
     finally:
         context.close()
+
+
+@pytest.mark.parametrize("body", [
+    {"messages": [{"role": "user", "content": "reset\u0000link?"}]},
+    {"messages": [{"role": "user", "content": [{"type": "text", "text": "a\u0000b"}]}]},
+    {"messages": [{"role": "user", "content": "How do I reset?"}], "user": "cust\u0000-1"},
+])
+def test_a_nul_character_is_a_400_on_every_database(client_and_keys, body):
+    """PostgreSQL refuses NUL in text: it is refused as input everywhere, rather than failing the insert there."""
+    client, keys = client_and_keys
+    response = client.post("/v1/chat/completions", json=body, headers=bearer(keys["agent"]))
+    assert response.status_code == 400
+    assert "NUL" in response.json()["error"]["message"]

@@ -298,3 +298,26 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
     assert len(interactions) == 2
     assert ratings == [(interactions[0].id, "up", "carol")]
     assert page.log.unexpected_console_errors() == []
+
+
+def test_the_customer_id_goes_with_each_question_as_openai_user(page, fake_settings, kb, embeddings):
+    """The Customer ID field is sent as OpenAI's ``user`` (what an erasure by customer finds), survives a reload and is
+    cleared with the conversation; left empty, the body has no ``user``."""
+    answers = ["Annual plans are refundable within 30 days. [billing/refunds.md#annual-plan-refunds]"]
+    agent = fake_agent(fake_settings.model_copy(update={"rate_limit_per_minute": 60}), kb, embeddings, answers)
+    key = create_key(agent.store, "erin", "agent")
+
+    with LiveServer(create_app(fake_settings.model_copy(update={"rate_limit_per_minute": 60}), agent=agent)) as server:
+        sign_in(page, server, key)
+        page.fill("#customer", "  cust-erin-5 ")
+        ask(page, "Can I get a refund on an annual plan?")
+        wait_for_answer(page, 1)
+        assert page.log.chat_bodies()[-1]["user"] == "cust-erin-5"
+        page.reload()
+        expect(page.locator("#customer")).to_have_value("cust-erin-5")
+        page.click("#new-conversation")
+        expect(page.locator("#customer")).to_have_value("")
+        ask(page, "What about monthly plans?")
+        wait_for_answer(page, 1)
+        assert "user" not in page.log.chat_bodies()[-1]
+    assert page.log.unexpected_console_errors() == []

@@ -9,6 +9,7 @@
   const KEY_STORAGE = "affinage-key";
   const HISTORY_STORAGE = "affinage-history";
   const META_STORAGE = "affinage-answer-meta"; // {historyIndex: {interaction_id, citations, model_version}}
+  const CUSTOMER_STORAGE = "affinage-customer"; // the Customer ID of this conversation, sent as OpenAI's `user`
   const MODEL = "default";
 
   const $ = (id) => document.getElementById(id);
@@ -55,6 +56,8 @@
   function clearConversation() {
     sessionStorage.removeItem(HISTORY_STORAGE);
     sessionStorage.removeItem(META_STORAGE);
+    sessionStorage.removeItem(CUSTOMER_STORAGE);
+    $("customer").value = "";
   }
 
   // ---- small DOM helpers (text only) --------------------------------------------------------
@@ -388,6 +391,14 @@
     return done;
   }
 
+  // The request body; a Customer ID goes as OpenAI's `user`, so the customer's data can be found and erased later.
+  function chatBody(messages) {
+    const body = { model: MODEL, messages, stream: true };
+    const customer = $("customer").value.trim();
+    if (customer) body.user = customer;
+    return body;
+  }
+
   async function ask(question) {
     showError("");
     const messages = getHistory()
@@ -411,7 +422,7 @@
           Accept: "text/event-stream",
           Authorization: "Bearer " + getKey(),
         },
-        body: JSON.stringify({ model: MODEL, messages, stream: true }),
+        body: JSON.stringify(chatBody(messages)),
         signal: controller.signal,
       });
       if (!response.ok) throw new Error(await errorMessage(response));
@@ -481,6 +492,13 @@
       $("key-input").value = "";
       showError("");
       showView();
+    });
+
+    $("customer").value = sessionStorage.getItem(CUSTOMER_STORAGE) || "";
+    $("customer").addEventListener("input", () => {
+      const customer = $("customer").value.trim();
+      if (customer) sessionStorage.setItem(CUSTOMER_STORAGE, customer);
+      else sessionStorage.removeItem(CUSTOMER_STORAGE);
     });
 
     $("sign-out").addEventListener("click", (event) => {

@@ -170,6 +170,11 @@
                       gateText(v), decisionCell(v)]);
       tr.dataset.testid = "version-" + v.id;
       tr.children[1].className = "state state-" + v.state;
+      if (v.trained_on_erased_data) {  // an erasure removed data it learnt from: retrain or retire it
+        const flag = el("div", "trained on erased data", "flag flag-erased");
+        flag.dataset.testid = "erased-" + v.id;
+        tr.children[1].appendChild(flag);
+      }
       return tr;
     }), "No versions yet: affinage train builds one.");
     fill("jobs", jobs.map(jobRow), "No jobs yet: affinage worker runs them.");
@@ -180,6 +185,41 @@
       "No datasets yet: affinage synth builds one.");
     fill("audit", audit.map((e) => row([e.at.slice(0, 19).replace("T", " "), e.actor, e.action, e.subject, e.detail])),
          "Nothing yet.");
+  }
+
+  // The erasure's report as plain lines (it holds counts and random ids only; shown with textContent).
+  function erasureText(report) {
+    if ("left" in report) {
+      const left = Object.entries(report.left);
+      return left.length ? "NOT clean, still there: " + left.map(([kind, n]) => `${kind} ${n}`).join(", ")
+                         : "clean: nothing left for this " + report.selector + ".";
+    }
+    if (report.nothing_found) {
+      return `Nothing found for this ${report.selector}; the request is recorded (erasure ${report.erasure_id}).`;
+    }
+    const lines = [`erasure ${report.erasure_id} (${report.selector})` + (report.resumed ? ": resumed and finished" : "")];
+    for (const [table, n] of Object.entries(report.counts)) lines.push(`  ${table}: ${n}`);
+    for (const d of report.datasets) {
+      lines.push(`  dataset ${d.old} superseded by ${d.new || "nothing (no rows left)"}`);
+    }
+    lines.push("  versions flagged 'trained on erased data': " + (report.versions.join(", ") || "none"));
+    if (report.follow_up_job) lines.push("  follow-up job: " + report.follow_up_job);
+    return lines.join("\n");
+  }
+
+  async function erase(checkOnly) {
+    const kind = $("erase-kind").value, value = $("erase-value").value.trim();
+    if (!value) { notify("Give the " + kind + " to erase.", true); $("erase-value").focus(); return; }
+    if (!checkOnly && !$("erase-confirm").checked) {
+      notify("Tick 'Erase this data for good' first: an erasure cannot be undone.", true);
+      return;
+    }
+    await act(async () => {
+      const report = await call("POST", "/api/admin/forget", { [kind]: value, check: checkOnly });
+      $("erase-report").textContent = erasureText(report);
+      $("erase-report").hidden = false;
+      if (!checkOnly) { $("erase-value").value = ""; $("erase-confirm").checked = false; }
+    }, checkOnly ? "Checked." : "Erased.");
   }
 
   async function start() {
@@ -215,9 +255,13 @@
       $("job-log-panel").hidden = true;
       $("active-version").textContent = "";
       $("report-panel").hidden = true;
+      $("erase-report").textContent = "";
+      $("erase-report").hidden = true;
       notify("", false);
       start();
     });
+    $("erase-form").addEventListener("submit", (event) => { event.preventDefault(); erase(false); });
+    $("erase-check").addEventListener("click", () => erase(true));
     $("rollback").addEventListener("click", () => act(
       async () => { const r = await call("POST", "/api/operator/rollback"); $("active-version").textContent = "active: " + r.active; },
       "Rolled back."));

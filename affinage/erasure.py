@@ -1,0 +1,473 @@
+"""The right to be forgotten (GDPR art. 17): erase one person's interactions, feedback, corrections, example-bank
+entries and job-log lines, supersede the datasets built from them and flag the versions trained on those.
+
+An erasure is recorded before anything is deleted (the ``erasures`` row, state 'running', with the interaction ids it
+resolved, and a line in ``<home>/erasures.jsonl``), so a run killed half-way is finished by running it again: the
+same selector hashes to the same row, which is resumed and its ids merged. Each later step stores its result on that
+row as it ends, so a resumed run reports the whole erasure. Records hold no personal data: the selector only as
+sha256("kind:value"), random ids and counts. ``reapply`` replays every recorded erasure by its ids, which is what a
+restore from a backup taken before an erasure needs (the journal file outlives the database it is restored over).
+
+This module is the top layer: it wires ``agent`` (the store), ``synth_data`` (datasets) and ``tuning`` (registry).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import re
+from dataclasses import dataclass, fields
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Callable, Iterable, Iterator
+
+from sqlalchemy import delete, func, select, update
+from sqlalchemy.orm import Session
+
+from affinage.settings import Settings
+from agent.store import Erasure, Example, Feedback, Interaction, JobLog, RegistryEvent, Store, utcnow
+
+log = logging.getLogger("affinage.erasure")
+KINDS = ("customer", "conversation", "interaction", "matching")
+MIN_MATCHING_CHARS = 3  # "--matching a" would erase nearly everything
+BATCH = 500  # ids per IN (...): well under SQLite's bound-parameter limit
+SCAN_BATCH = 1000
+RESCAN_MARGIN = timedelta(minutes=5)  # clock skew between replicas, for the second (locked) scan of new rows
+ID_TOKEN = re.compile(r"[0-9a-f]{32}")  # how interaction ids (uuid4 hex) appear in log lines
+# What a report counts: rows deleted per table (corrections: the feedback rows that held one), and other
+# interactions whose failure signals quoted an erased question (a rephrase names the earlier question), scrubbed.
+TABLES = ("interactions", "feedback", "corrections", "examples", "job_logs", "signal_quotes")
+ERASED = "[erased]"
+
+
+class SelectorError(ValueError):
+    """No selector, two selectors, or an unusable value: the CLI exits 2, the route answers 400."""
+
+
+@dataclass(frozen=True)
+class Selector:
+    """Exactly one of: an end customer's id, a conversation id, an interaction id, or text (an email address or a
+    name) matched case-insensitively in questions, answers, corrections, comments and the example bank."""
+
+    customer: str | None = None
+    conversation: str | None = None
+    interaction: str | None = None
+    matching: str | None = None
+
+    def __post_init__(self) -> None:
+        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
+        if len(given) != 1:
+            raise SelectorError("give exactly one of customer, conversation, interaction, matching; got "
+                                + (", ".join(given) if given else "none"))
+        value = getattr(self, given[0])
+        if not isinstance(value, str) or not value.strip():
+            raise SelectorError(f"the {given[0]} to forget is empty")
+        if "\x00" in value or value.encode("utf-8", "replace").decode("utf-8") != value:  # neither can be stored
+            raise SelectorError(f"the {given[0]} to forget is not valid text (a NUL or a lone surrogate): {value!r}")
+        object.__setattr__(self, given[0], value.strip())
+        if given[0] == "matching" and len(self.value) < MIN_MATCHING_CHARS:
+            raise SelectorError(f"matching text {self.value!r} is shorter than {MIN_MATCHING_CHARS} characters: it "
+                                "would match almost everything")
+
+    @classmethod
+    def of(cls, kind: str, value: str) -> "Selector":
+        if kind not in KINDS:
+            raise SelectorError(f"unknown selector {kind!r}; use one of {', '.join(KINDS)}")
+        return cls(**{kind: value})
+
+    @property
+    def kind(self) -> str:
+        return next(f.name for f in fields(self) if getattr(self, f.name) is not None)
+
+    @property
+    def value(self) -> str:
+        return getattr(self, self.kind)
+
+    @property
+    def hash(self) -> str:
+        """sha256 of "kind:value" (matching text case-folded, as it is matched): what records keep instead."""
+        value = self.value.casefold() if self.kind == "matching" else self.value
+        return hashlib.sha256(f"{self.kind}:{value}".encode("utf-8")).hexdigest()
+
+    def matches(self, text: str | None) -> bool:
+        return self.kind == "matching" and text is not None and self.value.casefold() in text.casefold()
+
+
+def journal_path(settings: Settings) -> Path:
+    return settings.home / "erasures.jsonl"
+
+
+# -- finding what a selector names ------------------------------------------------------------------------------
+
+def _chunks(items: Iterable[str], size: int = BATCH) -> Iterator[list[str]]:
+    items = sorted(items)
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def _scan(session: Session, statement) -> Iterator[tuple]:
+    yield from session.execute(statement.execution_options(yield_per=SCAN_BATCH))
+
+
+def _resolve(session: Session, selector: Selector, since: datetime | None = None) -> tuple[set[str], set[str]]:
+    """The interaction ids the selector names, and the example ids it names by text alone. Text is matched here in
+    Python, case-folded, over every row (``since``: only newer ones): SQLite's LIKE folds ASCII only, and a missed
+    "Zoë" is a failed erasure, while an erasure is rare enough to afford a scan."""
+    kind, value = selector.kind, selector.value
+    if kind == "interaction":
+        return set(session.scalars(select(Interaction.id).where(Interaction.id == value))), set()
+    if kind == "conversation":
+        return set(session.scalars(select(Interaction.id).where(Interaction.conversation_id == value))), set()
+    if kind == "customer":
+        ids = set(session.scalars(select(Interaction.id).where(Interaction.customer == value)))
+        ids |= set(session.scalars(select(Feedback.interaction_id).where(Feedback.customer == value)))
+        return ids, set()
+    ids: set[str] = set()
+    found = selector.matches
+    query = select(Interaction.id, Interaction.question, Interaction.answer, Interaction.customer)
+    for row_id, *texts in _scan(session, query if since is None else query.where(Interaction.created_at >= since)):
+        if any(found(t) for t in texts):
+            ids.add(row_id)
+    query = select(Feedback.interaction_id, Feedback.correction, Feedback.comment, Feedback.customer)
+    for interaction_id, *texts in _scan(session, query if since is None else query.where(Feedback.created_at >= since)):
+        if any(found(t) for t in texts):
+            ids.add(interaction_id)
+    examples: set[str] = set()
+    query = select(Example.id, Example.interaction_id, Example.question, Example.answer)
+    for example_id, interaction_id, *texts in _scan(session, query if since is None else
+                                                    query.where(Example.created_at >= since)):
+        if any(found(t) for t in texts):
+            examples.add(example_id)
+            if interaction_id:
+                ids.add(interaction_id)
+    return ids, examples
+
+
+def _log_line_concerned(message: str, ids: set[str], selector: Selector | None) -> bool:
+    """A job-log line naming an erased interaction, or the selector's value itself (a customer id may be an email)."""
+    if ids and not ids.isdisjoint(ID_TOKEN.findall(message)):
+        return True
+    if selector is None:
+        return False
+    if selector.kind == "matching":
+        return selector.matches(message)
+    return re.search(rf"(?<![\w@.+-]){re.escape(selector.value)}(?![\w@.+-])", message) is not None
+
+
+def _concerned_log_lines(session: Session, ids: set[str], selector: Selector | None) -> list[int]:
+    return [line_id for line_id, message in _scan(session, select(JobLog.id, JobLog.message))
+            if _log_line_concerned(message, ids, selector)]
+
+
+def _write_lock(session: Session) -> None:
+    """SQLite: take the write lock before the locked re-scan, so nothing is written between it and the deletes."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+# -- deleting -----------------------------------------------------------------------------------------------------
+
+def _delete_rows(session: Session, ids: set[str], example_ids: set[str], selector: Selector | None,
+                 texts: set[str] | None = None) -> dict[str, int]:
+    """Delete in foreign-key order, within the caller's transaction; returns rows deleted per table. The erased
+    questions and corrections go into ``texts`` (memory only), for scrubbing the gate reports that quote them."""
+    counts = dict.fromkeys(TABLES, 0)
+    texts = set() if texts is None else texts
+    since = None  # the oldest erased interaction: only later ones can quote it
+    quoted: set[str] = set()
+    for chunk in _chunks(example_ids):
+        counts["examples"] += session.execute(delete(Example).where(Example.id.in_(chunk))
+                                              .execution_options(synchronize_session=False)).rowcount
+    for chunk in _chunks(ids):
+        counts["examples"] += session.execute(delete(Example).where(Example.interaction_id.in_(chunk))
+                                              .execution_options(synchronize_session=False)).rowcount
+        corrections = session.scalars(select(Feedback.correction).where(
+            Feedback.interaction_id.in_(chunk), Feedback.correction.is_not(None))).all()
+        counts["corrections"] += len(corrections)
+        questions = session.scalars(select(Interaction.question).where(Interaction.id.in_(chunk))).all()
+        texts.update(corrections)
+        texts.update(questions)
+        quoted.update(questions)
+        first = session.scalar(select(func.min(Interaction.created_at)).where(Interaction.id.in_(chunk)))
+        since = first if since is None or (first is not None and first < since) else since
+        counts["feedback"] += session.execute(delete(Feedback).where(Feedback.interaction_id.in_(chunk))
+                                              .execution_options(synchronize_session=False)).rowcount
+        counts["interactions"] += session.execute(delete(Interaction).where(Interaction.id.in_(chunk))
+                                                  .execution_options(synchronize_session=False)).rowcount
+    if since is not None:
+        counts["signal_quotes"] = _scrub_signals(session, quoted, since, selector)
+    lines = _concerned_log_lines(session, ids, selector)
+    for start in range(0, len(lines), BATCH):
+        counts["job_logs"] += session.execute(delete(JobLog).where(JobLog.id.in_(lines[start:start + BATCH]))
+                                              .execution_options(synchronize_session=False)).rowcount
+    return counts
+
+
+def _scrub_signals(session: Session, questions: set[str], since: datetime, selector: Selector | None) -> int:
+    """Replace by ``[erased]``, in the failure signals of the interactions logged since ``since``, every reason that
+    quotes an erased question (the rephrase detector quotes the first 120 characters of the earlier question, in
+    double quotes) or contains the selector's text; returns how many interactions changed."""
+    quotes = {f'"{question[:120]}"' for question in questions if question}
+
+    def erased(reason: str) -> bool:
+        return any(quote in reason for quote in quotes) or (selector is not None and selector.matches(reason))
+
+    changed = 0
+    for row_id, signals in list(_scan(session, select(Interaction.id, Interaction.signals)
+                                      .where(Interaction.created_at >= since))):
+        clean = [{**signal, "reason": ERASED} if erased(str(signal.get("reason", ""))) else signal
+                 for signal in signals or []]
+        if clean != (signals or []):
+            session.execute(update(Interaction).where(Interaction.id == row_id).values(signals=clean)
+                            .execution_options(synchronize_session=False))
+            changed += 1
+    return changed
+
+
+def _merge_datasets(recorded: list, new: list) -> list:
+    by_old = {d["old"]: d for d in recorded}
+    for item in new:
+        by_old[item["old"]] = {**by_old.get(item["old"], {}), **item}
+    return list(by_old.values())
+
+
+# -- the hooks into datasets and the registry (synth_data.erasure, tuning.registry, tuning.erasure) ----------------
+
+def _supersede(settings: Settings, ids: set[str], matching: str | None) -> list[dict]:
+    from synth_data.erasure import supersede_datasets
+
+    return list(supersede_datasets(settings.datasets_dir, set(ids), matching))
+
+
+def _flag(settings: Settings, store: Store, dataset_ids: list[str], erasure_id: str, actor: str,
+          texts: set[str]) -> list[str]:
+    """Flag the versions trained on the superseded datasets; ``texts`` (memory only) are scrubbed from their gate
+    reports."""
+    if not dataset_ids:
+        return []
+    from tuning.registry import Registry
+
+    return list(Registry.open(settings, store).flag_trained_on_erased(
+        dataset_ids, erasure_id, actor, erased_texts=sorted(t for t in texts if t and t.strip())))
+
+
+def _follow_up(settings: Settings, store: Store, flagged: list[str], actor: str) -> str | None:
+    """The retrain job ``erasure_followup = "retrain"`` queues, if any."""
+    from tuning.erasure import follow_up
+
+    return follow_up(settings, store, flagged, actor) if flagged else None
+
+
+def _leftover_dataset_rows(settings: Settings, ids: set[str], matching: str | None) -> dict[str, int]:
+    from synth_data.erasure import leftover_rows
+
+    return dict(leftover_rows(settings.datasets_dir, set(ids), matching))
+
+
+# -- records: the erasures row and the journal ----------------------------------------------------------------------
+
+def _journal(settings: Settings, row: Erasure) -> None:
+    """Append the erasure's ids to the journal, synced: the record that survives restoring an older database."""
+    path = journal_path(settings)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    entry = {"id": row.id, "at": utcnow().isoformat(), "actor": row.actor, "selector_kind": row.selector_kind,
+             "selector_hash": row.selector_hash, "state": row.state, "interaction_ids": sorted(row.interaction_ids),
+             "example_ids": sorted(row.example_ids)}
+    with open(path, "a", encoding="utf-8") as handle:
+        handle.write(json.dumps(entry) + "\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+
+
+def read_journal(settings: Settings) -> list[dict]:
+    """The journal's erasures, one per id with the union of its lines' ids; a torn last line is skipped."""
+    path = journal_path(settings)
+    if not path.is_file():
+        return []
+    merged: dict[str, dict] = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        known = merged.setdefault(entry["id"], {**entry, "interaction_ids": [], "example_ids": []})
+        known["interaction_ids"] = sorted(set(known["interaction_ids"]) | set(entry.get("interaction_ids", [])))
+        known["example_ids"] = sorted(set(known["example_ids"]) | set(entry.get("example_ids", [])))
+        known["state"] = "done" if "done" in (known["state"], entry.get("state")) else known["state"]
+    return list(merged.values())
+
+
+def _begin(settings: Settings, store: Store, selector: Selector, actor: str, ids: set[str],
+           example_ids: set[str]) -> tuple[Erasure, bool]:
+    """Resume the running erasure with this selector's hash (merging ids) or record a new one; True if resumed."""
+    with store.session() as session:
+        row = session.scalars(select(Erasure).where(Erasure.selector_hash == selector.hash, Erasure.state == "running")
+                              .order_by(Erasure.created_at).limit(1)).first()
+        resumed = row is not None
+        if row is None:
+            row = Erasure(actor=actor, selector_kind=selector.kind, selector_hash=selector.hash, state="running",
+                          interaction_ids=sorted(ids), example_ids=sorted(example_ids), counts={}, datasets=[],
+                          versions=[])
+            session.add(row)
+        else:
+            row.interaction_ids = sorted(set(row.interaction_ids) | ids)
+            row.example_ids = sorted(set(row.example_ids or []) | example_ids)
+    _journal(settings, row)
+    return row, resumed
+
+
+def _update(store: Store, erasure_id: str, **values) -> Erasure:
+    with store.session() as session:
+        row = session.get(Erasure, erasure_id)
+        for name, value in values.items():
+            setattr(row, name, value)
+    return row
+
+
+def _sum(a: dict, b: dict) -> dict:
+    return {k: int(a.get(k, 0)) + int(b.get(k, 0)) for k in TABLES}
+
+
+# -- the three operations ------------------------------------------------------------------------------------------
+
+def forget(settings: Settings, store: Store, selector: Selector, actor: str,
+           progress: Callable[[str], None] | None = None) -> dict:
+    """Erase everything the selector names; returns the report (numbers and ids only, never content)."""
+    say = progress or (lambda message: None)
+    started = utcnow()
+    texts = {selector.value} if selector.kind == "matching" else set()  # held in memory only, for _flag
+    with store.session() as session:
+        ids, example_ids = _resolve(session, selector)
+    row, resumed = _begin(settings, store, selector, actor, ids, example_ids)
+    say(f"erasure {row.id}: {'resuming, ' if resumed else ''}{len(row.interaction_ids)} interactions found")
+
+    with store.session() as session:  # one transaction: every row of the erasure goes, or none does
+        _write_lock(session)
+        # Again under the lock: what was logged since the first look goes too.
+        late_ids, late_examples = _resolve(session, selector, since=started - RESCAN_MARGIN)
+        record = session.get(Erasure, row.id)
+        all_ids = set(record.interaction_ids) | ids | late_ids
+        all_examples = set(record.example_ids or []) | example_ids | late_examples
+        deleted = _delete_rows(session, all_ids, all_examples, selector, texts)
+        record.interaction_ids, record.example_ids = sorted(all_ids), sorted(all_examples)
+        record.counts = _sum(record.counts or {}, deleted)
+    if all_ids != set(row.interaction_ids) or all_examples != set(row.example_ids):
+        _journal(settings, record)  # the locked look found more: the journal must name them for a restore
+    say("deleted " + ", ".join(f"{n} {table}" for table, n in record.counts.items()))
+
+    matching = selector.value if selector.kind == "matching" else None
+    superseded = _supersede(settings, all_ids, matching)
+    record = _update(store, row.id, datasets=_merge_datasets(record.datasets or [], superseded))
+    say(f"{len(record.datasets)} datasets superseded")
+    flagged = _flag(settings, store, [d["old"] for d in record.datasets], row.id, actor, texts)
+    record = _update(store, row.id, versions=sorted(set(record.versions or []) | set(flagged)))
+    job = _follow_up(settings, store, record.versions, actor)
+
+    with store.session() as session:
+        record = session.get(Erasure, row.id)
+        record.state, record.finished_at = "done", utcnow()
+        session.add(RegistryEvent(action="erasure", version=f"erasure:{row.id}", actor=actor, details={
+            "selector": selector.kind, "selector_hash": selector.hash, **record.counts,
+            "datasets_superseded": len(record.datasets), "versions_flagged": len(record.versions)}))
+    _journal(settings, record)
+    if not store.purge_deleted():
+        log.warning("erasure done, but a reader kept SQLite's write-ahead log from being emptied: the erased rows "
+                    "leave it at the next checkpoint", extra={"erasure_id": row.id})
+    report = _report(record, resumed, job)
+    log.info("erasure done", extra={k: report[k] for k in ("erasure_id", "selector", "selector_hash", "counts")}
+             | {"datasets_superseded": len(report["datasets"]), "versions_flagged": len(report["versions"])})
+    return report
+
+
+def _report(row: Erasure, resumed: bool, job: str | None) -> dict:
+    counts = {k: int((row.counts or {}).get(k, 0)) for k in TABLES}
+    datasets, versions = list(row.datasets or []), list(row.versions or [])
+    return {"erasure_id": row.id, "selector": row.selector_kind, "selector_hash": row.selector_hash,
+            "actor": row.actor, "state": row.state, "resumed": resumed, "counts": counts, "datasets": datasets,
+            "versions": versions, "follow_up_job": job,
+            "nothing_found": not any(counts.values()) and not datasets and not versions}
+
+
+def check(settings: Settings, store: Store, selector: Selector, bank=None) -> dict[str, int]:
+    """What is left of what the selector names: kinds and counts, never content; empty means clean. It looks in the
+    database (with the ids every erasure of this selector recorded), the job logs, the datasets and, given a running
+    service's example bank, its in-memory vectors."""
+    left: dict[str, int] = {}
+    with store.session() as session:
+        ids, example_ids = _resolve(session, selector)
+        recorded = session.scalars(select(Erasure).where(Erasure.selector_hash == selector.hash)).all()
+        for row in recorded:
+            ids |= set(row.interaction_ids)
+            example_ids |= set(row.example_ids or [])
+        left["unfinished_erasures"] = sum(row.state != "done" for row in recorded)
+        for chunk in _chunks(ids):
+            left["interactions"] = left.get("interactions", 0) + len(
+                session.scalars(select(Interaction.id).where(Interaction.id.in_(chunk))).all())
+            left["feedback"] = left.get("feedback", 0) + len(
+                session.scalars(select(Feedback.id).where(Feedback.interaction_id.in_(chunk))).all())
+        examples = {e for chunk in _chunks(ids) for e in session.scalars(
+            select(Example.id).where(Example.interaction_id.in_(chunk)))}
+        examples |= {e for chunk in _chunks(example_ids) for e in session.scalars(
+            select(Example.id).where(Example.id.in_(chunk)))}
+        left["examples"] = len(examples)
+        left["job_logs"] = len(_concerned_log_lines(session, ids, selector))
+        if selector.kind == "matching":
+            left["signal_quotes"] = sum(any(selector.matches(str(s.get("reason", ""))) for s in signals or [])
+                                        for _, signals in _scan(session, select(Interaction.id, Interaction.signals)))
+    matching = selector.value if selector.kind == "matching" else None
+    for kind, n in _leftover_dataset_rows(settings, ids, matching).items():
+        left[f"dataset_rows:{kind}"] = n
+    if bank is not None:
+        left["example_bank_cache"] = sum(
+            e.id in example_ids or e.interaction_id in ids or selector.matches(e.question) or selector.matches(e.answer)
+            for e in bank.in_memory())
+    return {kind: n for kind, n in left.items() if n}
+
+
+def reapply(settings: Settings, store: Store, actor: str, progress: Callable[[str], None] | None = None) -> dict:
+    """Run every recorded erasure again by its recorded ids (the database's and the journal's): after a restore from
+    a backup older than an erasure, this deletes again what the backup brought back. Text-only matches are replayed by
+    the example ids recorded for them; nothing here needs the personal data itself."""
+    say = progress or (lambda message: None)
+    with store.session() as session:
+        rows = {row.id: row for row in session.scalars(select(Erasure).order_by(Erasure.created_at))}
+    entries = {row.id: {"id": row.id, "actor": row.actor, "selector_kind": row.selector_kind,
+                        "selector_hash": row.selector_hash, "interaction_ids": list(row.interaction_ids),
+                        "example_ids": list(row.example_ids or [])} for row in rows.values()}
+    for entry in read_journal(settings):
+        known = entries.setdefault(entry["id"], dict(entry))
+        known["interaction_ids"] = sorted(set(known["interaction_ids"]) | set(entry["interaction_ids"]))
+        known["example_ids"] = sorted(set(known["example_ids"]) | set(entry["example_ids"]))
+    totals, datasets, versions = dict.fromkeys(TABLES, 0), [], []
+    for entry in entries.values():
+        ids, example_ids = set(entry["interaction_ids"]), set(entry["example_ids"])
+        with store.session() as session:
+            _write_lock(session)
+            texts: set[str] = set()
+            deleted = _delete_rows(session, ids, example_ids, None, texts)
+            row = session.get(Erasure, entry["id"])
+            if row is None:  # restored from before this erasure: its record comes back from the journal
+                row = Erasure(id=entry["id"], actor=entry["actor"], selector_kind=entry["selector_kind"],
+                              selector_hash=entry["selector_hash"], interaction_ids=sorted(ids),
+                              example_ids=sorted(example_ids), counts={}, datasets=[], versions=[])
+                session.add(row)
+        superseded = _supersede(settings, ids, None)
+        row = _update(store, entry["id"], datasets=_merge_datasets(row.datasets or [], superseded))
+        flagged = _flag(settings, store, [d["old"] for d in row.datasets], entry["id"], actor, texts)
+        _update(store, entry["id"], versions=sorted(set(row.versions or []) | set(flagged)), state="done",
+                finished_at=row.finished_at or utcnow())
+        totals = _sum(totals, deleted)
+        datasets += superseded
+        versions += [v for v in flagged if v not in versions]
+        say(f"erasure {entry['id']}: " + ", ".join(f"{n} {table}" for table, n in deleted.items()))
+    with store.session() as session:
+        session.add(RegistryEvent(action="erasures reapplied", version="erasures", actor=actor,
+                                  details={"erasures": len(entries), **totals}))
+    job = _follow_up(settings, store, versions, actor)
+    report = {"erasures": len(entries), "counts": totals, "datasets": datasets, "versions": versions,
+              "follow_up_job": job}
+    log.info("erasures reapplied", extra={"erasures": len(entries), "counts": totals})
+    return report
