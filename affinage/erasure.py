@@ -123,7 +123,7 @@ def _resolve(session: Session, selector: Selector, since: datetime | None = None
     if kind == "customer":
         ids = set(session.scalars(select(Interaction.id).where(Interaction.customer == value)))
         ids |= set(session.scalars(select(Feedback.interaction_id).where(Feedback.customer == value)))
-        return ids, set()
+        return ids, set(session.scalars(select(Example.id).where(Example.customer == value)))
     ids: set[str] = set()
     found = selector.matches
     query = select(Interaction.id, Interaction.question, Interaction.answer, Interaction.customer)
@@ -135,7 +135,7 @@ def _resolve(session: Session, selector: Selector, since: datetime | None = None
         if any(found(t) for t in texts):
             ids.add(interaction_id)
     examples: set[str] = set()
-    query = select(Example.id, Example.interaction_id, Example.question, Example.answer)
+    query = select(Example.id, Example.interaction_id, Example.question, Example.answer, Example.customer)
     for example_id, interaction_id, *texts in _scan(session, query if since is None else
                                                     query.where(Example.created_at >= since)):
         if any(found(t) for t in texts):

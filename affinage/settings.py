@@ -95,7 +95,8 @@ class Settings(BaseSettings):
     max_items_per_user: int = Field(50, ge=1, description="Most training items one user's feedback may feed a dataset.")
     min_groundedness: float = Field(0.5, ge=0.0, le=1.0, description="Teacher answers less grounded than this are dropped.")
     rate_limit_per_minute: int = Field(60, ge=1, description="Chat requests per API key per minute.")
-    feedback_per_minute: int = Field(30, ge=1, description="Feedback posts (thumbs, corrections) per API key per minute.")
+    feedback_per_minute: int = Field(
+        30, ge=1, description="Feedback posts (thumbs, corrections) per API key per minute.")
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message or correction, in characters.")
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
     max_queue: int = Field(8, ge=0, description="Chat requests that may wait for the model; more get 503 at once.")

@@ -61,6 +61,7 @@ def review_correction(store: Store, feedback_id: str, approve: bool, reviewer: s
             source=(interaction.citations or [{}])[0].get("source"),
             origin="correction",
             interaction_id=interaction.id,
+            customer=interaction.customer,
             added_by=reviewer,
         )
         session.add(example)

@@ -72,6 +72,7 @@ class Example(Base):
     origin: Mapped[str] = mapped_column(String(32), default="curated")  # curated | correction
     interaction_id: Mapped[str | None] = mapped_column(ForeignKey("interactions.id"), nullable=True)
     added_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    customer: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # its interaction's
 
 
 class Feedback(Base):

@@ -54,6 +54,7 @@ class Item:
     from_teacher: bool
     row: dict = field(repr=False)
     hardened: bool = False  # its passages carry a planted instruction or link (``synth_data.hardening``)
+    customer: str | None = None  # the end customer the interaction was about (erasure finds their rows by it)
 
 
 @dataclass
@@ -105,7 +106,8 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
     embed = passage_embedder(retriever)
     prompt = prompt_messages(question, docs, embed)
     passages = [d.page_content for d in docs]
-    base = dict(question=question, user=interaction.user, interaction_id=interaction.id, passages=passages)
+    base = dict(question=question, user=interaction.user, interaction_id=interaction.id, passages=passages,
+                customer=interaction.customer)
     items: list[Item] = []
 
     for f in feedback:  # unpaired good/bad answers, as given, for KTO
@@ -220,7 +222,8 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
         raise ValueError(f"every candidate item was filtered out ({json.dumps(report.dropped)}); nothing written")
     rows = {kind: [x.row for x in kept if x.kind == kind] for kind in KINDS}
     lineage = {**{kind: [x.interaction_id for x in kept if x.kind == kind] for kind in KINDS},
-               "contributors": {x.interaction_id: x.user or "anonymous" for x in kept}}  # for erasures: row -> source
+               "contributors": {x.interaction_id: x.user or "anonymous" for x in kept},  # for erasures: row -> source
+               "customers": {x.interaction_id: x.customer for x in kept if x.customer}}
     manifest = write_dataset(settings.datasets_dir, rows, {
         "base_model": base_model,
         "teacher": teacher_name,

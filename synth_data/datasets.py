@@ -13,7 +13,9 @@ from pathlib import Path
 from affinage.atomic import fsync_dir, fsync_file
 
 KINDS = ("sft", "preference", "kto", "heldout")  # heldout: paraphrases kept for the gates, never trained on
-LINEAGE = "lineage.json"  # {kind: [interaction id of each row, in file order], "contributors": {interaction id: user}}
+# {kind: [interaction id of each row, in file order], "contributors": {interaction id: user},
+#  "customers": {interaction id: end customer}}
+LINEAGE = "lineage.json"
 
 
 def write_dataset(root: Path, rows: dict[str, list[dict]], manifest: dict, lineage: dict | None = None) -> dict:
@@ -36,7 +38,8 @@ def write_dataset(root: Path, rows: dict[str, list[dict]], manifest: dict, linea
             files[f"{kind}.jsonl"] = hashlib.sha256(data.encode("utf-8")).hexdigest()
         if lineage is not None:
             data = json.dumps({**{kind: list(lineage.get(kind, [])) for kind in KINDS},
-                               "contributors": dict(lineage.get("contributors", {}))}, ensure_ascii=False, sort_keys=True)
+                               **{key: dict(lineage.get(key, {})) for key in ("contributors", "customers")}},
+                              ensure_ascii=False, sort_keys=True)
             (tmp / LINEAGE).write_text(data, encoding="utf-8")
             files[LINEAGE] = hashlib.sha256(data.encode("utf-8")).hexdigest()
         content_hash = hashlib.sha256("".join(f"{n}:{h}\n" for n, h in sorted(files.items())).encode()).hexdigest()

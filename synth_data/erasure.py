@@ -102,11 +102,12 @@ class Plan:
         lineage = None
         if self.lineage is not None:
             lineage = {kind: [self.lineage[kind][n] for n in self.keep[kind]] for kind in KINDS}
+            kept = {i for kind in KINDS for i in lineage[kind]}
             users = self.lineage.get("contributors")
             if users is not None:
-                kept = {i for kind in KINDS for i in lineage[kind]}
                 lineage["contributors"] = {i: users[i] for i in kept if i in users}
                 manifest["contributors"] = sorted({users.get(i, "anonymous") for i in kept})
+            lineage["customers"] = {i: c for i, c in self.lineage.get("customers", {}).items() if i in kept}
         return rows, manifest, lineage
 
 

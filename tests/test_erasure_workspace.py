@@ -5,6 +5,8 @@ database is searched for their strings."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
@@ -59,7 +61,8 @@ def served(tiny_settings, tiny_model_dir, db_url, kb, embeddings, tmp_path):
          "Barnabus, annual plans are refundable within 30 days of purchase."),
     ]:
         answer = agent.ask(question, channel="api", user="support-key", customer=customer)
-        feedback = record_feedback(agent.store, answer.interaction_id, "down", correction=correction, user="support-key")
+        feedback = record_feedback(agent.store, answer.interaction_id, "down", correction=correction,
+                                   user="support-key")
         review_correction(agent.store, feedback.id, True, "operator-1")
     manifest = synthesize(settings, agent.store, agent.retriever, Teacher(responses=["unused"]),
                           agent.retriever.embeddings.encode, teacher_name="scripted", base_model=tiny_model_dir.name,
@@ -78,6 +81,11 @@ def test_a_forgotten_customer_is_nowhere_in_the_workspace_or_the_database(served
     assert all(files_holding(home, s) or s in every_text(agent.store) for s in ALICE_STRINGS)
     print("files holding the customer's name before:", files_holding(home, "zephyrine"))
     assert {f"datasets/{dataset['id']}/{k}.jsonl" for k in KINDS} <= set(files_holding(home, "zephyrine"))
+
+    # the customer travels with what is derived from their interactions: example-bank entries, dataset lineage
+    assert {e.customer for e in agent.examples.all()} == {ALICE, BOB}
+    lineage = json.loads((settings.datasets_dir / dataset["id"] / "lineage.json").read_text())
+    assert set(lineage["customers"].values()) == {ALICE, BOB}
 
     report = forget(settings, agent.store, Selector(customer=ALICE), actor="admin-1")
 

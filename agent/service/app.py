@@ -168,7 +168,8 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
         if body.model not in (None, DEFAULT_MODEL, *model_ids()):
             raise APIError(404, f"model {body.model!r} does not exist; GET /v1/models lists them", "model_not_found", "model")
         if body.n is not None and body.n > 1:
-            raise APIError(400, f"n is {body.n}; affinage answers with one choice, so n must be 1", "n_not_supported", "n")
+            raise APIError(400, f"n is {body.n}; affinage answers with one choice, so n must be 1", "n_not_supported",
+                           "n")
         turns = [m for m in body.messages if m.role in ("user", "assistant")]  # the system prompt is ours
         if not turns or turns[-1].role != "user":
             raise APIError(400, "the last message must come from the user", "invalid_messages", "messages")
@@ -428,7 +429,8 @@ def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI
     @app.get("/docs", include_in_schema=False)
     def api_docs() -> FileResponse:
         """Swagger UI, from files served here (FastAPI's own page loads them from a CDN, which the CSP blocks)."""
-        return FileResponse(STATIC / "docs.html", headers={"Cache-Control": "no-cache", "Content-Security-Policy": DOCS_CSP})
+        return FileResponse(STATIC / "docs.html",
+                            headers={"Cache-Control": "no-cache", "Content-Security-Policy": DOCS_CSP})
 
     app.mount("/static/docs-assets", StaticFiles(directory=SWAGGER_ASSETS), name="docs-assets")
     if STATIC.is_dir():

@@ -30,33 +30,8 @@ def prompt_tokens(messages: list, count: Callable[[list], int] | None = None) ->
     return estimate_tokens(*(m.content if isinstance(m.content, str) else str(m.content) for m in messages))
 
 
-class RateLimiter:
-    """A token bucket per key: ``per_minute`` requests, refilled continuously."""
-
-    def __init__(self, per_minute: int, clock=time.monotonic):
-        self.capacity = float(per_minute)
-        self.rate = per_minute / 60.0
-        self.clock = clock
-        self._buckets: dict[str, tuple[float, float]] = {}
-        self._lock = threading.Lock()
-
-    def check(self, key: str) -> None:
-        with self._lock:
-            now = self.clock()
-            tokens, last = self._buckets.get(key, (self.capacity, now))
-            tokens = min(self.capacity, tokens + (now - last) * self.rate)
-            if tokens < 1.0:
-                retry = max(1, int((1.0 - tokens) / self.rate + 0.999))
-                self._buckets[key] = (tokens, now)
-                raise APIError(429, f"rate limit of {int(self.capacity)} requests per minute exceeded",
-                               "rate_limit_exceeded", headers={"Retry-After": str(retry)})
-            self._buckets[key] = (tokens - 1.0, now)
-
-
-class TokenBudget:
-    """A token bucket per key holding ``per_minute`` prompt tokens, refilled continuously; each request is charged its
-    prompt tokens. A request larger than the whole bucket is let through when the bucket is full and leaves it in debt
-    (it is refused later by the model's context, not here forever); a refusal names the wait for the refill."""
+class TokenBucket:
+    """Per-key token buckets holding ``per_minute`` tokens, refilled continuously."""
 
     def __init__(self, per_minute: int, clock=time.monotonic):
         self.capacity = float(per_minute)
@@ -69,25 +44,48 @@ class TokenBudget:
         tokens, last = self._buckets.get(key, (self.capacity, now))
         return min(self.capacity, tokens + (now - last) * self.rate)
 
-    def charge(self, key: str, tokens: int) -> None:
+    def _take(self, key: str, amount: float) -> tuple[int | None, float]:
+        """Take ``amount`` from the key's bucket: (None, level before) when taken, else (seconds until it could be,
+        level). More than the whole bucket is taken from a full one, leaving it in debt, rather than never."""
         with self._lock:
             now = self.clock()
             level = self._level(key, now)
-            needed = min(float(tokens), self.capacity)
+            needed = min(amount, self.capacity)
             if level < needed:
-                retry = max(1, math.ceil((needed - level) / self.rate))
                 self._buckets[key] = (level, now)
-                raise APIError(429, f"this request has {tokens} prompt tokens and the key's budget of "
-                               f"{int(self.capacity)} prompt tokens per minute has {max(0, int(level))} left",
-                               "prompt_tokens_exceeded", headers={"Retry-After": str(retry)})
-            self._buckets[key] = (level - tokens, now)
+                return max(1, math.ceil((needed - level) / self.rate - 1e-9)), level  # 1e-9: float dust
+            self._buckets[key] = (level - amount, now)
+            return None, level
 
-    def refund(self, key: str, tokens: int) -> None:
-        """Give back the charge of a request refused before the model read its prompt (queue full, queue deadline,
-        prompt over the model's context): the budget is for the model's work."""
+    def refund(self, key: str, amount: float) -> None:
+        """Give back a charge."""
         with self._lock:
             now = self.clock()
-            self._buckets[key] = (min(self.capacity, self._level(key, now) + tokens), now)
+            self._buckets[key] = (min(self.capacity, self._level(key, now) + amount), now)
+
+
+class RateLimiter(TokenBucket):
+    """``per_minute`` requests per key."""
+
+    def check(self, key: str) -> None:
+        retry, _ = self._take(key, 1.0)
+        if retry is not None:
+            raise APIError(429, f"rate limit of {int(self.capacity)} requests per minute exceeded",
+                           "rate_limit_exceeded", headers={"Retry-After": str(retry)})
+
+
+class TokenBudget(TokenBucket):
+    """``per_minute`` prompt tokens per key, each request charged its prompt tokens. A request larger than the whole
+    bucket passes a full bucket and leaves it in debt (the model's context refuses it later, not this forever); a
+    request refused before the model read its prompt (queue full, queue deadline, prompt over the model's context) is
+    refunded: the budget is for the model's work."""
+
+    def charge(self, key: str, tokens: int) -> None:
+        retry, level = self._take(key, float(tokens))
+        if retry is not None:
+            raise APIError(429, f"this request has {tokens} prompt tokens and the key's budget of "
+                           f"{int(self.capacity)} prompt tokens per minute has {max(0, int(level))} left",
+                           "prompt_tokens_exceeded", headers={"Retry-After": str(retry)})
 
 
 class KeyConcurrency:

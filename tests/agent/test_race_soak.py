@@ -63,8 +63,8 @@ def drive(base_url: str, keys: dict[str, str], seconds: float, seed: int) -> dic
             name = f"race-{round_no}"
             jobs = [(d, pool.submit(call, "POST", f"/api/operator/corrections/{feedback_id}/{d}", keys["operator"]))
                     for d in decisions]
-            creations = [pool.submit(call, "POST", "/api/admin/keys", keys["admin"], json={"name": name, "role": "agent"})
-                         for _ in range(4)]
+            creations = [pool.submit(call, "POST", "/api/admin/keys", keys["admin"],
+                                     json={"name": name, "role": "agent"}) for _ in range(4)]
             intrusions = [pool.submit(call, "POST", "/api/feedback", keys["bob"], json={**body, "correction": "evil"})
                           for _ in range(2)]
             methods = ["".join(rng.choices(string.ascii_uppercase, k=rng.randint(8, 2000))) for _ in range(4)]

@@ -15,21 +15,11 @@ from retrieval.index import ingest
 from synth_data.builder import synthesize
 from synth_data.datasets import KINDS, LINEAGE, list_datasets, used_interactions, verify_dataset
 from synth_data.erasure import leftover_rows, supersede_datasets
+from tests.synth_data.test_builder import BAD, GOOD, Teacher
 from tuning.data import find_dataset, load_training_data
 
-BAD = "We never give refunds, sorry."
-GOOD = "Annual plans are refundable within 30 days of purchase: open Settings > Billing and press Request refund."
 ANN_QUESTION = "Can I get a refund on my annual plan?"
 BOB_CORRECTION = "No, monthly plans are never refunded. Ask the billing desk."
-
-
-class Teacher(FakeListChatModel):
-    """Paraphrase requests get three lines (the last is held out), answer requests get GOOD."""
-
-    def _call(self, messages, *args, **kwargs):
-        if "Rewrite this customer question" in messages[-1].content:
-            return "1. Is a yearly plan refundable?\n2. Could I get my money back for an annual subscription?\n3. refund annual plan"
-        return GOOD
 
 
 @pytest.fixture

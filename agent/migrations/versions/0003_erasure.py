@@ -1,5 +1,5 @@
-"""The right to be forgotten: the end customer on interactions and feedback, the erasures log, and the registry's
-per-version flags ("trained on erased data").
+"""The right to be forgotten: the end customer on interactions, feedback and examples, the erasures log, and the
+registry's per-version flags ("trained on erased data").
 
 Revision ID: 0003
 Revises: 0002
@@ -34,6 +34,10 @@ def upgrade() -> None:
     with op.batch_alter_table('erasures', schema=None) as batch_op:
         batch_op.create_index(batch_op.f('ix_erasures_selector_hash'), ['selector_hash'], unique=False)
 
+    with op.batch_alter_table('examples', schema=None) as batch_op:
+        batch_op.add_column(sa.Column('customer', sa.String(length=200), nullable=True))
+        batch_op.create_index(batch_op.f('ix_examples_customer'), ['customer'], unique=False)
+
     with op.batch_alter_table('feedback', schema=None) as batch_op:
         batch_op.add_column(sa.Column('customer', sa.String(length=200), nullable=True))
         batch_op.create_index(batch_op.f('ix_feedback_customer'), ['customer'], unique=False)
@@ -57,6 +61,10 @@ def downgrade() -> None:
 
     with op.batch_alter_table('feedback', schema=None) as batch_op:
         batch_op.drop_index(batch_op.f('ix_feedback_customer'))
+        batch_op.drop_column('customer')
+
+    with op.batch_alter_table('examples', schema=None) as batch_op:
+        batch_op.drop_index(batch_op.f('ix_examples_customer'))
         batch_op.drop_column('customer')
 
     with op.batch_alter_table('erasures', schema=None) as batch_op:
