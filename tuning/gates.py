@@ -13,6 +13,7 @@ import logging
 import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
+from importlib import resources
 from pathlib import Path
 
 from langchain_core.documents import Document
@@ -29,7 +30,9 @@ from tuning.registry import Registry, RegistryError
 from tuning.report import write_report
 
 log = logging.getLogger("affinage.gates")
-GATE_DATA = Path(__file__).resolve().parent.parent / "affinage" / "demo" / "gates"
+# The bundled gate sets ship as package data of ``affinage`` (pyproject's package-data), found the same way from a
+# source tree or an installed wheel.
+GATE_DATA = Path(str(resources.files("affinage") / "demo" / "gates"))
 
 
 @dataclass
