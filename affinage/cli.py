@@ -267,13 +267,13 @@ def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(settings: Settings, args: argparse.Namespace) -> int:
-    from synth_data.datasets import list_datasets
+    from synth_data.datasets import list_datasets, superseded
 
     manifests = list_datasets(settings.datasets_dir, include_superseded=True)
     if args.json:
         print(json.dumps(manifests))
     for m in [] if args.json else manifests:
-        if "erased_at" in m:  # a tombstone: an erasure removed its rows
+        if superseded(m):  # a tombstone: an erasure removed its rows
             removed = " ".join(f"{kind}={n}" for kind, n in m.get("removed", {}).items())
             print(f"{m['id']}  {m['created_at'][:19]}  superseded by {m.get('superseded_by') or 'nothing'} "
                   f"after an erasure ({m['erased_at'][:19]}; removed {removed})")

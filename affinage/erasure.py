@@ -27,7 +27,8 @@ from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
 from affinage.settings import Settings
-from agent.store import Erasure, Example, Feedback, Interaction, JobLog, RegistryEvent, Store, utcnow
+from agent.store import Erasure, Example, Feedback, Interaction, JobLog, RegistryEvent, Store, lock_for_writing, utcnow
+from tuning.report import ERASED
 
 log = logging.getLogger("affinage.erasure")
 KINDS = ("customer", "conversation", "interaction", "matching")
@@ -39,7 +40,6 @@ ID_TOKEN = re.compile(r"[0-9a-f]{32}")  # how interaction ids (uuid4 hex) appear
 # What a report counts: rows deleted per table (corrections: the feedback rows that held one), and other
 # interactions whose failure signals quoted an erased question (a rephrase names the earlier question), scrubbed.
 TABLES = ("interactions", "feedback", "corrections", "examples", "job_logs", "signal_quotes")
-ERASED = "[erased]"
 
 
 class SelectorError(ValueError):
@@ -159,13 +159,6 @@ def _log_line_concerned(message: str, ids: set[str], selector: Selector | None) 
 def _concerned_log_lines(session: Session, ids: set[str], selector: Selector | None) -> list[int]:
     return [line_id for line_id, message in _scan(session, select(JobLog.id, JobLog.message))
             if _log_line_concerned(message, ids, selector)]
-
-
-def _write_lock(session: Session) -> None:
-    """SQLite: take the write lock before the locked re-scan, so nothing is written between it and the deletes."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 # -- deleting -----------------------------------------------------------------------------------------------------
@@ -345,7 +338,7 @@ def forget(settings: Settings, store: Store, selector: Selector, actor: str,
     say(f"erasure {row.id}: {'resuming, ' if resumed else ''}{len(row.interaction_ids)} interactions found")
 
     with store.session() as session:  # one transaction: every row of the erasure goes, or none does
-        _write_lock(session)
+        lock_for_writing(session)  # SQLite: nothing is written between the locked re-scan and the deletes
         # Again under the lock: what was logged since the first look goes too.
         late_ids, late_examples = _resolve(session, selector, since=started - RESCAN_MARGIN)
         record = session.get(Erasure, row.id)
@@ -445,7 +438,7 @@ def reapply(settings: Settings, store: Store, actor: str, progress: Callable[[st
     for entry in entries.values():
         ids, example_ids = set(entry["interaction_ids"]), set(entry["example_ids"])
         with store.session() as session:
-            _write_lock(session)
+            lock_for_writing(session)
             texts: set[str] = set()
             deleted = _delete_rows(session, ids, example_ids, None, texts)
             row = session.get(Erasure, entry["id"])

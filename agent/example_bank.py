@@ -6,22 +6,11 @@ import threading
 from pathlib import Path
 
 import numpy as np
-from sqlalchemy import select, text
+from sqlalchemy import select
 
 from affinage.jsonl import numbered_lines
-from agent.store import Example, Store
+from agent.store import Example, Store, lock_for_writing
 from retrieval.embeddings import SentenceEmbeddings
-
-
-def _lock_examples(session) -> None:
-    """Hold the examples table against other writers until the transaction ends, so that two imports of one file
-    cannot both read the bank without a pair and both add it: PostgreSQL's table lock in a mode that conflicts with
-    itself and with inserts, SQLite's write lock (``BEGIN IMMEDIATE``, before the read)."""
-    connection = session.connection()
-    if connection.dialect.name == "postgresql":
-        connection.execute(text("LOCK TABLE examples IN SHARE ROW EXCLUSIVE MODE"))
-    elif connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
 
 
 class ExampleBank:
@@ -47,7 +36,7 @@ class ExampleBank:
             rows.append(Example(question=item["question"].strip(), answer=item["answer"].strip(),
                                 source=item.get("source"), origin="curated", added_by=added_by))
         with self.store.session() as session:
-            _lock_examples(session)
+            lock_for_writing(session, Example.__tablename__)  # two imports of one file must not both add a pair
             known = {(q, a) for q, a in session.execute(select(Example.question, Example.answer))}
             fresh = [row for row in rows if (row.question, row.answer) not in known]
             session.add_all(fresh)

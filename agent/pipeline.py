@@ -170,6 +170,7 @@ class SupportAgent:
         ``user`` is the API key that asked; ``customer`` the end customer the client named (OpenAI's ``user``), kept
         on the interaction so that ``affinage forget --customer`` can find their data."""
         question = validate_question(question)
+        customer = (customer or "").strip() or None
         started = time.perf_counter()
         state: dict = {}
         message: AIMessageChunk | AIMessage | None = None
@@ -209,7 +210,7 @@ class SupportAgent:
                 question=question, answer=text, created_at=time.time(),
                 retrieved_scores=[float(d.metadata["score"]) for d in state.get("retrieved", [])],
                 passages=[d.page_content for d in docs],
-                earlier_questions=self._earlier_questions(user, (customer or "").strip() or None),
+                earlier_questions=self._earlier_questions(user, customer),
             )
             row = self.store.add(Interaction(
                 question=question,
@@ -228,7 +229,7 @@ class SupportAgent:
                 channel=channel,
                 user=user,
                 conversation_id=conversation_id,
-                customer=(customer or "").strip() or None,
+                customer=customer,
             ))
             result.interaction_id = row.id
         yield result

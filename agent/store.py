@@ -214,6 +214,17 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def lock_for_writing(session: Session, table: str | None = None) -> None:
+    """Hold off other writers until the session's transaction ends, so a read-then-write in it cannot race another:
+    SQLite's write lock (``BEGIN IMMEDIATE``, before any read), and on PostgreSQL ``table`` locked in a mode that
+    conflicts with itself and with inserts (rows already locked by the caller's statements need no table lock)."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite":
+        connection.exec_driver_sql("BEGIN IMMEDIATE")
+    elif connection.dialect.name == "postgresql" and table is not None:
+        connection.exec_driver_sql(f'LOCK TABLE "{table}" IN SHARE ROW EXCLUSIVE MODE')
+
+
 class Store:
     """Owns the engine and hands out transactional sessions; the schema is brought to head on opening."""
 

@@ -227,10 +227,6 @@ def _is_card(match: re.Match) -> bool:
     return not _IBAN_HEAD.search(match.string, 0, match.start())
 
 
-def _is_ssn(text: str) -> bool:
-    return ssn_valid(text)
-
-
 def _is_ip(text: str) -> bool:
     try:
         ipaddress.ip_address(text)
@@ -335,8 +331,8 @@ def redact_pii(text: str, keep: Collection[str] = ()) -> tuple[str, dict[str, in
         (_OBFUSCATED_EMAIL, whole("email", _is_obfuscated_email)),
         (_IBAN, whole("iban", text_of(_is_iban))),
         (_CARD, whole("card", _is_card)),
-        (_SSN_BY_CONTEXT, value("ssn", _is_ssn)),
-        (_SSN, whole("ssn", text_of(_is_ssn))),
+        (_SSN_BY_CONTEXT, value("ssn", ssn_valid)),
+        (_SSN, whole("ssn", text_of(ssn_valid))),
         (_IPV6, whole("ip", text_of(_is_ip))),
         (_IPV4, whole("ip")),
         (_PHONE, whole("phone", text_of(_is_phone))),

@@ -102,17 +102,23 @@ class RunConfig:
         return asdict(self)
 
 
+def read_config_file(path: Path) -> dict:
+    """The values a TOML or JSON run-config file sets, unchecked."""
+    if not path.is_file():
+        raise FileNotFoundError(f"config file not found: {path}")
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
+    except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
+        kind = "JSON" if path.suffix == ".json" else "TOML"
+        raise ValueError(f"config file {path} is not valid {kind}: {error}") from error
+
+
 def load_config(path: Path | None, method: str) -> RunConfig:
     """A run config from a TOML or JSON file (unknown keys refused), for ``method``; no file: the defaults."""
     values: dict = {}
     if path is not None:
-        if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
-        text = path.read_text(encoding="utf-8")
-        try:
-            values = json.loads(text) if path.suffix == ".json" else tomllib.loads(text)
-        except (json.JSONDecodeError, tomllib.TOMLDecodeError) as error:
-            raise ValueError(f"config file {path} is not valid {'JSON' if path.suffix == '.json' else 'TOML'}: {error}") from error
+        values = read_config_file(path)
         known = {f.name for f in fields(RunConfig)}
         unknown = sorted(set(values) - known)
         if unknown:

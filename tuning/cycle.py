@@ -120,14 +120,11 @@ def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool 
 def from_base_config(settings: Settings, method: str) -> Path:
     """``worker_train_config`` with ``start_from = "base"``, written beside the runs (same values, so a resumed run
     finds its checkpoints)."""
-    import tomllib
-
     from affinage.atomic import atomic_write_text
+    from tuning.config import read_config_file
 
-    values, source = {}, settings.worker_train_config
-    if source is not None:
-        text = source.read_text(encoding="utf-8")
-        values = json.loads(text) if source.suffix == ".json" else tomllib.loads(text)
+    source = settings.worker_train_config
+    values = read_config_file(source) if source is not None else {}
     path = settings.home / "runs" / f"{method}-from-base.json"
     atomic_write_text(path, json.dumps({**values, "start_from": "base"}, indent=2, sort_keys=True))
     return path

@@ -16,7 +16,7 @@ from agent.service.schemas import ForgetRequest
 from agent.store import Store
 
 log = logging.getLogger("affinage.service")
-SELECTORS = ("customer", "conversation", "interaction", "matching")
+SELECTORS = tuple(name for name in ForgetRequest.model_fields if name != "check")
 
 
 def erasure_routes(settings: Settings, store: Store, require: Callable, *, forget: Callable, check: Callable,
