@@ -8,8 +8,9 @@
    CLI, the way ``make run`` does: ``affinage ingest affinage/demo/kb``,
    ``affinage examples import affinage/demo/examples.jsonl`` (when the bank is
    empty), and a ``config.toml`` with a high ``rate_limit_per_minute`` and
-   ``max_queue`` >= the largest level, so that concurrent clients are queued
-   rather than refused. The bundled GGUF model is converted to safetensors in a
+   ``prompt_tokens_per_minute``, and ``max_queue`` and ``max_in_flight_per_key``
+   >= the largest level (every client uses one key, standing in for many agents),
+   so that concurrent clients are queued rather than refused. The bundled GGUF model is converted to safetensors in a
    separate process first, so the server's memory is that of serving, not of
    the one-time conversion. ``affinage keys create --role agent`` makes a key.
 2. Starts ``affinage --home HOME serve --host 127.0.0.1 --port FREE_PORT`` as a
@@ -67,6 +68,7 @@ START, END = markers("serve_latency")
 DEFAULT_LEVELS = (1, 4, 16)
 DEFAULT_REQUESTS = {1: 10, 4: 12, 16: 16}  # a level not listed here gets 2 requests per client
 RATE_LIMIT_PER_MINUTE = 100_000
+PROMPT_TOKENS_PER_MINUTE = 100_000_000
 MIN_MAX_QUEUE = 32
 
 # The issue's targets.
@@ -114,11 +116,14 @@ def toml_value(value: object) -> str:
 
 
 def write_config(home: Path, max_queue: int) -> dict:
-    """Keep what an existing config.toml sets; raise the rate limit and the queue so clients wait instead of failing."""
+    """Keep what an existing config.toml sets; raise the per-key limits and the queue so that clients, which share
+    one key, wait instead of failing."""
     path = home / "config.toml"
     config = tomllib.loads(path.read_text(encoding="utf-8")) if path.exists() else {}
     config["rate_limit_per_minute"] = max(int(config.get("rate_limit_per_minute", 0)), RATE_LIMIT_PER_MINUTE)
+    config["prompt_tokens_per_minute"] = max(int(config.get("prompt_tokens_per_minute", 0)), PROMPT_TOKENS_PER_MINUTE)
     config["max_queue"] = max(int(config.get("max_queue", 0)), max_queue)
+    config["max_in_flight_per_key"] = max(int(config.get("max_in_flight_per_key", 0)), max_queue)
     path.write_text("".join(f"{key} = {toml_value(value)}\n" for key, value in config.items()), encoding="utf-8")
     return config
 
@@ -571,7 +576,9 @@ def render(levels: dict[int, dict], info: dict) -> str:
         f"{info['gpu']}; 1-minute load average {info['load']} when the run started and "
         f"{info['load_end']} when it ended (that one includes the server's own work).",
         f"- Server: `affinage serve` on 127.0.0.1, one worker, rate_limit_per_minute={info['rate_limit']}, "
-        f"max_queue={info['max_queue']}; workspace: demo knowledge base (`affinage/demo/kb`) and example bank "
+        f"prompt_tokens_per_minute={info['prompt_tokens']}, max_queue={info['max_queue']}, "
+        f"max_in_flight_per_key={info['in_flight']} (one key for every client); workspace: demo knowledge base "
+        f"(`affinage/demo/kb`) and example bank "
         f"(`affinage/demo/examples.jsonl`); questions: `affinage/demo/golden.jsonl` ({info['questions']} with a "
         f"source), in order, cycling; 1 warm-up request first.",
         f"- Command: `{info['command']}`",
@@ -729,6 +736,7 @@ def main(argv: list[str] | None = None) -> int:
         "peak_rss": peak, "hwm": hwm, "peak_sampled": sampler.peak_sampled,
         "rss_warm": rss_warm, "rss_end": rss_end, "memory_method": sampler.method,
         "rate_limit": config["rate_limit_per_minute"], "max_queue": config["max_queue"],
+        "prompt_tokens": config["prompt_tokens_per_minute"], "in_flight": config["max_in_flight_per_key"],
         "questions": len(questions),
         "command": command_line(__file__, argv),
     }
