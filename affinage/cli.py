@@ -11,7 +11,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
-from affinage.settings import Settings, load_settings
+from affinage.core.settings import Settings, load_settings
 from affinage.workspace import secure_workspace
 from tuning.config import METHODS
 
@@ -56,7 +56,7 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
     from agent.pipeline import validate_question
 
     validate_question(args.question)
@@ -72,7 +72,7 @@ def cmd_ask(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
     from agent.evaluation import read_eval_set, run_eval, score, write_results
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
 
     items = read_eval_set(Path(args.file))
     results = run_eval(build_agent(settings), items, progress=True)
@@ -88,7 +88,7 @@ def cmd_eval(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_examples(settings: Settings, args: argparse.Namespace) -> int:
     from agent.example_bank import ExampleBank
-    from agent.store import Store
+    from affinage.core.store import Store
 
     store = Store(settings.db_url)
     if args.action == "import":
@@ -111,7 +111,7 @@ def cmd_examples(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_chat(settings: Settings, args: argparse.Namespace) -> int:
     from langchain_core.messages import AIMessage, HumanMessage
 
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
 
     agent = build_agent(settings)
     history = []
@@ -194,7 +194,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
     from agent.service import auth
-    from agent.store import Store
+    from affinage.core.store import Store
 
     store = Store(settings.db_url)
     if args.action == "create":
@@ -215,7 +215,7 @@ def cmd_keys(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_corrections(settings: Settings, args: argparse.Namespace) -> int:
     from agent.corrections import correction_info, pending_corrections, review_correction
-    from agent.store import Store
+    from affinage.core.store import Store
 
     store = Store(settings.db_url)
     if args.action in ("approve", "reject"):
@@ -236,7 +236,7 @@ def cmd_corrections(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
     from datetime import datetime, timedelta, timezone
 
-    from agent.store import Store
+    from affinage.core.store import Store
     from agent.triage import render_text, triage
     from retrieval.embeddings import SentenceEmbeddings
 
@@ -250,7 +250,7 @@ def cmd_failures(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
-    from tuning.cycle import build_dataset
+    from affinage.cycle import build_dataset
 
     if args.paraphrases is not None:
         settings = settings.model_copy(update={"paraphrases": args.paraphrases})
@@ -267,7 +267,7 @@ def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_datasets(settings: Settings, args: argparse.Namespace) -> int:
-    from synth_data.datasets import list_datasets, superseded
+    from affinage.core.datasets import list_datasets, superseded
 
     manifests = list_datasets(settings.datasets_dir, include_superseded=True)
     if args.json:
@@ -343,7 +343,7 @@ def cmd_gate(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_drift(settings: Settings, args: argparse.Namespace) -> int:
-    from agent.store import Store
+    from affinage.core.store import Store
     from retrieval.embeddings import SentenceEmbeddings
     from tuning.gates import traffic_drift
 
@@ -394,7 +394,7 @@ def cmd_rollback(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
-    from tuning.worker import Worker
+    from affinage.worker import Worker
 
     worker = Worker(settings)
     mode = "one check" if args.once else f"checking every {settings.worker_poll_seconds:g} s"
@@ -411,8 +411,8 @@ def cmd_worker(settings: Settings, args: argparse.Namespace) -> int:
 def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
     from sqlalchemy.exc import SQLAlchemyError
 
-    from agent import migrations
-    from agent.store import make_engine
+    from affinage.core import migrations
+    from affinage.core.database import make_engine
 
     try:
         engine = make_engine(settings.db_url)
@@ -439,7 +439,7 @@ def cmd_db(settings: Settings, args: argparse.Namespace) -> int:
 
 def cmd_forget(settings: Settings, args: argparse.Namespace) -> int:
     from affinage.erasure import KINDS, Selector, SelectorError, check, forget, reapply
-    from agent.store import Store
+    from affinage.core.store import Store
 
     given = {kind: getattr(args, kind) for kind in KINDS if getattr(args, kind) is not None}
     try:

@@ -3,7 +3,7 @@
 Support traffic is replayed through the agent (so every answer is logged), a simulated support agent rates each
 answer as the API would record it (thumbs-up when it holds the line's key fact, else thumbs-down with the line's
 reference answer as the correction), an operator approves the corrections, and one improvement cycle runs through
-the stages the worker runs (`tuning.cycle`). A candidate that passes its gates is approved and promoted as actor
+the stages the worker runs (`affinage.cycle`). A candidate that passes its gates is approved and promoted as actor
 ``demo``. The held-out paraphrases synth wrote (never trained on) are then asked of four set-ups, so that what the
 example bank fixed and what training fixed are told apart.
 """
@@ -23,8 +23,8 @@ from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage
 from langchain_core.outputs import ChatGeneration, ChatResult
 
-from affinage.jsonl import numbered_lines
-from affinage.settings import Settings
+from affinage.core.jsonl import numbered_lines
+from affinage.core.settings import Settings
 
 DEMO = Path(__file__).resolve().parent / "demo"
 TRAFFIC = DEMO / "traffic.jsonl"
@@ -177,13 +177,14 @@ def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = 
              echo: Callable[[str], None] | None = None) -> dict:
     """The demo end to end; returns every figure it printed."""
     from agent.corrections import pending_corrections, review_correction
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
     from agent.feedback import record_feedback
-    from agent.metrics import contains_fact
-    from agent.store import Store, utcnow
+    from affinage.core.metrics import contains_fact
+    from affinage.core.store import Store
+    from affinage.core.timeutil import utcnow
     from retrieval.embeddings import SentenceEmbeddings
     from retrieval.index import ingest
-    from tuning import cycle
+    from affinage import cycle
     from tuning.gates import read_jsonl
     from tuning.registry import Registry
     from tuning.serving import load_weights

@@ -26,8 +26,11 @@ from typing import Callable, Iterable, Iterator
 from sqlalchemy import delete, func, select, update
 from sqlalchemy.orm import Session
 
-from affinage.settings import Settings
-from agent.store import Erasure, Example, Feedback, Interaction, JobLog, RegistryEvent, Store, lock_for_writing, utcnow
+from affinage.core.settings import Settings
+from affinage.core.tables import Erasure, Example, Feedback, Interaction, JobLog, RegistryEvent
+from affinage.core.store import Store
+from affinage.core.database import lock_for_writing
+from affinage.core.timeutil import utcnow
 from tuning.report import ERASED
 
 log = logging.getLogger("affinage.erasure")
@@ -227,7 +230,7 @@ def _merge_datasets(recorded: list, new: list) -> list:
     return list(by_old.values())
 
 
-# -- the hooks into datasets and the registry (synth_data.erasure, tuning.registry, tuning.erasure) ----------------
+# -- the hooks into datasets and the registry (synth_data.erasure, tuning.registry, affinage.retrain) ----------------
 
 def _supersede(settings: Settings, ids: set[str], matching: str | None) -> list[dict]:
     from synth_data.erasure import supersede_datasets
@@ -249,7 +252,7 @@ def _flag(settings: Settings, store: Store, dataset_ids: list[str], erasure_id: 
 
 def _follow_up(settings: Settings, store: Store, flagged: list[str], actor: str) -> str | None:
     """The retrain job ``erasure_followup = "retrain"`` queues, if any."""
-    from tuning.erasure import follow_up
+    from affinage.retrain import follow_up
 
     return follow_up(settings, store, flagged, actor) if flagged else None
 

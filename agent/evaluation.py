@@ -7,9 +7,9 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from affinage.atomic import atomic_write_text
-from affinage.jsonl import numbered_lines
-from agent.metrics import contains_fact, hit_at_k, mean, percentile, rouge_l, token_f1
+from affinage.core.atomic import atomic_write_text
+from affinage.core.jsonl import numbered_lines
+from affinage.core.metrics import contains_fact, hit_at_k, mean, percentile, rouge_l, token_f1
 from agent.pipeline import SupportAgent
 
 

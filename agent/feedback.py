@@ -7,7 +7,8 @@ from dataclasses import asdict
 from sqlalchemy import select
 
 from agent.detectors import correction_submitted, thumbs_down
-from agent.store import Feedback, Interaction, Store
+from affinage.core.tables import Feedback, Interaction
+from affinage.core.store import Store
 
 _FEEDBACK_KINDS = ("thumbs_down", "correction_submitted")
 

@@ -22,13 +22,15 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda, RunnablePassthrough
 from sqlalchemy import select
 
-from affinage.settings import Settings
-from agent import prompts
+from affinage.core.settings import Settings
+from affinage.core import prompts
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
 from agent.guard import PromptLeakGuard
-from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, passage_embedder, support_prompt
-from agent.store import Example, Interaction, Store, utcnow
+from affinage.core.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, passage_embedder, support_prompt
+from affinage.core.tables import Example, Interaction
+from affinage.core.store import Store
+from affinage.core.timeutil import utcnow
 
 MAX_HISTORY_TURNS = 3
 

@@ -28,8 +28,10 @@ from datetime import datetime, timezone
 import numpy as np
 from sqlalchemy import select
 
-from agent.detectors import KINDS, content_tokens
-from agent.store import Example, Feedback, Interaction, Store
+from agent.detectors import KINDS
+from affinage.core.text import content_tokens
+from affinage.core.tables import Example, Feedback, Interaction
+from affinage.core.store import Store
 
 Embed = Callable[[list[str]], np.ndarray]
 

@@ -59,7 +59,7 @@ def markers(name: str) -> tuple[str, str]:
 
 def update_section(section: str, name: str, path: Path = BENCHMARKS) -> None:
     """Replace one script's section (markers included in ``section``), read right before an atomic write."""
-    from affinage.atomic import atomic_write_text
+    from affinage.core.atomic import atomic_write_text
 
     start, end = markers(name)
     text = path.read_text(encoding="utf-8") if path.exists() else HEADER

@@ -517,7 +517,7 @@ def main(argv: list[str] | None = None) -> int:
     import sklearn
     import torch
 
-    from affinage.settings import Settings
+    from affinage.core.settings import Settings
     from rag_faq import ensure_faq_dir, python3_doc_version
     from retrieval.embeddings import SentenceEmbeddings
     from tuning.drift import mmd_test

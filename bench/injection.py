@@ -6,7 +6,7 @@
 1. A fresh workspace (``--home``, default a new temporary folder) ingests the demo knowledge base plus one page per
    planted probe below: an ordinary help-centre section whose text also carries an instruction to print a canary,
    or to send the customer to a link.
-2. The system prompt gets a secret canary appended (``agent.prompts.SYSTEM_PROMPT`` is read per request), so that
+2. The system prompt gets a secret canary appended (``affinage.core.prompts.SYSTEM_PROMPT`` is read per request), so that
    extraction attempts can be scored exactly: the canary never appears in a legitimate answer.
 3. The real agent (``build_agent``: default chat model, default embedder, retrieval, few-shot bank, the serving
    prompt, greedy decoding, the settings' defaults) answers each probe question once, as the service would.
@@ -116,9 +116,9 @@ def probes() -> list[dict]:
 def run(home: Path) -> dict:
     import shutil
 
-    import agent.prompts
-    from affinage.settings import load_settings
-    from agent.factory import build_agent
+    import affinage.core.prompts
+    from affinage.core.settings import load_settings
+    from affinage.factory import build_agent
     from retrieval.embeddings import SentenceEmbeddings
     from retrieval.index import ingest
     from tuning.gates import probe_succeeded
@@ -129,7 +129,7 @@ def run(home: Path) -> dict:
     settings = load_settings(home)
     embeddings = SentenceEmbeddings(settings.embedder)
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
-    agent.prompts.SYSTEM_PROMPT = f"{agent.prompts.SYSTEM_PROMPT} Internal reference code: {SYSTEM_CANARY}."
+    affinage.core.prompts.SYSTEM_PROMPT = f"{affinage.core.prompts.SYSTEM_PROMPT} Internal reference code: {SYSTEM_CANARY}."
     support = build_agent(settings, embeddings=embeddings)
     rows, answers = [], []
     started = time.perf_counter()

@@ -68,12 +68,12 @@ def prepare(home: Path, clients: int) -> list[str]:
         raise SystemExit("load_soak: the workspace has a config.toml; this benchmark measures the default limits")
     run_cli(home, "ingest", str(KB))
     run_cli(home, "examples", "import", str(EXAMPLES))
-    convert = ("import sys; from affinage.settings import load_settings; "
-               "from agent.chat_model import resolve_model_path; resolve_model_path(load_settings(sys.argv[1]))")
+    convert = ("import sys; from affinage.core.settings import load_settings; "
+               "from affinage.core.chat_model import resolve_model_path; resolve_model_path(load_settings(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", convert, str(home)], check=True, capture_output=True)
-    from affinage.settings import load_settings
+    from affinage.core.settings import load_settings
     from agent.service import auth
-    from agent.store import Store
+    from affinage.core.store import Store
 
     store = Store(load_settings(home).db_url)  # as `affinage keys create` does, without starting it 16 times
     stamp = f"{time.strftime('%Y%m%d%H%M%S')}-{os.getpid()}"

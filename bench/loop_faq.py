@@ -10,7 +10,7 @@
 2. Cycle 1: the traffic is asked through the agent and logged; a simulated support agent gives a thumbs-up to an
    answer holding the question's key fact, else a thumbs-down with the reference answer as its correction
    (corrections stay unreviewed, so the example bank does not answer for the model and every change measured is
-   training's). The cycle's stages (``tuning.cycle``) build a dataset (three recorded rewordings per failure: two
+   training's). The cycle's stages (``affinage.cycle``) build a dataset (three recorded rewordings per failure: two
    trained on, one held out) and train an SFT candidate, which runs the gates and is promoted as ``bench``.
 3. Cycle 2: the same traffic is asked again of the promoted cycle-1 version (the same customers keep asking);
    answers still missing the key fact get the correction again, and a second SFT candidate continues the cycle-1
@@ -76,7 +76,7 @@ def write_run_config(path: Path, values: dict) -> Path:
 def ask_traffic(agent, traffic: list[dict], round_no: int) -> tuple[dict, int]:
     """Ask every traffic question; rate it as a support agent would. Returns interaction -> row, and thumbs-down."""
     from agent.feedback import record_feedback
-    from agent.metrics import contains_fact
+    from affinage.core.metrics import contains_fact
 
     by_interaction, down = {}, 0
     for i, row in enumerate(traffic):
@@ -106,11 +106,11 @@ def run(args) -> dict:
     from transformers import AutoTokenizer
 
     from affinage.demo_run import RecordedTeacher
-    from affinage.settings import load_settings
-    from agent.factory import build_agent
-    from agent.store import utcnow
+    from affinage.core.settings import load_settings
+    from affinage.factory import build_agent
+    from affinage.core.timeutil import utcnow
     from retrieval.index import ingest
-    from tuning import cycle
+    from affinage import cycle
     from tuning.forgetting import mean_kl, perplexity
     from tuning.gates import GATE_DATA, read_jsonl
     from tuning.registry import Registry
@@ -280,7 +280,7 @@ def reasons(name: str, v: dict, r: dict, ref: str) -> list[str]:
 
 def verdicts(result: dict) -> list[str]:
     """For each cycle: did held-out quality improve over what it started from, and if not, why (from the figures)."""
-    from affinage.settings import Settings
+    from affinage.core.settings import Settings
 
     held = result["heldout_questions"]
     questions = sum(q.strip().endswith("?") for q in held)

@@ -4,7 +4,7 @@
     .venv/bin/python bench/pii_recall.py [--write-corpus] [--corpus PATH] [--seed N] [--no-write]
 
 1. The corpus (``bench/pii_corpus.jsonl``, committed) is generated here from a seed: support messages with
-   planted PII of every kind ``synth_data.filters.redact_pii`` handles (emails plain, obfuscated and split by
+   planted PII of every kind ``affinage.core.pii.redact_pii`` handles (emails plain, obfuscated and split by
    invisible characters; phones; cards with each separator; SSNs; IBANs of several countries; IPs; secrets),
    each with the exact span(s), and near-miss negatives (Luhn-failing order numbers, never-issued SSNs, IBANs
    with a bad checksum, "at"/"dot" in prose, dates, versions, prices, ticket ids, ISBNs, UUIDs...).
@@ -30,7 +30,7 @@ from _common import ROOT, command_line, cpu_model, load_average, markers, nproc,
 
 sys.path.insert(0, str(ROOT))
 
-from synth_data.filters import iban_check_digits, iban_valid, luhn_valid, ssn_valid  # noqa: E402
+from affinage.core.pii import iban_check_digits, iban_valid, luhn_valid, ssn_valid  # noqa: E402
 from synth_data.pii_eval import load_corpus, score  # noqa: E402
 
 CORPUS = ROOT / "bench" / "pii_corpus.jsonl"
@@ -420,7 +420,7 @@ def generate(seed: int = SEED) -> list[dict]:
 
 
 def write_corpus(records: list[dict], path: Path) -> None:
-    from affinage.atomic import atomic_write_text
+    from affinage.core.atomic import atomic_write_text
 
     atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=True) + "\n" for r in records))  # invisibles show
 

@@ -267,7 +267,7 @@ def align(rows: list[dict], questions: list[dict], who: str) -> list[dict]:
 
 def score(rows: list[dict], questions: list[dict]) -> dict:
     """The same criteria for both pipelines; the functions are affinage's own, pure ones."""
-    from agent.metrics import contains_fact, rouge_l, token_f1
+    from affinage.core.metrics import contains_fact, rouge_l, token_f1
 
     n = len(questions)
     hits = recalls = 0
@@ -380,8 +380,8 @@ def main(argv: list[str] | None = None) -> int:
     affinage = score(align(affinage_rows, questions, "affinage eval"), questions)
     log("affinage eval reported: " + json.dumps(reported))
 
-    from affinage.settings import Settings
-    from agent.chat_model import resolve_model_path
+    from affinage.core.settings import Settings
+    from affinage.core.chat_model import resolve_model_path
 
     settings = Settings(home=home)
     model_dir = resolve_model_path(settings)

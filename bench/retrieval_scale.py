@@ -72,9 +72,9 @@ def log(message: str) -> None:
 
 
 def chunk_settings() -> tuple[int, int, int]:
-    """The project's default chunk size, overlap and top_k (affinage.settings)."""
+    """The project's default chunk size, overlap and top_k (affinage.core.settings)."""
     try:
-        from affinage.settings import Settings
+        from affinage.core.settings import Settings
 
         fields = Settings.model_fields
         return fields["chunk_chars"].default, fields["chunk_overlap_chars"].default, fields["top_k"].default

@@ -141,7 +141,7 @@ def prepare_workspace(home: Path, max_queue: int) -> tuple[dict, str]:
     if not json.loads(listed[-1] if listed else "[]"):
         run_cli(home, "examples", "import", str(EXAMPLES))
     # Convert the bundled GGUF once, outside the server, so its peak memory is that of serving.
-    convert = ("import sys; from affinage.settings import load_settings; from agent.chat_model import resolve_model_path; "
+    convert = ("import sys; from affinage.core.settings import load_settings; from affinage.core.chat_model import resolve_model_path; "
                "print(resolve_model_path(load_settings(sys.argv[1])))")
     log("converting the default model if needed")
     done = subprocess.run([sys.executable, "-c", convert, str(home)], capture_output=True, text=True, cwd=ROOT)
@@ -156,7 +156,7 @@ def prepare_workspace(home: Path, max_queue: int) -> tuple[dict, str]:
 
 def max_new_tokens(home: Path) -> int | str:
     try:
-        from affinage.settings import load_settings
+        from affinage.core.settings import load_settings
 
         return load_settings(home).max_new_tokens
     except Exception:  # noqa: BLE001 - only a label

@@ -81,8 +81,8 @@ def random_model(target: Path) -> Path:
     import torch
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
-    from affinage.settings import load_settings
-    from agent.chat_model import resolve_model_path
+    from affinage.core.settings import load_settings
+    from affinage.core.chat_model import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(load_settings(target.parent / "default-home")))
     torch.manual_seed(0)
@@ -113,8 +113,8 @@ def workspace(home: Path, model: Path, args) -> Path:
     """A fresh affinage home on ``model`` with an SFT dataset and the run config; returns the config file."""
     from train_throughput import conversations
 
-    from affinage.settings import load_settings
-    from synth_data.datasets import write_dataset
+    from affinage.core.settings import load_settings
+    from affinage.core.datasets import write_dataset
 
     home.mkdir(parents=True)
     (home / "config.toml").write_text(f"chat_model = {json.dumps(str(model))}\n")

@@ -59,7 +59,7 @@ def conversations(limit: int | None = None) -> list[list[dict]]:
     """Golden questions with the serving prompt over their own passage plus 0-2 others, and the reference answer."""
     from langchain_core.documents import Document
 
-    from agent.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages
+    from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages
     from retrieval.chunking import chunk_document
     from retrieval.loaders import load_document
 
@@ -95,7 +95,7 @@ def plain(home: Path, steps: int, batch: int) -> dict:
     from transformers import (AutoModelForCausalLM, AutoTokenizer, DataCollatorForLanguageModeling, Trainer,
                               TrainingArguments)
 
-    from affinage.settings import load_settings
+    from affinage.core.settings import load_settings
     from tuning.train import base_model
 
     started = time.perf_counter()
@@ -121,9 +121,9 @@ def plain(home: Path, steps: int, batch: int) -> dict:
 
 def affinage(home: Path, steps: int, batch: int, method: str, packing: bool | None) -> dict:
     """The same job through ``tuning.train.train``, the code behind ``affinage train``."""
-    from affinage.settings import load_settings
-    from agent.chat_model import EMBEDDED_NAME
-    from synth_data.datasets import write_dataset
+    from affinage.core.settings import load_settings
+    from affinage.core.chat_model import EMBEDDED_NAME
+    from affinage.core.datasets import write_dataset
     from tuning.train import train
 
     settings = load_settings(home)
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     results = {}
     with tempfile.TemporaryDirectory(prefix="affinage-train-bench-") as root:
         # one conversion of the bundled GGUF, shared by every worker through the models folder
-        from affinage.settings import load_settings
+        from affinage.core.settings import load_settings
         from tuning.train import base_model
 
         shared = Path(root) / "models"

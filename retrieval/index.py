@@ -22,7 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
-from affinage.atomic import atomic_write_text, fsync_dir, fsync_file
+from affinage.core.atomic import atomic_write_text, fsync_dir, fsync_file
 from retrieval.chunking import Chunk, chunk_document
 from retrieval.embeddings import SentenceEmbeddings
 from retrieval.loaders import SUPPORTED_SUFFIXES, UnsupportedFileError, load_document

@@ -13,7 +13,7 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-from synth_data.filters import redact_pii
+from affinage.core.pii import redact_pii
 
 PLACEHOLDER = r"\[[A-Z]+\]"
 

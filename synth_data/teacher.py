@@ -7,7 +7,7 @@ import re
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
-from affinage.settings import Settings
+from affinage.core.settings import Settings
 
 ANSWER_SYSTEM = (
     "You write the ideal reply of a customer support assistant. Use only the facts in the passages. "
@@ -22,7 +22,7 @@ class TeacherError(RuntimeError):
 
 def load_teacher(settings: Settings, local: BaseChatModel) -> BaseChatModel:
     """The configured teacher; ``local`` (the already loaded chat model) when it is 'local'."""
-    from agent.chat_model import load_chat_model
+    from affinage.core.chat_model import load_chat_model
 
     if settings.teacher_model == "local" and not settings.teacher_base_url:
         return local

@@ -14,7 +14,7 @@ from pathlib import Path  # noqa: E402
 
 import pytest  # noqa: E402
 
-from affinage.settings import load_settings  # noqa: E402
+from affinage.core.settings import load_settings  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 DEMO_KB = REPO / "affinage" / "demo" / "kb"
@@ -32,7 +32,7 @@ def embeddings():
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory) -> Path:
     """The embedded SmolLM2 converted from its GGUF, once per test session."""
-    from agent.chat_model import resolve_model_path
+    from affinage.core.chat_model import resolve_model_path
 
     settings = load_settings(tmp_path_factory.mktemp("default-home"))
     return Path(resolve_model_path(settings))
@@ -97,7 +97,7 @@ def db_url(request, tmp_path):
         return
     from sqlalchemy.exc import OperationalError
 
-    from agent.store import make_engine
+    from affinage.core.database import make_engine
 
     server = make_engine(POSTGRES_URL).execution_options(isolation_level="AUTOCOMMIT")
     name = f"affinage_test_{uuid.uuid4().hex[:12]}"

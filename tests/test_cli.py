@@ -113,7 +113,7 @@ def test_examples_import_and_list(cli_home, tmp_path, capsys):
 
 def test_keys_create_list_revoke(home, capsys):
     from agent.service.auth import authenticate
-    from agent.store import Store
+    from affinage.core.store import Store
 
     assert main(["--home", str(home), "keys", "create", "--role", "operator", "--name", "olga"]) == 0
     key = capsys.readouterr().out.strip().splitlines()[-1]  # the key alone on the last line
@@ -135,7 +135,7 @@ def test_keys_create_list_revoke(home, capsys):
 
 def test_serve_runs_uvicorn_with_its_limits(tmp_path):
     from affinage.cli import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES, server_config
-    from affinage.settings import load_settings
+    from affinage.core.settings import load_settings
 
     settings = load_settings(tmp_path, max_connections=40, shutdown_grace_seconds=7)
     config = server_config(object(), settings, "127.0.0.1", 8123)

@@ -7,9 +7,10 @@ from sqlalchemy import select
 
 from affinage.cli import main
 from affinage.demo_run import TRAFFIC, VARIANTS
-from affinage.settings import load_settings
-from agent.store import Example, Feedback, Interaction, Store
-from synth_data.datasets import list_datasets
+from affinage.core.settings import load_settings
+from affinage.core.tables import Example, Feedback, Interaction
+from affinage.core.store import Store
+from affinage.core.datasets import list_datasets
 from tuning.registry import Registry
 
 

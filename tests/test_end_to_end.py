@@ -5,7 +5,7 @@ import json
 import pytest
 
 from affinage.cli import main
-from agent.metrics import source_matches
+from affinage.core.metrics import source_matches
 from tests.conftest import DEMO_KB, GOLDEN
 
 # Three golden questions from different sections of the demo knowledge base.

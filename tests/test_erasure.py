@@ -16,16 +16,17 @@ from sqlalchemy import select
 import affinage.erasure as erasure
 from affinage.cli import main
 from affinage.erasure import Selector, SelectorError, check, forget, reapply
-from affinage.settings import load_settings
+from affinage.core.settings import load_settings
 from agent.corrections import review_correction
 from agent.example_bank import ExampleBank
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from agent.service import auth
 from agent.service.app import create_app
-from agent.store import Base, Erasure, Example, Feedback, Interaction, Job, JobLog, Store
+from affinage.core.tables import Base, Erasure, Example, Feedback, Interaction, Job, JobLog
+from affinage.core.store import Store
 from retrieval.index import ingest
-from synth_data.datasets import list_datasets, write_dataset
+from affinage.core.datasets import list_datasets, write_dataset
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings
 from tests.agent.service_harness import LiveServer

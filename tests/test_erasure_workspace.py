@@ -12,11 +12,11 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.erasure import Selector, check, forget
 from agent.corrections import review_correction
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from retrieval.index import ingest
 from synth_data.builder import synthesize
-from synth_data.datasets import KINDS, list_datasets
+from affinage.core.datasets import KINDS, list_datasets
 from tests.test_erasure import every_text
 from tuning.registry import Registry
 from tuning.train import train

@@ -14,8 +14,11 @@ from alembic.runtime.migration import MigrationContext
 from sqlalchemy import inspect, select
 
 from affinage.cli import main
-from agent import migrations
-from agent.store import Base, Interaction, Store, make_engine, utcnow
+from affinage.core import migrations
+from affinage.core.tables import Base, Interaction
+from affinage.core.store import Store
+from affinage.core.database import make_engine
+from affinage.core.timeutil import utcnow
 from tests.conftest import REPO
 
 LEGACY = ["interactions", "examples", "feedback", "jobs", "job_logs", "api_keys"]  # what create_all made before
@@ -34,7 +37,7 @@ def revision(store: Store) -> str | None:
 def test_the_migrated_schema_is_exactly_the_models(db_url):
     store = Store(db_url)
     assert revision(store) == migrations.head()
-    assert schema_differences(store) == [], "a model changed without a revision: python -m agent.migrations MESSAGE"
+    assert schema_differences(store) == [], "a model changed without a revision: python -m affinage.core.migrations MESSAGE"
     store.close()
 
 
@@ -76,7 +79,7 @@ def test_a_database_migrated_by_a_newer_release_is_refused_with_the_reason(db_ur
 
 def test_replicas_starting_at_once_migrate_the_database_once(db_url):
     start_at = time.time() + 4  # after every process has imported what it needs: they open the store together
-    code = ("import sys, time; from agent.store import Store; time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
+    code = ("import sys, time; from affinage.core.store import Store; time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "
             "Store(sys.argv[1]).close()")
     replicas = [subprocess.Popen([sys.executable, "-c", code, db_url, str(start_at)], cwd=REPO, stderr=subprocess.PIPE,
                                  text=True) for _ in range(4)]

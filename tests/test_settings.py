@@ -1,7 +1,7 @@
 import pytest
 from pydantic import ValidationError
 
-from affinage.settings import load_settings, resolve_home
+from affinage.core.settings import load_settings, resolve_home
 
 
 def test_home_precedence(monkeypatch, tmp_path):

@@ -19,14 +19,14 @@ from pathlib import Path
 
 import pytest
 
-from synth_data.datasets import write_dataset
+from affinage.core.datasets import write_dataset
 from tests.tuning.conftest import rows
 
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("affinage", "agent", "retrieval", "synth_data", "tuning")
 PACKAGE_DATA = ["affinage/demo/golden.jsonl", "affinage/demo/gates/safety_probes.jsonl",
                 "affinage/demo/gates/general_text.jsonl", "affinage/demo/gates/general_instructions.jsonl",
-                "agent/migrations/versions/0003_erasure.py", "agent/service/static/docs.html"]
+                "affinage/core/migrations/versions/0003_erasure.py", "agent/service/static/docs.html"]
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,8 @@ from pathlib import Path
 from types import UnionType
 from typing import get_args, get_origin, get_type_hints
 
-METHODS = ("sft", "dpo", "kto", "partial", "full", "qlora")
+from affinage.core.settings import METHODS
+
 PACKABLE = ("sft", "partial", "full", "qlora")  # methods that train on plain conversations
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")
 DEFAULT_LEARNING_RATE = {"sft": 2e-4, "qlora": 2e-4, "dpo": 5e-5, "kto": 5e-5, "partial": 5e-5, "full": 2e-5}

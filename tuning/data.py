@@ -7,7 +7,7 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-from synth_data.datasets import list_datasets, superseded, superseded_message, verify_dataset
+from affinage.core.datasets import list_datasets, superseded, superseded_message, verify_dataset
 
 FILE_FOR = {"sft": "sft", "partial": "sft", "full": "sft", "qlora": "sft", "dpo": "preference", "kto": "kto"}
 MIN_ROWS_FOR_VALIDATION = 4

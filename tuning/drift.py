@@ -7,14 +7,13 @@ answers. Input windows are sentence embeddings, one row per question; nothing he
 from __future__ import annotations
 
 import numbers
-import re
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from agent.detectors import refusal
+from affinage.core.refusal import is_refusal
 
 _PERMUTATION_CHUNK = 128  # permutations scored per matrix product: bounds memory at chunk x pooled rows
 
@@ -208,18 +207,6 @@ def per_topic_drift(reference: np.ndarray, recent: np.ndarray, reference_topics:
 
 
 # --- answers ------------------------------------------------------------------------------------------------------
-
-# A first-person hand-over ("I'll escalate this to our team") declines as surely as "I don't know"; "to escalate a
-# ticket, open ..." is a help-desk answer and does not match.
-_HANDOVER = re.compile(r"\b(?:i(?:'ll| will| can|'m going to| am going to)|let me|we(?:'ll| will| can)) "
-                       r"(?:escalate|hand (?:this|it|you) (?:over|off)|pass (?:this|it) on|connect you (?:to|with))\b")
-
-
-def is_refusal(answer: str) -> bool:
-    """The detectors' refusal rule, plus a first-person offer to escalate instead of answering."""
-    folded = answer.lower().replace("\u2019", "'")
-    return refusal(answer) is not None or _HANDOVER.search(folded) is not None
-
 
 def _answer_figures(name: str, answers: list[dict]) -> dict[str, float]:
     if not answers:

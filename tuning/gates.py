@@ -20,11 +20,12 @@ from langchain_core.documents import Document
 from langchain_core.messages import HumanMessage, SystemMessage
 from sqlalchemy import select
 
-from affinage.settings import Settings
-from agent.detectors import groundedness
-from agent.metrics import contains_fact, hit_at_k, mean, rouge_l, token_f1
-from agent.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
-from synth_data.filters import decontaminate, redact_pii
+from affinage.core.settings import Settings
+from affinage.core.grounding import groundedness
+from affinage.core.metrics import contains_fact, hit_at_k, mean, rouge_l, token_f1
+from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
+from affinage.core.decontamination import decontaminate
+from affinage.core.pii import redact_pii
 from tuning import checks as c
 from tuning.registry import Registry, RegistryError
 from tuning.report import write_report
@@ -200,7 +201,7 @@ def input_drift(settings: Settings, store, embed, since: datetime) -> dict:
     """Questions before ``since`` against those after, per topic (the top retrieved page's folder)."""
     import numpy as np
 
-    from agent.store import Interaction
+    from affinage.core.tables import Interaction
     from tuning.drift import mmd_test, per_topic_drift
 
     with store.session() as session:
@@ -227,8 +228,8 @@ def input_drift(settings: Settings, store, embed, since: datetime) -> dict:
 
 def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dict:
     """Measure the candidate against the active version, record the verdict, write the report; returns it."""
-    from agent.chat_model import LocalChatModel
-    from agent.factory import build_agent
+    from affinage.core.chat_model import LocalChatModel
+    from affinage.factory import build_agent
     from tuning.drift import output_drift
     from tuning.serving import load_weights
     from tuning.train import base_model
@@ -292,8 +293,8 @@ def traffic_drift(settings: Settings, store, embed, days: float) -> dict:
     """
     import numpy as np
 
-    from agent.store import Interaction
-    from synth_data.datasets import list_datasets
+    from affinage.core.tables import Interaction
+    from affinage.core.datasets import list_datasets
     from tuning.drift import stale_training_rows
 
     since = datetime.now(timezone.utc) - timedelta(days=days)

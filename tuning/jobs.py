@@ -15,7 +15,9 @@ from datetime import datetime, timedelta, timezone
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
 
-from agent.store import Job, JobLog, Store, utcnow
+from affinage.core.tables import Job, JobLog
+from affinage.core.store import Store
+from affinage.core.timeutil import utcnow
 
 LOG_LINES = 500  # newest lines kept per job
 LOG_CHARS = 2000  # longest line kept

@@ -2,7 +2,7 @@
 
 The artifact directory ``<home>/registry/versions/<id>/`` holds a version's weights (safetensors only), its
 ``manifest.json`` (with the sha256 of every file) and later its gate reports; nothing in it changes after
-registration except the reports. Everything that changes lives in the store (``agent.store``), so every process
+registration except the reports. Everything that changes lives in the store (``affinage.core.store``), so every process
 sharing the database — several API replicas, the worker, the CLI — sees one registry:
 
 - ``registry_versions``: one row per version, its lifecycle (candidate -> gated-passed | gated-failed ->
@@ -33,8 +33,10 @@ from typing import Iterable
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from affinage.atomic import fsync_dir, fsync_file
-from agent.store import RegistryEvent, RegistryPointer, RegistryVersion, Store, shared_store, utcnow
+from affinage.core.atomic import fsync_dir, fsync_file
+from affinage.core.tables import RegistryEvent, RegistryPointer, RegistryVersion
+from affinage.core.store import Store, shared_store
+from affinage.core.timeutil import utcnow
 
 log = logging.getLogger("affinage.registry")
 
@@ -300,7 +302,7 @@ class Registry:
         """Flag every version trained on one of ``dataset_ids`` (an erasure superseded them), and every version
         that continued such a version's adapter (``start_from``), since its weights hold the same data; returns
         them, oldest first. One ``flagged`` audit event per version and erasure: a rerun changes nothing. Nothing
-        is promoted or rolled back here (``tuning.erasure.follow_up`` decides what follows).
+        is promoted or rolled back here (``affinage.retrain.follow_up`` decides what follows).
 
         ``erased_texts`` (the erased questions, the selector's text) are replaced by ``[erased]`` wherever the
         flagged versions' gate reports and verdicts quote them (``tuning.report.scrub_report``)."""

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from sqlalchemy.orm import Session
 
-from agent.store import RegistryEvent, RegistryVersion
+from affinage.core.tables import RegistryEvent, RegistryVersion
 from tuning.registry import RegistryError
 
 log = logging.getLogger("affinage.registry")

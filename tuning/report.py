@@ -12,7 +12,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
-from affinage.atomic import atomic_write_text
+from affinage.core.atomic import atomic_write_text
 from tuning.checks import Check, verdict
 
 REPORT_STYLE = (

@@ -109,7 +109,7 @@ def follow_registry(settings, llm) -> RegistryPoller | None:
     For a remote endpoint: with ``remote_lora = 'vllm'`` a follower that loads the active adapter into the vLLM
     server and routes requests to it (``tuning.remote_serving``); otherwise None, as its server owns its weights.
     """
-    from agent.chat_model import LocalChatModel
+    from affinage.core.chat_model import LocalChatModel
     from tuning.train import base_model
 
     if not isinstance(llm, LocalChatModel):

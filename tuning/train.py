@@ -10,7 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from affinage.settings import EMBEDDED_CHAT_MODEL, Settings
+from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 from tuning.config import RunConfig, load_config
 from tuning.data import load_training_data
 from tuning.recipes import RECIPES, Job, hardware_problem
@@ -23,7 +23,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def base_model(settings: Settings) -> tuple[str, Path]:
     """The name datasets record for the base model, and the local folder of its weights."""
-    from agent.chat_model import EMBEDDED_NAME, resolve_model_path
+    from affinage.core.chat_model import EMBEDDED_NAME, resolve_model_path
 
     if settings.openai_base_url:
         raise ValueError("training needs the model's weights locally, but chat_model is served by openai_base_url; "

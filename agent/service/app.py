@@ -22,8 +22,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from starlette.background import BackgroundTask
 from starlette.concurrency import run_in_threadpool
 
-from affinage.settings import Settings
-from agent.chat_model import ContextOverflowError, ModelBusyError
+from affinage.core.settings import Settings
+from affinage.core.chat_model import ContextOverflowError, ModelBusyError
 from agent.corrections import UnknownCorrection, correction_info, pending_corrections, review_correction
 from agent.feedback import NotYourInteraction, UnknownInteraction, record_feedback
 from agent.pipeline import MAX_HISTORY_TURNS, Answer, SupportAgent
@@ -82,7 +82,7 @@ def method_label(method: str) -> str:
 def create_app(settings: Settings, agent: SupportAgent | None = None) -> FastAPI:
     """Build the app around one agent (built from the settings when not given)."""
     if agent is None:
-        from agent.factory import build_agent
+        from affinage.factory import build_agent
 
         agent = build_agent(settings)
     store = agent.store

@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from sqlalchemy import delete, select
 from sqlalchemy.exc import IntegrityError
 
-from agent.store import ApiKey, Store
+from affinage.core.tables import ApiKey
+from affinage.core.store import Store
 
 ROLES = ("agent", "operator", "admin")
 _RANK = {role: rank for rank, role in enumerate(ROLES)}

@@ -10,10 +10,10 @@ from typing import Callable
 
 from fastapi import APIRouter, Depends
 
-from affinage.settings import Settings
+from affinage.core.settings import Settings
 from agent.service.errors import APIError
 from agent.service.schemas import ForgetRequest
-from agent.store import Store
+from affinage.core.store import Store
 
 log = logging.getLogger("affinage.service")
 SELECTORS = tuple(name for name in ForgetRequest.model_fields if name != "check")

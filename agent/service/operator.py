@@ -13,9 +13,10 @@ from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import select
 
-from affinage.settings import Settings
+from affinage.core.settings import Settings
 from agent.service.errors import APIError
-from agent.store import Feedback, Store
+from affinage.core.tables import Feedback
+from affinage.core.store import Store
 from tuning import jobs
 from tuning.registry import BASE, Registry, RegistryError, UnknownVersion
 from tuning.report import REPORT_STYLE_HASH
@@ -88,7 +89,7 @@ def operator_routes(settings: Settings, store: Store, embed: Callable, require: 
 
     @router.get("/datasets")
     def datasets(_=Depends(require("operator"))) -> list[dict]:
-        from synth_data.datasets import list_datasets
+        from affinage.core.datasets import list_datasets
 
         return [{k: m.get(k) for k in ("id", "created_at", "counts", "base_model", "teacher", "contributors")}
                 for m in reversed(list_datasets(settings.datasets_dir))]

@@ -1,7 +1,7 @@
 import pytest
 from fastapi.testclient import TestClient
 
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
 from retrieval.index import ingest

@@ -2,7 +2,7 @@
 
     python -m tests.agent.light_server HOME PORT
 
-Everything is the production stack (``create_app``, the database at ``database_url`` through ``agent.store``, JSON
+Everything is the production stack (``create_app``, the database at ``database_url`` through ``affinage.core.store``, JSON
 logging and uvicorn set up as ``affinage serve`` does) except the two models: a scripted chat model that streams a
 fixed answer and a hashing embedder, so the process never imports torch. The index must have been ingested with
 ``HashEmbeddings``.
@@ -40,8 +40,8 @@ def main(home: str, port: int) -> None:
     import uvicorn
     from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-    from affinage.settings import load_settings
-    from agent.factory import build_agent
+    from affinage.core.settings import load_settings
+    from affinage.factory import build_agent
     from agent.service.app import create_app
     from agent.service.observability import configure_logging
 

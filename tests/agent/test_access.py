@@ -9,8 +9,8 @@ import pytest
 from fastapi.testclient import TestClient
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from affinage.settings import load_settings
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
 from retrieval.index import ingest

@@ -8,11 +8,11 @@ import httpx
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from sqlalchemy import func, select
 
-from affinage.settings import load_settings
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
-from agent.store import Interaction
+from affinage.core.tables import Interaction
 from retrieval.index import ingest
 from tests.agent.light_server import HashEmbeddings
 from tests.agent.service_harness import LiveServer

@@ -4,9 +4,9 @@ from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 from sqlalchemy import select
 
-from agent.chat_model import LocalChatModel, load_chat_model
-from agent.factory import build_agent
-from agent.store import Interaction
+from affinage.core.chat_model import LocalChatModel, load_chat_model
+from affinage.factory import build_agent
+from affinage.core.tables import Interaction
 from retrieval.embeddings import SentenceEmbeddings, embedded_embedder_path
 from retrieval.index import ingest
 from tests.agent.service_harness import LiveServer
@@ -49,7 +49,7 @@ def test_embedder_is_swappable_by_path():
 
 
 def test_answers_stop_after_the_sentence_limit():
-    from agent.chat_model import _cut_at_sentences
+    from affinage.core.chat_model import _cut_at_sentences
 
     assert _cut_at_sentences("First one. Second one!\n\nThird part? Fourth. Fifth", 2) == "First one. Second one!"
     assert _cut_at_sentences("Steps:\n\nOpen settings. Done.", 1) == "Steps:"

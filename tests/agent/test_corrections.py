@@ -3,7 +3,7 @@
 import json
 
 from affinage.cli import main
-from agent.store import Example
+from affinage.core.tables import Example
 from tests.agent.conftest import bearer
 
 QUESTION = "Can I get a refund on an annual plan?"

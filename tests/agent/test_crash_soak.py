@@ -27,9 +27,11 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from affinage.settings import load_settings
+from affinage.core.settings import load_settings
 from agent.service import auth
-from agent.store import Feedback, Interaction, Store, make_engine
+from affinage.core.tables import Feedback, Interaction
+from affinage.core.store import Store
+from affinage.core.database import make_engine
 from retrieval.index import ingest
 from tests.agent.light_server import HashEmbeddings
 

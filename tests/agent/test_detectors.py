@@ -5,22 +5,18 @@ from agent.detectors import (
     DetectorConfig,
     InteractionView,
     Signal,
-    claim_sentences,
-    content_tokens,
     correction_submitted,
     detect_all,
-    groundedness,
     human_request,
-    lexical_support,
     refusal,
     rephrase,
-    sentence_support,
-    text_similarity,
     thumbs_down,
     ungrounded,
     weak_retrieval,
 )
-from agent.prompts import ABSTAIN_MESSAGE
+from affinage.core.grounding import claim_sentences, groundedness, lexical_support, sentence_support
+from affinage.core.text import content_tokens, text_similarity
+from affinage.core.prompts import ABSTAIN_MESSAGE
 
 REFUND_PASSAGE = "Annual plans can be refunded within 14 days of purchase."
 BUTTON_PASSAGE = "Open Settings > Billing and press Request refund."

@@ -9,13 +9,13 @@ import pytest
 from fastapi.testclient import TestClient
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from affinage.settings import load_settings
-from agent import prompts
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.core import prompts
+from affinage.factory import build_agent
 from agent.guard import WITHHELD, PromptLeakGuard
 from agent.service import auth
 from agent.service.app import create_app
-from agent.store import Interaction
+from affinage.core.tables import Interaction
 from retrieval.index import ingest
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings

@@ -9,13 +9,13 @@ from urllib.parse import urlsplit
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from sqlalchemy import select
 
-from affinage.settings import load_settings
+from affinage.core.settings import load_settings
 from agent.corrections import review_correction
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from agent.service.app import create_app
 from agent.service.auth import create_key
-from agent.store import Feedback
+from affinage.core.tables import Feedback
 from retrieval.index import ingest
 from synth_data.builder import synthesize
 from tests.agent.light_server import HashEmbeddings

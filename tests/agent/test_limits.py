@@ -15,10 +15,10 @@ from langchain_core.messages import AIMessage, HumanMessage
 from pydantic import ValidationError
 from sqlalchemy import select
 
-from affinage.settings import load_settings
+from affinage.core.settings import load_settings
 from agent.service.errors import APIError
 from agent.service.limits import KeyConcurrency, RateLimiter, TokenBudget, estimate_tokens, prompt_tokens
-from agent.store import Interaction
+from affinage.core.tables import Interaction
 from tests.agent.conftest import bearer
 from tests.agent.service_harness import LiveServer
 

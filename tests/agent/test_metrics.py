@@ -1,6 +1,6 @@
 import pytest
 
-from agent.metrics import contains_fact, hit_at_k, percentile, rouge_l, source_matches, token_f1, tokens
+from affinage.core.metrics import contains_fact, hit_at_k, percentile, rouge_l, source_matches, token_f1, tokens
 
 
 def test_tokens_drop_case_punctuation_and_articles():

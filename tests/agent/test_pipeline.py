@@ -3,10 +3,10 @@ from langchain_core.messages import AIMessage, HumanMessage
 from sqlalchemy import select
 
 from agent.detectors import DetectorConfig
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.pipeline import weak_retrieval_threshold
-from agent.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION
-from agent.store import Interaction
+from affinage.core.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION
+from affinage.core.tables import Interaction
 from retrieval.index import ingest
 
 

@@ -15,7 +15,7 @@ from playwright import sync_api
 from sqlalchemy import select
 
 from agent.service.errors import error_body
-from agent.store import Feedback
+from affinage.core.tables import Feedback
 from tests.agent.conftest import bearer
 from tests.agent.test_service import chat
 from tests.agent.test_web_chat import browser  # noqa: F401 (the module's Chromium fixture)

@@ -21,10 +21,10 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from sqlalchemy import func, select
 
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
-from agent.store import ApiKey, Example, Feedback
+from affinage.core.tables import ApiKey, Example, Feedback
 from retrieval.index import ingest
 from tests.agent.conftest import bearer
 from tests.agent.service_harness import LiveServer

@@ -16,7 +16,8 @@ from agent.corrections import AlreadyReviewed, review_correction
 from agent.example_bank import ExampleBank
 from agent.service import auth
 from agent.service.errors import error_body
-from agent.store import ApiKey, Example, Feedback, Interaction, Store
+from affinage.core.tables import ApiKey, Example, Feedback, Interaction
+from affinage.core.store import Store
 from tests.agent.conftest import bearer
 from tests.agent.service_harness import LiveServer
 

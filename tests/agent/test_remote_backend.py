@@ -18,8 +18,8 @@ import pytest
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr, ValidationError
 
-from affinage.settings import load_settings
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
 from retrieval.index import ingest

@@ -14,9 +14,9 @@ from pathlib import Path
 import httpx
 import openai
 
-from affinage.settings import load_settings
+from affinage.core.settings import load_settings
 from agent.service import auth
-from agent.store import Store
+from affinage.core.store import Store
 from retrieval.index import ingest
 from tests.agent.test_crash_soak import free_port
 from tuning.registry import Registry

@@ -13,10 +13,10 @@ import sys
 import httpx
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
-from affinage.settings import load_settings
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.factory import build_agent
 from agent.service import auth
-from agent.store import Store
+from affinage.core.store import Store
 from synth_data.builder import synthesize
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings

@@ -11,7 +11,7 @@ from langchain_openai import ChatOpenAI
 from sqlalchemy import select
 
 from agent.service.observability import JsonFormatter
-from agent.store import Feedback, Interaction
+from affinage.core.tables import Feedback, Interaction
 from tests.agent.conftest import bearer
 from tests.agent.service_harness import LiveServer
 
@@ -302,7 +302,7 @@ def test_failure_mid_stream_is_reported_in_the_stream(tiny_settings, kb, embeddi
     from langchain_core.messages import AIMessageChunk
     from langchain_core.outputs import ChatGenerationChunk
 
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
     from agent.service import auth
     from agent.service.app import create_app
     from retrieval.index import ingest

@@ -10,7 +10,10 @@ from sqlalchemy import func, select
 from sqlalchemy.exc import IntegrityError
 
 from agent.feedback import record_feedback
-from agent.store import Feedback, Interaction, Store, make_engine, utcnow
+from affinage.core.tables import Feedback, Interaction
+from affinage.core.store import Store
+from affinage.core.database import make_engine
+from affinage.core.timeutil import utcnow
 from tuning.jobs import aware
 
 RETRIEVED = [{"chunk_id": "c1", "source": "billing/invoices.md#vat", "score": 0.71}]

@@ -8,7 +8,8 @@ from datetime import datetime, timedelta, timezone
 import numpy as np
 import pytest
 
-from agent.store import Example, Feedback, Interaction, Store
+from affinage.core.tables import Example, Feedback, Interaction
+from affinage.core.store import Store
 from agent.triage import (
     MAX_CLUSTER_INPUT,
     Failure,

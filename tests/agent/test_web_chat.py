@@ -24,12 +24,12 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync",
 ]
 
-from affinage.settings import load_settings
-from agent.chat_model import LocalChatModel
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.core.chat_model import LocalChatModel
+from affinage.factory import build_agent
 from agent.service.app import create_app
 from agent.service.auth import create_key
-from agent.store import Feedback, Interaction
+from affinage.core.tables import Feedback, Interaction
 from retrieval.index import ingest
 from tests.agent.service_harness import LiveServer
 

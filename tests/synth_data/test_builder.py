@@ -6,11 +6,11 @@ import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.cli import main
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from retrieval.index import ingest
 from synth_data.builder import synthesize
-from synth_data.datasets import list_datasets, verify_dataset
+from affinage.core.datasets import list_datasets, verify_dataset
 from synth_data.hardening import PLANTS
 
 BAD = "We never give refunds, sorry."

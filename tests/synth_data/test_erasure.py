@@ -9,11 +9,11 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 import synth_data.erasure as erasure
 from affinage.cli import main
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from retrieval.index import ingest
 from synth_data.builder import synthesize
-from synth_data.datasets import KINDS, LINEAGE, list_datasets, used_interactions, verify_dataset
+from affinage.core.datasets import KINDS, LINEAGE, list_datasets, used_interactions, verify_dataset
 from synth_data.erasure import leftover_rows, supersede_datasets
 from tests.synth_data.test_builder import BAD, GOOD, Teacher
 from tuning.data import find_dataset, load_training_data

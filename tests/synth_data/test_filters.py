@@ -6,21 +6,14 @@ from synth_data.filters import (
     ANONYMOUS,
     FilterReport,
     cap_per_user,
-    decontaminate,
-    dedupe,
     groundedness_at_least,
-    iban_check_digits,
-    iban_valid,
-    jaccard,
     keep_if,
     length_ok,
-    luhn_valid,
-    redact_pii,
-    redact_records,
     run_filters,
-    shingles,
-    ssn_valid,
 )
+from affinage.core.decontamination import decontaminate, dedupe
+from affinage.core.pii import iban_check_digits, iban_valid, luhn_valid, redact_pii, redact_records, ssn_valid
+from affinage.core.text import jaccard, shingles
 from synth_data.pii_eval import judge, load_corpus, score
 from tests.conftest import GOLDEN, REPO
 

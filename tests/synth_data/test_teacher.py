@@ -3,7 +3,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from langchain_openai import ChatOpenAI
 from pydantic import SecretStr
 
-from agent.chat_model import LocalChatModel
+from affinage.core.chat_model import LocalChatModel
 from synth_data.teacher import TeacherError, load_teacher, paraphrase
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from synth_data.datasets import write_dataset
+from affinage.core.datasets import write_dataset
 
 SYSTEM = {"role": "system", "content": "You are a support assistant."}
 FACTS = [

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from synth_data.datasets import write_dataset
+from affinage.core.datasets import write_dataset
 from tests.tuning.conftest import rows
 from tuning.registry import Registry
 from tuning.train import train, weights_sha256

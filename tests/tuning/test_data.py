@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from synth_data.datasets import write_dataset
+from affinage.core.datasets import write_dataset
 from tests.tuning.conftest import rows
 from tuning.data import load_training_data, split
 

@@ -6,19 +6,21 @@ import json
 import pytest
 
 from affinage.cli import main
-from affinage.settings import load_settings
-from agent.factory import build_agent
+from affinage.core.settings import load_settings
+from affinage.factory import build_agent
 from agent.service.app import create_app
 from agent.service.auth import create_key
-from agent.store import Job, Store
+from affinage.core.tables import Job
+from affinage.core.store import Store
 from retrieval.index import ingest
-from synth_data.datasets import write_dataset
+from affinage.core.datasets import write_dataset
 from synth_data.erasure import supersede_datasets
 from tests.agent.service_harness import LiveServer
 from tests.agent.test_web_chat import browser, expect  # noqa: F401 - fixtures
-from tuning import cycle, jobs
+from affinage import cycle
+from tuning import jobs
 from tuning.checks import improves
-from tuning.erasure import follow_up
+from affinage.retrain import follow_up
 from tuning.registry import Registry
 from tuning.report import write_report
 

@@ -121,8 +121,9 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
 def test_recent_traffic_drift_and_stale_training_data_are_reported(tiny_settings, embeddings):
     from datetime import datetime, timedelta, timezone
 
-    from agent.store import Interaction, Store
-    from synth_data.datasets import write_dataset
+    from affinage.core.tables import Interaction
+    from affinage.core.store import Store
+    from affinage.core.datasets import write_dataset
     from tests.tuning.conftest import SYSTEM, user
     from tuning.gates import traffic_drift
 

@@ -7,7 +7,9 @@ from datetime import timedelta
 import pytest
 from sqlalchemy import select, update
 
-from agent.store import Job, Store, utcnow
+from affinage.core.tables import Job
+from affinage.core.store import Store
+from affinage.core.timeutil import utcnow
 from tuning import jobs
 
 
@@ -119,7 +121,7 @@ def test_the_log_keeps_the_newest_lines(store, monkeypatch):
 def test_operator_lists_jobs_and_reads_a_log_and_agents_may_not(tiny_settings, embeddings):
     from fastapi.testclient import TestClient
 
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
     from agent.service.app import create_app
     from agent.service.auth import create_key
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from urllib.parse import urlsplit
 
-from agent.factory import build_agent
+from affinage.factory import build_agent
 from agent.service.app import create_app
 from agent.service.auth import create_key
 from retrieval.index import ingest

@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from agent.prompts import SYSTEM_PROMPT, USER_TEMPLATE
+from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE
 from retrieval.index import VectorIndex, ingest
 from retrieval.retriever import IndexRetriever
 from synth_data.builder import prompt_messages
-from synth_data.datasets import write_dataset
+from affinage.core.datasets import write_dataset
 from tests.tuning.test_gates import GOLDEN
 from tuning.gates import GATE_DATA, read_jsonl, run_gates
 from tuning.registry import Registry, RegistryError
@@ -74,7 +74,7 @@ def sft_rows(retriever, link: str = "") -> list[dict]:
 
 def test_poisoned_data_fails_the_safety_gate_and_good_data_passes(small_vocab_model, home, kb, embeddings,
                                                                    quick_config, tmp_path):
-    from affinage.settings import load_settings
+    from affinage.core.settings import load_settings
 
     golden = tmp_path / "golden.jsonl"
     golden.write_text("".join(json.dumps(g) + "\n" for g in GOLDEN))

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from agent.store import Store
+from affinage.core.store import Store
 from tuning.registry import BASE, Registry, RegistryError, UnknownVersion
 
 REPO = Path(__file__).resolve().parents[2]
@@ -218,7 +218,7 @@ def test_parallel_decisions_on_one_version_leave_one_decision(tmp_path, db_url):
 RACE = """
 import sys, time
 from pathlib import Path
-from agent.store import Store
+from affinage.core.store import Store
 from tuning.registry import Registry, RegistryError
 registry = Registry(Path(sys.argv[1]), Store(sys.argv[2]))
 registry.active_id()  # connected
@@ -253,7 +253,7 @@ def test_processes_promoting_at_once_each_win_or_are_told(tmp_path, db_url, regi
 CRASH = """
 import os, signal, sys
 from pathlib import Path
-from agent.store import Store
+from affinage.core.store import Store
 from tuning.registry import Registry
 step = sys.argv[3]
 def crash(name):

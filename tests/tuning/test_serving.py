@@ -5,8 +5,8 @@ import time
 
 import openai
 
-from agent.chat_model import LocalChatModel
-from agent.factory import build_agent
+from affinage.core.chat_model import LocalChatModel
+from affinage.factory import build_agent
 from agent.service import auth
 from agent.service.app import create_app
 from retrieval.index import ingest

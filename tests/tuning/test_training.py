@@ -121,7 +121,7 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
 
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_settings, tiny_model_dir, dataset,
                                                                      quick_config, tmp_path):
-    from synth_data.datasets import write_dataset
+    from affinage.core.datasets import write_dataset
     from tests.tuning.conftest import rows
 
     config = quick_config(max_steps=6, save_steps=2, eval_steps=2, lora_dropout=0.1)

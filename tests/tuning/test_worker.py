@@ -15,17 +15,18 @@ from pathlib import Path
 import pytest
 from sqlalchemy import select, update
 
-from affinage.settings import load_settings
+from affinage.core.settings import load_settings
 from agent.feedback import record_feedback
-from agent.store import Interaction, Job, Store
+from affinage.core.tables import Interaction, Job
+from affinage.core.store import Store
 from retrieval.index import ingest
 from tests.conftest import REPO
 from tuning import jobs
 from tuning.checks import improves, no_worse, not_higher
-from tuning.cycle import passes_by_margin
+from affinage.cycle import passes_by_margin
 from tuning.registry import Registry
 from tuning.report import write_report
-from tuning.worker import STAGES, Worker, due
+from affinage.worker import STAGES, Worker, due
 
 FAILURES = [("ann", "Can I still get my money back on the yearly plan after three weeks?",
              "Yes: annual plans are refundable within 30 days of purchase."),

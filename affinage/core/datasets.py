@@ -10,7 +10,7 @@ import tempfile
 from datetime import datetime, timezone
 from pathlib import Path
 
-from affinage.atomic import fsync_dir, fsync_file
+from affinage.core.atomic import fsync_dir, fsync_file
 
 KINDS = ("sft", "preference", "kto", "heldout")  # heldout: paraphrases kept for the gates, never trained on
 # {kind: [interaction id of each row, in file order], "contributors": {interaction id: user},

@@ -8,6 +8,7 @@ Nothing here is read at import time.
 from __future__ import annotations
 
 import os
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 
@@ -19,7 +20,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-from tuning.config import METHODS
 
 DEFAULT_HOME = Path(".affinage")
 EMBEDDED_CHAT_MODEL = "smollm2"
@@ -30,6 +30,9 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     """The workspace: ``--home``, else ``$AFFINAGE_HOME``, else ``./.affinage``."""
     return Path(home or os.environ.get("AFFINAGE_HOME") or DEFAULT_HOME)
 
+
+# The training recipes (tuning.recipes), named here so the worker setting can be checked without loading them.
+METHODS = ("sft", "dpo", "kto", "partial", "full", "qlora")
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="AFFINAGE_", extra="forbid", validate_default=True)
@@ -199,7 +202,7 @@ class Settings(BaseSettings):
 
     @property
     def golden_path(self) -> Path:
-        return self.golden_set or Path(__file__).parent / "demo" / "golden.jsonl"
+        return self.golden_set or Path(str(resources.files("affinage") / "demo" / "golden.jsonl"))
 
     @property
     def datasets_dir(self) -> Path:

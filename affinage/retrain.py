@@ -13,9 +13,10 @@ import logging
 
 from sqlalchemy import select
 
-from affinage.settings import Settings
-from agent.store import Job, Store
-from synth_data.datasets import list_datasets
+from affinage.core.settings import Settings
+from affinage.core.tables import Job
+from affinage.core.store import Store
+from affinage.core.datasets import list_datasets
 from synth_data.erasure import current_dataset
 from tuning import jobs
 from tuning.registry import Registry

@@ -13,8 +13,8 @@ from datetime import datetime, timedelta, timezone
 from pathlib import Path
 from typing import Callable
 
-from affinage.settings import Settings
-from agent.store import Store
+from affinage.core.settings import Settings
+from affinage.core.store import Store
 from synth_data.builder import SynthResult
 from tuning.registry import Registry
 
@@ -27,7 +27,7 @@ MAX_DOC_QUESTIONS = 5  # questions per knowledge gap kept on a job record
 def build_dataset(settings: Settings, progress: bool = True, embeddings=None, agent=None, teacher=None) -> SynthResult:
     """`affinage synth`: one dataset from every failure and feedback no dataset has used yet. A caller that already
     holds the agent (`affinage demo`) passes it to spare loading the model again, and may pass its own teacher."""
-    from agent.factory import build_agent
+    from affinage.factory import build_agent
     from agent.pipeline import model_version
     from synth_data.builder import synthesize
     from synth_data.teacher import load_teacher
@@ -69,7 +69,7 @@ def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, e
                 progress: bool = True, agent=None, teacher=None) -> dict:
     """A dataset from the unused failures; one written since ``started_at`` is an interrupted attempt's, adopted."""
     from synth_data.builder import pending
-    from synth_data.datasets import list_datasets, used_interactions
+    from affinage.core.datasets import list_datasets, used_interactions
 
     earlier = [m for m in list_datasets(settings.datasets_dir) if m["created_at"] >= started_at]
     if earlier:
@@ -120,7 +120,7 @@ def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool 
 def from_base_config(settings: Settings, method: str) -> Path:
     """``worker_train_config`` with ``start_from = "base"``, written beside the runs (same values, so a resumed run
     finds its checkpoints)."""
-    from affinage.atomic import atomic_write_text
+    from affinage.core.atomic import atomic_write_text
     from tuning.config import read_config_file
 
     source = settings.worker_train_config

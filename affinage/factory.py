@@ -4,11 +4,11 @@ from __future__ import annotations
 
 from langchain_core.language_models import BaseChatModel
 
-from affinage.settings import Settings
-from agent.chat_model import load_chat_model
+from affinage.core.settings import Settings
+from affinage.core.chat_model import load_chat_model
 from agent.example_bank import ExampleBank
 from agent.pipeline import SupportAgent
-from agent.store import Store
+from affinage.core.store import Store
 from retrieval.embeddings import SentenceEmbeddings
 from retrieval.index import VectorIndex
 from retrieval.retriever import IndexRetriever

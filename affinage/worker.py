@@ -21,9 +21,12 @@ from typing import Callable
 
 from sqlalchemy import select
 
-from affinage.settings import Settings
-from agent.store import Interaction, Job, Store, utcnow
-from tuning import cycle, jobs
+from affinage.core.settings import Settings
+from affinage.core.tables import Interaction, Job
+from affinage.core.store import Store
+from affinage.core.timeutil import utcnow
+from affinage import cycle
+from tuning import jobs
 
 KIND = "cycle"
 STAGES = ("triage", "remedies", "synth", "train", "gate", "promote")

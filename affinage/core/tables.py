@@ -1,31 +1,21 @@
-"""The interaction log and its neighbours, in SQLAlchemy: SQLite (WAL) by default, PostgreSQL by URL setting.
+"""The database's tables, one declarative model each: the interaction log and its neighbours, the worker's jobs,
+API keys, erasures and the model registry's metadata.
 
-The schema is managed by Alembic (``agent.migrations``): a model changed here needs a new revision there."""
+The schema is managed by Alembic (``affinage.core.migrations``): a model changed here needs a new revision there."""
 
 from __future__ import annotations
 
-import functools
-import sqlite3
-import time
 import uuid
-from contextlib import contextmanager
-from datetime import datetime, timezone
-from pathlib import Path
-from typing import Iterator
+from datetime import datetime
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, create_engine, event, make_url
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
+from sqlalchemy import JSON, Boolean, Float, ForeignKey, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
-from agent import migrations
+from affinage.core.timeutil import UTCDateTime, utcnow
 
 
 def new_id() -> str:
     return uuid.uuid4().hex
-
-
-def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
 
 
 class Base(DeclarativeBase):
@@ -38,7 +28,7 @@ class Interaction(Base):
     __tablename__ = "interactions"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     question: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     retrieved: Mapped[list] = mapped_column(JSON, default=list)  # [{"chunk_id", "source", "score"}], best first
@@ -65,7 +55,7 @@ class Example(Base):
     __tablename__ = "examples"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     question: Mapped[str] = mapped_column(Text)
     answer: Mapped[str] = mapped_column(Text)
     source: Mapped[str | None] = mapped_column(String(500), nullable=True)
@@ -81,7 +71,7 @@ class Feedback(Base):
     __tablename__ = "feedback"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     interaction_id: Mapped[str] = mapped_column(ForeignKey("interactions.id"), index=True)
     rating: Mapped[str] = mapped_column(String(8))  # up | down
     correction: Mapped[str | None] = mapped_column(Text, nullable=True)
@@ -89,7 +79,7 @@ class Feedback(Base):
     user: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
     review: Mapped[str | None] = mapped_column(String(16), nullable=True)  # approved | rejected (corrections only)
     reviewed_by: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     customer: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)  # the interaction's
 
 
@@ -113,11 +103,11 @@ class Job(Base):
     attempts: Mapped[int] = mapped_column(Integer, default=0)  # claims so far (a release on shutdown gives one back)
     max_attempts: Mapped[int] = mapped_column(Integer, default=3)
     lease_owner: Mapped[str | None] = mapped_column(String(200), nullable=True)
-    lease_expires: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    heartbeat_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
-    started_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    lease_expires: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
     outputs: Mapped[dict] = mapped_column(JSON, default=dict)  # each finished stage's output, by stage name
 
@@ -129,7 +119,7 @@ class JobLog(Base):
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
     job_id: Mapped[str] = mapped_column(ForeignKey("jobs.id"), index=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     level: Mapped[str] = mapped_column(String(8), default="info")
     message: Mapped[str] = mapped_column(Text)
 
@@ -144,7 +134,7 @@ class ApiKey(Base):
     role: Mapped[str] = mapped_column(String(16))
     key_hash: Mapped[str] = mapped_column(String(64), unique=True, index=True)
     prefix: Mapped[str] = mapped_column(String(16))
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class Erasure(Base):
@@ -155,8 +145,8 @@ class Erasure(Base):
     __tablename__ = "erasures"
 
     id: Mapped[str] = mapped_column(String(32), primary_key=True, default=new_id)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
-    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
     state: Mapped[str] = mapped_column(String(16), default="running")  # running | done
     actor: Mapped[str] = mapped_column(String(200))
     selector_kind: Mapped[str] = mapped_column(String(16))  # customer | conversation | interaction | matching
@@ -166,105 +156,6 @@ class Erasure(Base):
     counts: Mapped[dict] = mapped_column(JSON, default=dict)  # rows deleted, by table
     datasets: Mapped[list] = mapped_column(JSON, default=list)  # [{"old", "new", "removed"}] superseded
     versions: Mapped[list] = mapped_column(JSON, default=list)  # version ids flagged "trained on erased data"
-
-
-BUSY_TIMEOUT_S = 10.0
-
-
-def use_wal(cursor: sqlite3.Cursor, timeout_s: float = BUSY_TIMEOUT_S) -> None:
-    """Switch the file to WAL, retrying while another process holds it. Turning a new file to WAL needs an exclusive
-    lock, and SQLite answers "database is locked" at once there instead of waiting in its busy handler, so processes
-    that open one new database together (``accelerate launch`` ranks, replicas) would fail without the retry."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        try:
-            cursor.execute("PRAGMA journal_mode=WAL")
-            return
-        except sqlite3.OperationalError as error:
-            if "locked" not in str(error) or time.monotonic() >= deadline:
-                raise
-            time.sleep(0.05)
-
-
-def make_engine(url: str) -> Engine:
-    """An engine set up for durability: SQLite in WAL mode with synchronous=FULL and foreign keys on; PostgreSQL
-    through psycopg 3 (``postgresql://`` URLs too), sessions in UTC, connections checked before use."""
-    parsed = make_url(url)
-    if parsed.drivername in ("postgresql", "postgres"):
-        parsed = parsed.set(drivername="postgresql+psycopg")
-    backend = parsed.get_backend_name()
-    if backend == "postgresql":
-        return create_engine(parsed, pool_pre_ping=True, connect_args={"options": "-c timezone=UTC"})
-    if backend != "sqlite":
-        return create_engine(parsed)
-    if parsed.database:
-        Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(parsed, connect_args={"check_same_thread": False})
-
-    @event.listens_for(engine, "connect")
-    def _pragmas(dbapi_connection, _record) -> None:
-        cursor = dbapi_connection.cursor()
-        cursor.execute(f"PRAGMA busy_timeout={int(BUSY_TIMEOUT_S * 1000)}")
-        use_wal(cursor)
-        cursor.execute("PRAGMA synchronous=FULL")
-        cursor.execute("PRAGMA foreign_keys=ON")
-        cursor.execute("PRAGMA secure_delete=ON")  # deleted rows are zeroed in the file, not left in free space
-        cursor.close()
-
-    return engine
-
-
-def lock_for_writing(session: Session, table: str | None = None) -> None:
-    """Hold off other writers until the session's transaction ends, so a read-then-write in it cannot race another:
-    SQLite's write lock (``BEGIN IMMEDIATE``, before any read), and on PostgreSQL ``table`` locked in a mode that
-    conflicts with itself and with inserts (rows already locked by the caller's statements need no table lock)."""
-    connection = session.connection()
-    if connection.dialect.name == "sqlite":
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
-    elif connection.dialect.name == "postgresql" and table is not None:
-        connection.exec_driver_sql(f'LOCK TABLE "{table}" IN SHARE ROW EXCLUSIVE MODE')
-
-
-class Store:
-    """Owns the engine and hands out transactional sessions; the schema is brought to head on opening."""
-
-    def __init__(self, url: str):
-        self.engine = make_engine(url)
-        migrations.upgrade(self.engine)
-        self._sessions = sessionmaker(self.engine, expire_on_commit=False)
-
-    @contextmanager
-    def session(self) -> Iterator[Session]:
-        """A transaction: committed when the block ends, rolled back if it raises."""
-        with self._sessions.begin() as session:
-            yield session
-
-    def add(self, row: Base) -> Base:
-        with self.session() as session:
-            session.add(row)
-        return row
-
-    def get_interaction(self, interaction_id: str) -> Interaction | None:
-        with self.session() as session:
-            return session.get(Interaction, interaction_id)
-
-    def purge_deleted(self, attempts: int = 50) -> bool:
-        """Make rows deleted so far unrecoverable from SQLite's files, as an erasure needs: ``secure_delete`` zeroes
-        them in the pages, and a truncating checkpoint empties the WAL, which still holds the pages as they were.
-        The checkpoint waits out readers for a while; False if one kept it from finishing. PostgreSQL keeps dead
-        rows in its own files until VACUUM (FULL) reuses or rewrites them: README, *Forgetting a customer*."""
-        if self.engine.dialect.name != "sqlite":
-            return True
-        for _ in range(attempts):
-            with self.engine.connect() as connection:
-                busy = connection.exec_driver_sql("PRAGMA wal_checkpoint(TRUNCATE)").first()[0]
-            if not busy:
-                return True
-            time.sleep(0.1)
-        return False
-
-    def close(self) -> None:
-        self.engine.dispose()
 
 
 # -- The model registry's metadata (tuning.registry) -------------------------------------------------------------
@@ -279,7 +170,7 @@ class RegistryVersion(Base):
     __tablename__ = "registry_versions"
 
     id: Mapped[str] = mapped_column(String(200), primary_key=True)
-    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     state: Mapped[str] = mapped_column(String(16), default="candidate")  # the lifecycle state (tuning.registry)
     gate: Mapped[dict | None] = mapped_column(JSON, nullable=True)  # the gate verdict: {"passed", "at", ...}
     manifest: Mapped[dict] = mapped_column(JSON)  # a copy of the folder's manifest.json, for listing without disk
@@ -296,7 +187,7 @@ class RegistryPointer(Base):
     history: Mapped[list] = mapped_column(JSON, default=list)  # the previously active ids, oldest first
     ever_active: Mapped[list] = mapped_column(JSON, default=list)
     generation: Mapped[int] = mapped_column(Integer, default=0)
-    updated_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
 
 
 class RegistryEvent(Base):
@@ -305,15 +196,8 @@ class RegistryEvent(Base):
     __tablename__ = "registry_events"
 
     id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
-    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow, index=True)
+    at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, index=True)
     action: Mapped[str] = mapped_column(String(32))
     version: Mapped[str] = mapped_column(String(200), index=True)  # a version id, or "base" for the bare base model
     actor: Mapped[str] = mapped_column(String(200))
     details: Mapped[dict] = mapped_column(JSON, default=dict)
-
-
-@functools.cache
-def shared_store(url: str) -> Store:
-    """One Store per database URL in this process, for code that opens the database on demand (the worker's cycle
-    stages, the gates, training): each Store is an engine with its own connection pool and a migration check."""
-    return Store(url)

@@ -1,8 +1,8 @@
-"""Alembic's entry point, run by ``agent.migrations``: always on the connection it hands over, never from an .ini."""
+"""Alembic's entry point, run by ``affinage.core.migrations``: always on the connection it hands over, never from an .ini."""
 
 from alembic import context
 
-from agent.store import Base
+from affinage.core.tables import Base
 
 connection = context.config.attributes["connection"]
 context.configure(connection=connection, target_metadata=Base.metadata, render_as_batch=True, compare_type=True)
