@@ -11,7 +11,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install run test soak demo clean
+.PHONY: install run test test-fast soak demo clean
 
 $(VENV)/.installed: pyproject.toml Makefile
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -34,6 +34,11 @@ test: install
 	bash scripts/install-browser.sh
 	PYTHON=$(PY) bash scripts/start-postgres.sh
 	$(PY) -m pytest -q
+
+# The inner loop, under 2 minutes on 2 cores: the unit tests only, without the markers of tests/conftest.py (no
+# PostgreSQL, no browser, no spawned processes, no training or real model). `make test` still runs all of them.
+test-fast: install
+	$(PY) -m pytest -q -m "not slow and not browser and not multiprocess and not postgres and not soak"
 
 # The long runs: many SIGKILLs of the real `affinage serve`, a minute of racing reviews, key creations and feedback
 # on each database, 16 streaming clients for 60 s on the default model, and prompt injection against the real agent (the last two rewrite their sections of BENCHMARKS.md).

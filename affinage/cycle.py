@@ -1,37 +1,134 @@
-"""The stages of one improvement cycle, shared by the commands and the worker: triage, immediate remedies, synth,
-train, gates and the auto-promotion policy.
+"""One improvement cycle, orchestrated once for `affinage worker` and `affinage demo`: triage -> immediate remedies
+-> synth -> train -> gates -> promotion, each stage a function here, run in order by ``run_cycle``.
 
-Each stage returns a small JSON record of what it did (the worker stores it on the job) and may run again after a
-crash without doing its work twice: synth and train adopt what an interrupted attempt already wrote (training
-itself resumes from its last checkpoint), the gates run again only on an ungated candidate.
+Each stage returns a small JSON record of what it did and may run again after a crash without doing its work
+twice: synth and train adopt what an interrupted attempt already wrote (training itself resumes from its last
+checkpoint), the gates run again only on an ungated candidate. ``run_cycle`` skips the stages whose records it is
+given and stops after a synth that found nothing to train on. What differs between callers goes in its ``Hooks``
+(the worker keeps every record on a durable job and checks its lease; the demo times the stages and acts as the
+operator) and in its ``Cycle`` (the demo lends synth its loaded agent and a recorded teacher, and approves every
+candidate that passed its gates instead of following the ``auto_promote`` policy).
 """
 
 from __future__ import annotations
 
 import json
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
+from affinage.core.atomic import atomic_write_text
+from affinage.core.datasets import list_datasets, used_interactions
 from affinage.core.settings import Settings
 from affinage.core.store import Store
-from synth_data.builder import SynthResult
+from affinage.core.timeutil import utcnow
+from affinage.factory import build_agent
+from affinage.gating import run_gates
+from agent.corrections import pending_corrections
+from agent.pipeline import model_version
+from agent.triage import triage
+from synth_data.builder import SynthResult, pending, synthesize
+from synth_data.erasure import current_dataset
+from synth_data.teacher import load_teacher
+from tuning.config import read_config_file
+from tuning.decisions import passes_by_margin
 from tuning.registry import Registry
+from tuning.train import CONTINUES, train
 
 Note = Callable[[str], None]
+STAGES = ("triage", "remedies", "synth", "train", "gate", "promote")
 TRIAGE_DAYS = 30  # the window of `affinage failures` and the console's topics
 MAX_TOPICS = 20  # topics kept on a job record
 MAX_DOC_QUESTIONS = 5  # questions per knowledge gap kept on a job record
 
 
+@dataclass(frozen=True)
+class Approver:
+    """Who approves and promotes every candidate that passed its gates, in place of the ``auto_promote`` policy
+    (`affinage demo` acts as the operator), and the comment the audit log keeps."""
+
+    actor: str
+    comment: str
+
+
+@dataclass
+class Cycle:
+    """What one cycle runs with."""
+
+    settings: Settings
+    store: Store
+    load_embeddings: Callable[[], Any]  # the embedder, fetched when a stage needs it: a retrain job never does
+    progress: bool = True
+    agent: Any = None  # an agent already loaded, lent to synth instead of loading the model again
+    teacher: Any = None  # synth's teacher; by default ``teacher_model``, else the agent's own model
+    approver: Approver | None = None
+
+
+class Hooks:
+    """What the caller of ``run_cycle`` does around the stages; here, nothing."""
+
+    def note(self, stage: str, line: str) -> None:
+        """A progress line of ``stage``."""
+
+    def save(self, outputs: dict) -> None:
+        """Keep the records so far where a later attempt finds them (synth saves when it starts)."""
+
+    def before(self, stage: str, number: int) -> None:
+        """``stage`` (``number`` from 0, of ``len(STAGES)``) is about to run; raising here stops the cycle."""
+
+    def around(self, stage: str) -> AbstractContextManager:
+        """Entered around the stage and its ``after``."""
+        return nullcontext()
+
+    def after(self, stage: str, number: int, outputs: dict) -> None:
+        """``stage``'s record is in ``outputs``."""
+
+
+def run_cycle(cycle: Cycle, hooks: Hooks, outputs: dict | None = None) -> dict:
+    """Run, in order, the stages that have no record in ``outputs`` (an earlier attempt did those), stopping after
+    a synth that found nothing to train on; returns every record, with the last ``outcome`` a stage named."""
+    outputs = dict(outputs or {})
+    for number, stage in enumerate(STAGES):
+        if stage in outputs:
+            continue  # done by an earlier attempt
+        hooks.before(stage, number)
+        with hooks.around(stage):
+            record = run_stage(cycle, hooks, stage, outputs)
+            outputs = {**outputs, stage: record}
+            if "outcome" in record:
+                outputs["outcome"] = record["outcome"]
+            hooks.after(stage, number, outputs)
+        if stage == "synth" and record["dataset"] is None:
+            break
+    return outputs
+
+
+def run_stage(cycle: Cycle, hooks: Hooks, stage: str, outputs: dict) -> dict:
+    """One stage, from the records of the stages before it."""
+    settings, store, progress = cycle.settings, cycle.store, cycle.progress
+    note = lambda line: hooks.note(stage, line)  # noqa: E731
+    if stage == "triage":
+        return triage_stage(store, cycle.load_embeddings().encode, note)
+    if stage == "remedies":
+        return remedies_stage(store, outputs["triage"], note)
+    if stage == "synth":
+        if "synth_started_at" not in outputs:  # saved first, so a later attempt adopts what this one writes
+            outputs["synth_started_at"] = utcnow().isoformat()
+            hooks.save(outputs)
+        return synth_stage(settings, store, outputs["synth_started_at"], note, cycle.load_embeddings(), progress,
+                           cycle.agent, cycle.teacher)
+    if stage == "train":
+        return train_stage(settings, outputs["synth"]["dataset"], note, progress)
+    if stage == "gate":
+        return gate_stage(settings, outputs["train"]["candidate"], note, progress)
+    return promote_stage(settings, outputs["train"]["candidate"], outputs["gate"], note, cycle.approver)
+
+
 def build_dataset(settings: Settings, progress: bool = True, embeddings=None, agent=None, teacher=None) -> SynthResult:
     """`affinage synth`: one dataset from every failure and feedback no dataset has used yet. A caller that already
     holds the agent (`affinage demo`) passes it to spare loading the model again, and may pass its own teacher."""
-    from affinage.factory import build_agent
-    from agent.pipeline import model_version
-    from synth_data.builder import synthesize
-    from synth_data.teacher import load_teacher
-
     agent = agent or build_agent(settings, embeddings=embeddings)
     teacher = teacher or load_teacher(settings, local=agent.llm)
     return synthesize(settings, agent.store, agent.retriever, teacher, agent.retriever.embeddings.encode,
@@ -40,8 +137,6 @@ def build_dataset(settings: Settings, progress: bool = True, embeddings=None, ag
 
 def triage_stage(store: Store, embed, note: Note) -> dict:
     """Topics of the last ``TRIAGE_DAYS`` of failures, each with its suggested remedy."""
-    from agent.triage import triage
-
     topics = triage(store, embed, since=datetime.now(timezone.utc) - timedelta(days=TRIAGE_DAYS))
     note(f"{sum(t.count for t in topics)} failures in {len(topics)} topics over the last {TRIAGE_DAYS} days")
     return {"failures": sum(t.count for t in topics), "topics": [
@@ -52,25 +147,20 @@ def triage_stage(store: Store, embed, note: Note) -> dict:
 def remedies_stage(store: Store, triaged: dict, note: Note) -> dict:
     """What fixes failures without training, and who must act: the example bank takes a correction the moment an
     operator approves it, and knowledge gaps need documentation; the worker reports both and approves nothing."""
-    from agent.corrections import pending_corrections
-
     by_remedy = {remedy: [t["label"] for t in triaged["topics"] if t["remedy"] == remedy]
                  for remedy in ("knowledge_gap", "prompt_retrieval", "behaviour")}
-    pending = len(pending_corrections(store))
-    if pending:
-        note(f"{pending} corrections wait for review (`affinage corrections`): approved, they fix answers at once")
+    waiting = len(pending_corrections(store))
+    if waiting:
+        note(f"{waiting} corrections wait for review (`affinage corrections`): approved, they fix answers at once")
     for topic in triaged["topics"]:
         if topic["remedy"] == "knowledge_gap":
             note(f"knowledge gap '{topic['label']}': document {'; '.join(topic['doc_questions'])}")
-    return {"corrections_pending": pending, **by_remedy}
+    return {"corrections_pending": waiting, **by_remedy}
 
 
 def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, embeddings=None,
                 progress: bool = True, agent=None, teacher=None) -> dict:
     """A dataset from the unused failures; one written since ``started_at`` is an interrupted attempt's, adopted."""
-    from synth_data.builder import pending
-    from affinage.core.datasets import list_datasets, used_interactions
-
     earlier = [m for m in list_datasets(settings.datasets_dir) if m["created_at"] >= started_at]
     if earlier:
         note(f"dataset {earlier[0]['id']} was written by an earlier attempt: using it")
@@ -88,9 +178,6 @@ def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool 
 
     A dataset an erasure superseded since the job began is replaced by the one that superseded it, and an active
     version flagged as trained on erased data is never built upon: training starts from the base model."""
-    from synth_data.erasure import current_dataset
-    from tuning.train import CONTINUES, train
-
     method = settings.worker_method
     current = current_dataset(settings.datasets_dir, dataset_id)
     if current is None:
@@ -120,9 +207,6 @@ def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool 
 def from_base_config(settings: Settings, method: str) -> Path:
     """``worker_train_config`` with ``start_from = "base"``, written beside the runs (same values, so a resumed run
     finds its checkpoints)."""
-    from affinage.core.atomic import atomic_write_text
-    from tuning.config import read_config_file
-
     source = settings.worker_train_config
     values = read_config_file(source) if source is not None else {}
     path = settings.home / "runs" / f"{method}-from-base.json"
@@ -132,8 +216,6 @@ def from_base_config(settings: Settings, method: str) -> Path:
 
 def gate_stage(settings: Settings, candidate: str, note: Note, progress: bool = True) -> dict:
     """The gates' verdict; a candidate gated by an interrupted attempt keeps its report."""
-    from tuning.gates import run_gates
-
     version = Registry.open(settings).get(candidate)
     if version.state == "candidate":
         report = run_gates(settings, candidate, progress=progress)
@@ -144,51 +226,41 @@ def gate_stage(settings: Settings, candidate: str, note: Note, progress: bool = 
     return {"passed": report["passed"], "failed": failed, "checks": report["checks"]}
 
 
-def clears_margin(check: dict, margin: float) -> bool:
-    """A passed check with room to spare: a score (a ``>=`` rule: F1, ROUGE-L, accuracy, shares, all in [0, 1])
-    at least ``margin`` above its floor; an upper bound (``<=``: perplexity, KL, attack and link rates) at least
-    ``margin`` times the bound below it. Any other rule never clears."""
-    if not check["passed"]:
-        return False
-    if check["rule"].startswith(">="):
-        return check["after"] >= check["threshold"] + margin
-    if check["rule"].startswith("<="):
-        return check["after"] <= check["threshold"] - margin * abs(check["threshold"])
-    return False
-
-
-def passes_by_margin(checks: list[dict], margin: float) -> list[str]:
-    """The checks that keep a candidate from promotion under ``gates_pass_by_margin`` (none: promote)."""
-    if not checks:
-        return ["no gate checks"]
-    return [f"{c['gate']}: {c['name']}" for c in checks if not clears_margin(c, margin)]
-
-
-def promote_stage(settings: Settings, candidate: str, gate: dict, note: Note) -> dict:
+def promote_stage(settings: Settings, candidate: str, gate: dict, note: Note, approver: Approver | None = None) -> dict:
     """Leave the candidate for an operator, or, under the ``auto_promote`` policy, approve and promote it in the
-    registry as ``policy:<name>`` so the audit log records it like a person's decision."""
-    registry = Registry.open(settings)
+    registry as ``policy:<name>`` so the audit log records it like a person's decision. An ``approver`` approves
+    and promotes every candidate that passed its gates, whatever the policy."""
     policy, margin = settings.auto_promote, settings.auto_promote_margin
     if not gate["passed"]:
         return {"outcome": "gates failed", "policy": policy}
-    if policy == "off":
-        note(f"{candidate} awaits an operator's approval (auto_promote is off)")
-        return {"outcome": "awaiting approval", "policy": policy}
-    short = passes_by_margin(gate["checks"], margin)
-    if short:
-        note(f"{candidate} awaits an operator's approval: not clear of its bounds by {margin:g} on {'; '.join(short)}")
-        return {"outcome": "awaiting approval", "policy": policy, "short_of_margin": short}
-    actor = f"policy:{policy}"
+    if approver is None:
+        if policy == "off":
+            note(f"{candidate} awaits an operator's approval (auto_promote is off)")
+            return {"outcome": "awaiting approval", "policy": policy}
+        short = passes_by_margin(gate["checks"], margin)
+        if short:
+            note(f"{candidate} awaits an operator's approval: not clear of its bounds by {margin:g} on {'; '.join(short)}")
+            return {"outcome": "awaiting approval", "policy": policy, "short_of_margin": short}
+        record = {"policy": policy}
+        approver = Approver(f"policy:{policy}",
+                            f"auto-promotion: every gate check cleared its bound by a margin of {margin:g}")
+    else:
+        record = {"approver": approver.actor}
+    return {"outcome": approve_and_promote(Registry.open(settings), candidate, approver, note), **record}
+
+
+def approve_and_promote(registry: Registry, candidate: str, approver: Approver, note: Note) -> str:
+    """Approve the candidate unless someone did, then promote it; returns the outcome (``promoted``, also for one
+    a rerun finds active already, or ``left <state>`` for one an operator decided otherwise first)."""
     state = registry.get(candidate).state
     if state == "gated-passed":
-        registry.decide(candidate, True, actor=actor,
-                        comment=f"auto-promotion: every gate check cleared its bound by a margin of {margin:g}")
+        registry.decide(candidate, True, actor=approver.actor, comment=approver.comment)
         state = "approved"
     if state == "approved":
-        registry.promote(candidate, actor=actor)
+        registry.promote(candidate, actor=approver.actor)
         state = "active"
     if state != "active":  # an operator decided first
         note(f"{candidate} is {state}: left as the operator decided")
-        return {"outcome": f"left {state}", "policy": policy}
-    note(f"{candidate} promoted by {actor}")
-    return {"outcome": "promoted", "policy": policy}
+        return f"left {state}"
+    note(f"{candidate} promoted by {approver.actor}")
+    return "promoted"

@@ -8,219 +8,46 @@ row as it ends, so a resumed run reports the whole erasure. Records hold no pers
 sha256("kind:value"), random ids and counts. ``reapply`` replays every recorded erasure by its ids, which is what a
 restore from a backup taken before an erasure needs (the journal file outlives the database it is restored over).
 
-This module is the top layer: it wires ``agent`` (the store), ``synth_data`` (datasets) and ``tuning`` (registry).
+This module is the top layer: it wires ``agent.erasure`` (the log), ``synth_data.erasure`` (datasets) and
+``tuning.registry`` (versions).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import os
-import re
-from dataclasses import dataclass, fields
-from datetime import datetime, timedelta
+from datetime import timedelta
 from pathlib import Path
-from typing import Callable, Iterable, Iterator
+from typing import Callable
 
-from sqlalchemy import delete, func, select, update
-from sqlalchemy.orm import Session
+from sqlalchemy import select
 
-from affinage.core.settings import Settings
-from affinage.core.tables import Erasure, Example, Feedback, Interaction, JobLog, RegistryEvent
-from affinage.core.store import Store
 from affinage.core.database import lock_for_writing
+from affinage.core.settings import Settings
+from affinage.core.store import Store
+from affinage.core.tables import Erasure, RegistryEvent
 from affinage.core.timeutil import utcnow
-from tuning.report import ERASED
+from affinage.retrain import follow_up
+from agent.erasure import (
+    KINDS,
+    TABLES,
+    Selector,
+    SelectorError,
+    delete_rows,
+    left_in_log,
+    resolve,
+)
+from synth_data.erasure import leftover_rows, supersede_datasets
+from tuning.registry import Registry
 
 log = logging.getLogger("affinage.erasure")
-KINDS = ("customer", "conversation", "interaction", "matching")
-MIN_MATCHING_CHARS = 3  # "--matching a" would erase nearly everything
-BATCH = 500  # ids per IN (...): well under SQLite's bound-parameter limit
-SCAN_BATCH = 1000
 RESCAN_MARGIN = timedelta(minutes=5)  # clock skew between replicas, for the second (locked) scan of new rows
-ID_TOKEN = re.compile(r"[0-9a-f]{32}")  # how interaction ids (uuid4 hex) appear in log lines
-# What a report counts: rows deleted per table (corrections: the feedback rows that held one), and other
-# interactions whose failure signals quoted an erased question (a rephrase names the earlier question), scrubbed.
-TABLES = ("interactions", "feedback", "corrections", "examples", "job_logs", "signal_quotes")
-
-
-class SelectorError(ValueError):
-    """No selector, two selectors, or an unusable value: the CLI exits 2, the route answers 400."""
-
-
-@dataclass(frozen=True)
-class Selector:
-    """Exactly one of: an end customer's id, a conversation id, an interaction id, or text (an email address or a
-    name) matched case-insensitively in questions, answers, corrections, comments and the example bank."""
-
-    customer: str | None = None
-    conversation: str | None = None
-    interaction: str | None = None
-    matching: str | None = None
-
-    def __post_init__(self) -> None:
-        given = [f.name for f in fields(self) if getattr(self, f.name) is not None]
-        if len(given) != 1:
-            raise SelectorError("give exactly one of customer, conversation, interaction, matching; got "
-                                + (", ".join(given) if given else "none"))
-        value = getattr(self, given[0])
-        if not isinstance(value, str) or not value.strip():
-            raise SelectorError(f"the {given[0]} to forget is empty")
-        if "\x00" in value or value.encode("utf-8", "replace").decode("utf-8") != value:  # neither can be stored
-            raise SelectorError(f"the {given[0]} to forget is not valid text (a NUL or a lone surrogate): {value!r}")
-        object.__setattr__(self, given[0], value.strip())
-        if given[0] == "matching" and len(self.value) < MIN_MATCHING_CHARS:
-            raise SelectorError(f"matching text {self.value!r} is shorter than {MIN_MATCHING_CHARS} characters: it "
-                                "would match almost everything")
-
-    @classmethod
-    def of(cls, kind: str, value: str) -> "Selector":
-        if kind not in KINDS:
-            raise SelectorError(f"unknown selector {kind!r}; use one of {', '.join(KINDS)}")
-        return cls(**{kind: value})
-
-    @property
-    def kind(self) -> str:
-        return next(f.name for f in fields(self) if getattr(self, f.name) is not None)
-
-    @property
-    def value(self) -> str:
-        return getattr(self, self.kind)
-
-    @property
-    def hash(self) -> str:
-        """sha256 of "kind:value" (matching text case-folded, as it is matched): what records keep instead."""
-        value = self.value.casefold() if self.kind == "matching" else self.value
-        return hashlib.sha256(f"{self.kind}:{value}".encode("utf-8")).hexdigest()
-
-    def matches(self, text: str | None) -> bool:
-        return self.kind == "matching" and text is not None and self.value.casefold() in text.casefold()
+__all__ = ["KINDS", "Selector", "SelectorError", "check", "forget", "reapply"]
 
 
 def journal_path(settings: Settings) -> Path:
     return settings.home / "erasures.jsonl"
-
-
-# -- finding what a selector names ------------------------------------------------------------------------------
-
-def _chunks(items: Iterable[str], size: int = BATCH) -> Iterator[list[str]]:
-    items = sorted(items)
-    for start in range(0, len(items), size):
-        yield items[start:start + size]
-
-
-def _scan(session: Session, statement) -> Iterator[tuple]:
-    yield from session.execute(statement.execution_options(yield_per=SCAN_BATCH))
-
-
-def _resolve(session: Session, selector: Selector, since: datetime | None = None) -> tuple[set[str], set[str]]:
-    """The interaction ids the selector names, and the example ids it names by text alone. Text is matched here in
-    Python, case-folded, over every row (``since``: only newer ones): SQLite's LIKE folds ASCII only, and a missed
-    "Zoë" is a failed erasure, while an erasure is rare enough to afford a scan."""
-    kind, value = selector.kind, selector.value
-    if kind == "interaction":
-        return set(session.scalars(select(Interaction.id).where(Interaction.id == value))), set()
-    if kind == "conversation":
-        return set(session.scalars(select(Interaction.id).where(Interaction.conversation_id == value))), set()
-    if kind == "customer":
-        ids = set(session.scalars(select(Interaction.id).where(Interaction.customer == value)))
-        ids |= set(session.scalars(select(Feedback.interaction_id).where(Feedback.customer == value)))
-        return ids, set(session.scalars(select(Example.id).where(Example.customer == value)))
-    ids: set[str] = set()
-    found = selector.matches
-    query = select(Interaction.id, Interaction.question, Interaction.answer, Interaction.customer)
-    for row_id, *texts in _scan(session, query if since is None else query.where(Interaction.created_at >= since)):
-        if any(found(t) for t in texts):
-            ids.add(row_id)
-    query = select(Feedback.interaction_id, Feedback.correction, Feedback.comment, Feedback.customer)
-    for interaction_id, *texts in _scan(session, query if since is None else query.where(Feedback.created_at >= since)):
-        if any(found(t) for t in texts):
-            ids.add(interaction_id)
-    examples: set[str] = set()
-    query = select(Example.id, Example.interaction_id, Example.question, Example.answer, Example.customer)
-    for example_id, interaction_id, *texts in _scan(session, query if since is None else
-                                                    query.where(Example.created_at >= since)):
-        if any(found(t) for t in texts):
-            examples.add(example_id)
-            if interaction_id:
-                ids.add(interaction_id)
-    return ids, examples
-
-
-def _log_line_concerned(message: str, ids: set[str], selector: Selector | None) -> bool:
-    """A job-log line naming an erased interaction, or the selector's value itself (a customer id may be an email)."""
-    if ids and not ids.isdisjoint(ID_TOKEN.findall(message)):
-        return True
-    if selector is None:
-        return False
-    if selector.kind == "matching":
-        return selector.matches(message)
-    return re.search(rf"(?<![\w@.+-]){re.escape(selector.value)}(?![\w@.+-])", message) is not None
-
-
-def _concerned_log_lines(session: Session, ids: set[str], selector: Selector | None) -> list[int]:
-    return [line_id for line_id, message in _scan(session, select(JobLog.id, JobLog.message))
-            if _log_line_concerned(message, ids, selector)]
-
-
-# -- deleting -----------------------------------------------------------------------------------------------------
-
-def _delete_rows(session: Session, ids: set[str], example_ids: set[str], selector: Selector | None,
-                 texts: set[str] | None = None) -> dict[str, int]:
-    """Delete in foreign-key order, within the caller's transaction; returns rows deleted per table. The erased
-    questions and corrections go into ``texts`` (memory only), for scrubbing the gate reports that quote them."""
-    counts = dict.fromkeys(TABLES, 0)
-    texts = set() if texts is None else texts
-    since = None  # the oldest erased interaction: only later ones can quote it
-    quoted: set[str] = set()
-    for chunk in _chunks(example_ids):
-        counts["examples"] += session.execute(delete(Example).where(Example.id.in_(chunk))
-                                              .execution_options(synchronize_session=False)).rowcount
-    for chunk in _chunks(ids):
-        counts["examples"] += session.execute(delete(Example).where(Example.interaction_id.in_(chunk))
-                                              .execution_options(synchronize_session=False)).rowcount
-        corrections = session.scalars(select(Feedback.correction).where(
-            Feedback.interaction_id.in_(chunk), Feedback.correction.is_not(None))).all()
-        counts["corrections"] += len(corrections)
-        questions = session.scalars(select(Interaction.question).where(Interaction.id.in_(chunk))).all()
-        texts.update(corrections)
-        texts.update(questions)
-        quoted.update(questions)
-        first = session.scalar(select(func.min(Interaction.created_at)).where(Interaction.id.in_(chunk)))
-        since = first if since is None or (first is not None and first < since) else since
-        counts["feedback"] += session.execute(delete(Feedback).where(Feedback.interaction_id.in_(chunk))
-                                              .execution_options(synchronize_session=False)).rowcount
-        counts["interactions"] += session.execute(delete(Interaction).where(Interaction.id.in_(chunk))
-                                                  .execution_options(synchronize_session=False)).rowcount
-    if since is not None:
-        counts["signal_quotes"] = _scrub_signals(session, quoted, since, selector)
-    lines = _concerned_log_lines(session, ids, selector)
-    for start in range(0, len(lines), BATCH):
-        counts["job_logs"] += session.execute(delete(JobLog).where(JobLog.id.in_(lines[start:start + BATCH]))
-                                              .execution_options(synchronize_session=False)).rowcount
-    return counts
-
-
-def _scrub_signals(session: Session, questions: set[str], since: datetime, selector: Selector | None) -> int:
-    """Replace by ``[erased]``, in the failure signals of the interactions logged since ``since``, every reason that
-    quotes an erased question (the rephrase detector quotes the first 120 characters of the earlier question, in
-    double quotes) or contains the selector's text; returns how many interactions changed."""
-    quotes = {f'"{question[:120]}"' for question in questions if question}
-
-    def erased(reason: str) -> bool:
-        return any(quote in reason for quote in quotes) or (selector is not None and selector.matches(reason))
-
-    changed = 0
-    for row_id, signals in list(_scan(session, select(Interaction.id, Interaction.signals)
-                                      .where(Interaction.created_at >= since))):
-        clean = [{**signal, "reason": ERASED} if erased(str(signal.get("reason", ""))) else signal
-                 for signal in signals or []]
-        if clean != (signals or []):
-            session.execute(update(Interaction).where(Interaction.id == row_id).values(signals=clean)
-                            .execution_options(synchronize_session=False))
-            changed += 1
-    return changed
 
 
 def _merge_datasets(recorded: list, new: list) -> list:
@@ -233,8 +60,6 @@ def _merge_datasets(recorded: list, new: list) -> list:
 # -- the hooks into datasets and the registry (synth_data.erasure, tuning.registry, affinage.retrain) ----------------
 
 def _supersede(settings: Settings, ids: set[str], matching: str | None) -> list[dict]:
-    from synth_data.erasure import supersede_datasets
-
     return list(supersede_datasets(settings.datasets_dir, set(ids), matching))
 
 
@@ -244,22 +69,16 @@ def _flag(settings: Settings, store: Store, dataset_ids: list[str], erasure_id: 
     reports."""
     if not dataset_ids:
         return []
-    from tuning.registry import Registry
-
     return list(Registry.open(settings, store).flag_trained_on_erased(
         dataset_ids, erasure_id, actor, erased_texts=sorted(t for t in texts if t and t.strip())))
 
 
 def _follow_up(settings: Settings, store: Store, flagged: list[str], actor: str) -> str | None:
     """The retrain job ``erasure_followup = "retrain"`` queues, if any."""
-    from affinage.retrain import follow_up
-
     return follow_up(settings, store, flagged, actor) if flagged else None
 
 
 def _leftover_dataset_rows(settings: Settings, ids: set[str], matching: str | None) -> dict[str, int]:
-    from synth_data.erasure import leftover_rows
-
     return dict(leftover_rows(settings.datasets_dir, set(ids), matching))
 
 
@@ -336,18 +155,18 @@ def forget(settings: Settings, store: Store, selector: Selector, actor: str,
     started = utcnow()
     texts = {selector.value} if selector.kind == "matching" else set()  # held in memory only, for _flag
     with store.session() as session:
-        ids, example_ids = _resolve(session, selector)
+        ids, example_ids = resolve(session, selector)
     row, resumed = _begin(settings, store, selector, actor, ids, example_ids)
     say(f"erasure {row.id}: {'resuming, ' if resumed else ''}{len(row.interaction_ids)} interactions found")
 
     with store.session() as session:  # one transaction: every row of the erasure goes, or none does
         lock_for_writing(session)  # SQLite: nothing is written between the locked re-scan and the deletes
         # Again under the lock: what was logged since the first look goes too.
-        late_ids, late_examples = _resolve(session, selector, since=started - RESCAN_MARGIN)
+        late_ids, late_examples = resolve(session, selector, since=started - RESCAN_MARGIN)
         record = session.get(Erasure, row.id)
         all_ids = set(record.interaction_ids) | ids | late_ids
         all_examples = set(record.example_ids or []) | example_ids | late_examples
-        deleted = _delete_rows(session, all_ids, all_examples, selector, texts)
+        deleted = delete_rows(session, all_ids, all_examples, selector, texts)
         record.interaction_ids, record.example_ids = sorted(all_ids), sorted(all_examples)
         record.counts = _sum(record.counts or {}, deleted)
     if all_ids != set(row.interaction_ids) or all_examples != set(row.example_ids):
@@ -393,26 +212,13 @@ def check(settings: Settings, store: Store, selector: Selector, bank=None) -> di
     service's example bank, its in-memory vectors."""
     left: dict[str, int] = {}
     with store.session() as session:
-        ids, example_ids = _resolve(session, selector)
+        ids, example_ids = resolve(session, selector)
         recorded = session.scalars(select(Erasure).where(Erasure.selector_hash == selector.hash)).all()
         for row in recorded:
             ids |= set(row.interaction_ids)
             example_ids |= set(row.example_ids or [])
         left["unfinished_erasures"] = sum(row.state != "done" for row in recorded)
-        for chunk in _chunks(ids):
-            left["interactions"] = left.get("interactions", 0) + len(
-                session.scalars(select(Interaction.id).where(Interaction.id.in_(chunk))).all())
-            left["feedback"] = left.get("feedback", 0) + len(
-                session.scalars(select(Feedback.id).where(Feedback.interaction_id.in_(chunk))).all())
-        examples = {e for chunk in _chunks(ids) for e in session.scalars(
-            select(Example.id).where(Example.interaction_id.in_(chunk)))}
-        examples |= {e for chunk in _chunks(example_ids) for e in session.scalars(
-            select(Example.id).where(Example.id.in_(chunk)))}
-        left["examples"] = len(examples)
-        left["job_logs"] = len(_concerned_log_lines(session, ids, selector))
-        if selector.kind == "matching":
-            left["signal_quotes"] = sum(any(selector.matches(str(s.get("reason", ""))) for s in signals or [])
-                                        for _, signals in _scan(session, select(Interaction.id, Interaction.signals)))
+        left.update(left_in_log(session, selector, ids, example_ids))
     matching = selector.value if selector.kind == "matching" else None
     for kind, n in _leftover_dataset_rows(settings, ids, matching).items():
         left[f"dataset_rows:{kind}"] = n
@@ -443,7 +249,7 @@ def reapply(settings: Settings, store: Store, actor: str, progress: Callable[[st
         with store.session() as session:
             lock_for_writing(session)
             texts: set[str] = set()
-            deleted = _delete_rows(session, ids, example_ids, None, texts)
+            deleted = delete_rows(session, ids, example_ids, None, texts)
             row = session.get(Erasure, entry["id"])
             if row is None:  # restored from before this erasure: its record comes back from the journal
                 row = Erasure(id=entry["id"], actor=entry["actor"], selector_kind=entry["selector_kind"],

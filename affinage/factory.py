@@ -4,14 +4,15 @@ from __future__ import annotations
 
 from langchain_core.language_models import BaseChatModel
 
-from affinage.core.settings import Settings
 from affinage.core.chat_model import load_chat_model
+from affinage.core.settings import Settings
+from affinage.core.store import Store
 from agent.example_bank import ExampleBank
 from agent.pipeline import SupportAgent
-from affinage.core.store import Store
 from retrieval.embeddings import SentenceEmbeddings
 from retrieval.index import VectorIndex
 from retrieval.retriever import IndexRetriever
+from tuning.serving import follow_registry
 
 
 def build_agent(settings: Settings, llm: BaseChatModel | None = None, embeddings: SentenceEmbeddings | None = None,
@@ -27,8 +28,6 @@ def build_agent(settings: Settings, llm: BaseChatModel | None = None, embeddings
     retriever = IndexRetriever(index=index, embeddings=embeddings, k=settings.top_k)
     watcher = None
     if llm is None:
-        from tuning.serving import follow_registry
-
         llm = load_chat_model(settings)
         watcher = follow_registry(settings, llm)
     agent = SupportAgent(settings, retriever, llm, store, ExampleBank(store, embeddings))

@@ -2,8 +2,9 @@
 durable job so that a worker that dies leaves the job to the next one.
 
 A cycle is triage -> immediate remedies -> synth -> train -> gates -> promotion policy (by default: the candidate
-waits for an operator). Each finished stage's record is saved on the job before the next starts, so a worker that
-reclaims an expired job skips what is done and resumes the rest. One cycle is queued or running at a time.
+waits for an operator), run by ``affinage.cycle.run_cycle`` as `affinage demo` runs it. Each finished stage's record
+is saved on the job before the next starts (``JobHooks``), so a worker that reclaims an expired job skips what is
+done and resumes the rest. One cycle is queued or running at a time.
 """
 
 from __future__ import annotations
@@ -21,15 +22,16 @@ from typing import Callable
 
 from sqlalchemy import select
 
+from affinage import gating
 from affinage.core.settings import Settings
 from affinage.core.tables import Interaction, Job
 from affinage.core.store import Store
 from affinage.core.timeutil import utcnow
-from affinage import cycle
+from affinage.cycle import STAGES, Cycle, Hooks, run_cycle
+from retrieval.embeddings import SentenceEmbeddings
 from tuning import jobs
 
 KIND = "cycle"
-STAGES = ("triage", "remedies", "synth", "train", "gate", "promote")
 log = logging.getLogger("affinage.worker")
 
 
@@ -130,8 +132,6 @@ class Worker:
     @property
     def embeddings(self):
         if self._embeddings is None:
-            from retrieval.embeddings import SentenceEmbeddings
-
             self._embeddings = SentenceEmbeddings(self.settings.embedder)
         return self._embeddings
 
@@ -145,10 +145,8 @@ class Worker:
         window_passed = last is None or now - last >= timedelta(days=s.drift_window_days)
         if (s.worker_drift_check_seconds and window_passed and not due(s, now, last, new, False)
                 and (self._next_drift_check is None or now >= self._next_drift_check)):
-            from tuning.gates import traffic_drift
-
             self._next_drift_check = now + timedelta(seconds=s.worker_drift_check_seconds)
-            drifted = traffic_drift(s, self.store, self.embeddings.encode, s.drift_window_days)["drifted"]
+            drifted = gating.traffic_drift(s, self.store, self.embeddings.encode, s.drift_window_days)["drifted"]
         return due(s, now, last, new, drifted)
 
     # -- the loop ------------------------------------------------------------------------------------------------
@@ -195,51 +193,38 @@ class Worker:
 
     # -- one job -------------------------------------------------------------------------------------------------
     def execute(self, job: Job) -> None:
-        """Run the job's unfinished stages under a renewed lease; record success, the failure's reason, or hand the
-        job back on shutdown. A lost lease stops the work without writing: the job has a new owner."""
-        outputs = dict(job.outputs or {})
-        stage = None
+        """Run the job's unfinished stages (``affinage.cycle.run_cycle``) under a renewed lease; record success, the
+        failure's reason, or hand the job back on shutdown. A lost lease stops the work without writing: the job has
+        a new owner."""
+        heartbeat = Heartbeat(self.store, job.id, self.owner, self.settings.worker_lease_seconds)
+        hooks = JobHooks(self, job, heartbeat.lost)
         handler = JobLogHandler(self.store, job.id)
         package_log = logging.getLogger("affinage")
         package_log.addHandler(handler)
         previous_level = package_log.level
         package_log.setLevel(min(previous_level or logging.INFO, logging.INFO))
         try:
-            with Heartbeat(self.store, job.id, self.owner, self.settings.worker_lease_seconds) as heartbeat:
+            with heartbeat:
                 self._busy = True
                 self.note(job.id, f"attempt {job.attempts} of {job.max_attempts} by {self.owner}: {job.trigger}")
-                for number, stage in enumerate(STAGES):
-                    if stage in outputs:
-                        continue  # done by an earlier attempt
-                    if heartbeat.lost.is_set():
-                        raise jobs.LeaseLost(f"job {job.id} lost its lease")
-                    if self.stopping.is_set():  # a signal that came before the job was marked busy
-                        raise Stop("stop requested")
-                    jobs.save(self.store, job.id, self.owner, stage=stage, progress=number / len(STAGES))
-                    self.note(job.id, f"{stage} ({number + 1}/{len(STAGES)})")
-                    record = self.run_stage(job.id, stage, outputs)
-                    outputs = {**outputs, stage: record}
-                    if "outcome" in record:
-                        outputs["outcome"] = record["outcome"]
-                    jobs.save(self.store, job.id, self.owner, outputs=outputs, progress=(number + 1) / len(STAGES))
-                    if stage == "synth" and record["dataset"] is None:
-                        break
+                cycle = Cycle(self.settings, self.store, lambda: self.embeddings, self.progress)
+                outputs = run_cycle(cycle, hooks, hooks.outputs)
                 self._busy = False
                 jobs.finish(self.store, job.id, self.owner, outputs=outputs, progress=1.0)
                 self.note(job.id, f"done: {outputs.get('outcome', 'finished')}")
         except Stop as stop:
             self._busy = False
             if jobs.release(self.store, job.id, self.owner):
-                self.note(job.id, f"{stop} during {stage}: released to the queue for the next worker", "warning")
+                self.note(job.id, f"{stop} during {hooks.stage}: released to the queue for the next worker", "warning")
         except jobs.LeaseLost as error:
             self.echo(f"job {job.id}: {error}; leaving it to its new owner")
         except Exception as error:  # noqa: BLE001 - a stage error fails the job with its reason; the loop goes on
             self._busy = False
-            reason = f"{stage}: {type(error).__name__}: {(str(error).strip().splitlines() or ['(no message)'])[0]}"
+            reason = f"{hooks.stage}: {type(error).__name__}: {(str(error).strip().splitlines() or ['(no message)'])[0]}"
             self.echo(traceback.format_exc().rstrip())
             self.note(job.id, f"failed in {reason}", "error")
             try:
-                jobs.finish(self.store, job.id, self.owner, error=reason, outputs=outputs)
+                jobs.finish(self.store, job.id, self.owner, error=reason, outputs=hooks.outputs)
             except jobs.LeaseLost:
                 self.echo(f"job {job.id}: lost its lease while failing")
         finally:
@@ -247,24 +232,35 @@ class Worker:
             package_log.removeHandler(handler)
             package_log.setLevel(previous_level)
 
-    def run_stage(self, job_id: str, stage: str, outputs: dict) -> dict:
-        s, note = self.settings, (lambda line: self.note(job_id, f"{stage}: {line}"))
-        if stage == "triage":
-            return cycle.triage_stage(self.store, self.embeddings.encode, note)
-        if stage == "remedies":
-            return cycle.remedies_stage(self.store, outputs["triage"], note)
-        if stage == "synth":
-            if "synth_started_at" not in outputs:
-                outputs["synth_started_at"] = utcnow().isoformat()
-                jobs.save(self.store, job_id, self.owner, outputs=outputs)
-            return cycle.synth_stage(s, self.store, outputs["synth_started_at"], note, self.embeddings, self.progress)
-        if stage == "train":
-            return cycle.train_stage(s, outputs["synth"]["dataset"], note, self.progress)
-        if stage == "gate":
-            return cycle.gate_stage(s, outputs["train"]["candidate"], note, self.progress)
-        return cycle.promote_stage(s, outputs["train"]["candidate"], outputs["gate"], note)
-
     def note(self, job_id: str, line: str, level: str = "info") -> None:
         """A line in the job's log (the console shows it) and on stderr."""
         self.echo(f"job {job_id[:8]} {line}")
         jobs.log(self.store, job_id, line, level)
+
+
+class JobHooks(Hooks):
+    """The worker's side of a cycle: the lease and a stop request checked before each stage, each record saved on
+    the job as the stage ends (so a worker that reclaims the job resumes after it), notes in the job's log."""
+
+    def __init__(self, worker: Worker, job: Job, lease_lost: threading.Event):
+        self.worker, self.job, self.lease_lost = worker, job, lease_lost
+        self.outputs, self.stage = dict(job.outputs or {}), None  # as far as the job got: what a failure records
+
+    def note(self, stage: str, line: str) -> None:
+        self.worker.note(self.job.id, f"{stage}: {line}")
+
+    def save(self, outputs: dict, **values) -> None:
+        self.outputs = outputs
+        jobs.save(self.worker.store, self.job.id, self.worker.owner, outputs=outputs, **values)
+
+    def before(self, stage: str, number: int) -> None:
+        self.stage = stage
+        if self.lease_lost.is_set():
+            raise jobs.LeaseLost(f"job {self.job.id} lost its lease")
+        if self.worker.stopping.is_set():  # a signal that came before the job was marked busy
+            raise Stop("stop requested")
+        jobs.save(self.worker.store, self.job.id, self.worker.owner, stage=stage, progress=number / len(STAGES))
+        self.worker.note(self.job.id, f"{stage} ({number + 1}/{len(STAGES)})")
+
+    def after(self, stage: str, number: int, outputs: dict) -> None:
+        self.save(outputs, progress=(number + 1) / len(STAGES))

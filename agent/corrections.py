@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from sqlalchemy import select, update
 
-from affinage.core.tables import Example, Feedback, Interaction
-from affinage.core.store import Store
-from affinage.core.timeutil import utcnow
 from affinage.core.pii import redact_pii
+from affinage.core.store import Store
+from affinage.core.tables import Example, Feedback, Interaction
+from affinage.core.timeutil import utcnow
 
 
 class UnknownCorrection(LookupError):

@@ -9,7 +9,14 @@ from tqdm import tqdm
 
 from affinage.core.atomic import atomic_write_text
 from affinage.core.jsonl import numbered_lines
-from affinage.core.metrics import contains_fact, hit_at_k, mean, percentile, rouge_l, token_f1
+from affinage.core.metrics import (
+    contains_fact,
+    hit_at_k,
+    mean,
+    percentile,
+    rouge_l,
+    token_f1,
+)
 from agent.pipeline import SupportAgent
 
 

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 from sqlalchemy import select
 
-from affinage.core.jsonl import numbered_lines
-from affinage.core.tables import Example
-from affinage.core.store import Store
 from affinage.core.database import lock_for_writing
+from affinage.core.jsonl import numbered_lines
+from affinage.core.store import Store
+from affinage.core.tables import Example
 from retrieval.embeddings import SentenceEmbeddings
 
 

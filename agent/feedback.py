@@ -6,9 +6,9 @@ from dataclasses import asdict
 
 from sqlalchemy import select
 
-from agent.detectors import correction_submitted, thumbs_down
-from affinage.core.tables import Feedback, Interaction
 from affinage.core.store import Store
+from affinage.core.tables import Feedback, Interaction
+from agent.detectors import correction_submitted, thumbs_down
 
 _FEEDBACK_KINDS = ("thumbs_down", "correction_submitted")
 

@@ -12,25 +12,36 @@ from __future__ import annotations
 import re
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import timedelta, timezone
+from datetime import timedelta
 from typing import Iterator
 
 from langchain_core.documents import Document
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, HumanMessage
 from langchain_core.retrievers import BaseRetriever
-from langchain_core.runnables import Runnable, RunnableBranch, RunnableLambda, RunnablePassthrough
+from langchain_core.runnables import (
+    Runnable,
+    RunnableBranch,
+    RunnableLambda,
+    RunnablePassthrough,
+)
 from sqlalchemy import select
 
-from affinage.core.settings import Settings
 from affinage.core import prompts
+from affinage.core.prompts import (
+    ABSTAIN_MESSAGE,
+    PROMPT_VERSION,
+    format_passages,
+    passage_embedder,
+    support_prompt,
+)
+from affinage.core.settings import Settings
+from affinage.core.store import Store
+from affinage.core.tables import Example, Interaction
+from affinage.core.timeutil import utcnow
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
 from agent.guard import PromptLeakGuard
-from affinage.core.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION, format_passages, passage_embedder, support_prompt
-from affinage.core.tables import Example, Interaction
-from affinage.core.store import Store
-from affinage.core.timeutil import utcnow
 
 MAX_HISTORY_TURNS = 3
 
@@ -151,7 +162,7 @@ class SupportAgent:
                 .where(*same)
                 .order_by(Interaction.created_at.desc()).limit(20)
             ).all()
-        return [(q, (at if at.tzinfo else at.replace(tzinfo=timezone.utc)).timestamp()) for q, at in rows]
+        return [(q, at.timestamp()) for q, at in rows]  # the column reads back in UTC
 
     @property
     def model_version(self) -> str:

@@ -69,3 +69,11 @@ def update_section(section: str, name: str, path: Path = BENCHMARKS) -> None:
     else:
         text = text.rstrip("\n") + "\n\n" + section + "\n"
     atomic_write_text(path, text)
+
+
+def publish(text: str, name: str, write: bool) -> int:
+    """Print a script's section and, unless told not to, put it into BENCHMARKS.md; the script's exit code."""
+    print(text)
+    if write:
+        update_section(text, name)
+    return 0

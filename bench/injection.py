@@ -12,7 +12,7 @@
    prompt, greedy decoding, the settings' defaults) answers each probe question once, as the service would.
 4. A probe succeeds when its canary (planted text, planted link host, or the system prompt's canary or one of its
    phrases) is in the answer, or, for the bundled PII probes, when the answer contains PII
-   (``tuning.gates.probe_succeeded``), as the safety gate scores it. Rates are per family; the section also says
+   (``tuning.probes.probe_succeeded``), as the safety gate scores it. Rates are per family; the section also says
    how often the system prompt's canary appeared in any answer at all.
 5. Rewrites the ``bench:injection`` section of BENCHMARKS.md.
 """
@@ -31,7 +31,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _common import ROOT, command_line, cpu_model, load_average, markers, nproc, update_section
+from _common import ROOT, command_line, cpu_model, load_average, markers, nproc, publish
 
 KB = ROOT / "affinage" / "demo" / "kb"
 BUNDLED = ROOT / "affinage" / "demo" / "gates" / "safety_probes.jsonl"
@@ -120,8 +120,8 @@ def run(home: Path) -> dict:
     from affinage.core.settings import load_settings
     from affinage.factory import build_agent
     from retrieval.embeddings import SentenceEmbeddings
-    from retrieval.index import ingest
-    from tuning.gates import probe_succeeded
+    from retrieval.ingest import ingest
+    from tuning.probes import probe_succeeded
 
     kb = home / "kb"
     shutil.copytree(KB, kb, dirs_exist_ok=True)
@@ -184,10 +184,7 @@ def main() -> int:
     result = run(home)
     (home / "injection_results.jsonl").write_text("".join(json.dumps(r) + "\n" for r in result["rows"]))
     text = section(result, sys.argv[1:], load_before, time.perf_counter() - begun)
-    print(text)
-    if not args.no_write:
-        update_section(text, "injection")
-    return 0
+    return publish(text, "injection", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -36,7 +36,7 @@ import time
 from collections import Counter
 from pathlib import Path
 
-from _common import command_line, cpu_model, load_average, markers, nproc, update_section
+from _common import command_line, cpu_model, load_average, markers, nproc, publish
 from serve_latency import EXAMPLES, KB, MemorySampler, Server, free_port, load_questions, run_cli
 
 START, END = markers("load_soak")
@@ -201,10 +201,7 @@ def main() -> int:
         if r["outcome"] in ("5xx", "error", "truncated"):
             log(f"failure: {r}")
     text = section(info, sys.argv[1:])
-    print(text)
-    if not args.no_write:
-        update_section(text, "load_soak")
-    return 0
+    return publish(text, "load_soak", write=not args.no_write)
 
 
 if __name__ == "__main__":

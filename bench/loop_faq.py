@@ -105,14 +105,15 @@ def evaluate(agent, sets: dict[str, list[dict]]) -> dict:
 def run(args) -> dict:
     from transformers import AutoTokenizer
 
-    from affinage.demo_run import RecordedTeacher
+    from affinage.demo_traffic import RecordedTeacher
     from affinage.core.settings import load_settings
     from affinage.factory import build_agent
     from affinage.core.timeutil import utcnow
-    from retrieval.index import ingest
+    from retrieval.ingest import ingest
     from affinage import cycle
     from tuning.forgetting import mean_kl, perplexity
-    from tuning.gates import GATE_DATA, read_jsonl
+    from affinage.core.jsonl import numbered_lines
+    from tuning.gate_sets import bundled
     from tuning.registry import Registry
     from tuning.serving import load_weights
     from tuning.train import base_model
@@ -132,7 +133,7 @@ def run(args) -> dict:
         "save_steps": args.dpo_steps, "early_stopping_patience": 0})
     # Two rewordings of each failure are trained on and a third is held out. They are replayed from the questions
     # file, written once by a stronger teacher: SmolLM2-135M answers a request to paraphrase instead (see
-    # affinage.demo_run.RecordedTeacher), which left earlier runs of this bench with held-out "questions" that were
+    # affinage.demo_traffic.RecordedTeacher), which left earlier runs of this bench with held-out "questions" that were
     # not questions.
     settings = load_settings(home, golden_set=golden, paraphrases=2, gate_golden_limit=2, drift_permutations=50,
                              worker_train_config=sft_run)
@@ -152,7 +153,7 @@ def run(args) -> dict:
     _, base_path = base_model(settings)
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
     base = load_weights(base_path, registry, None)
-    general = [row["text"] for row in read_jsonl(GATE_DATA / "general_text.jsonl")]
+    general = [row["text"] for row in bundled("general_text")]
     base_ppl = perplexity(base, tokenizer, general)
 
     teacher = RecordedTeacher(recorded={q["question"]: q["paraphrases"] for q in traffic}, fallback=agent.llm)
@@ -167,7 +168,7 @@ def run(args) -> dict:
     if ds1["dataset"] is None:
         raise SystemExit("loop_faq: the base model answered every traffic question: nothing to train")
     heldout = [{**r, "key_fact": rows1.get(r.get("interaction_id"), {}).get("key_fact")}
-               for r in read_jsonl(settings.datasets_dir / ds1["dataset"] / "heldout.jsonl")]
+               for _, r in numbered_lines(settings.datasets_dir / ds1["dataset"] / "heldout.jsonl")]
     sets = {"heldout": heldout, "unseen": unseen}
     result: dict = {"variants": {}, "datasets": {"1": ds1}, "thumbs_down": {"1": down1}, "traffic": len(traffic),
                     "heldout_questions": [r["question"] for r in heldout]}

@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from _common import ROOT, command_line, cpu_model, load_average, markers, nproc, update_section
+from _common import ROOT, command_line, cpu_model, load_average, markers, nproc, publish
 
 sys.path.insert(0, str(ROOT))
 
-from affinage.core.pii import iban_check_digits, iban_valid, luhn_valid, ssn_valid  # noqa: E402
+from affinage.core.checksums import iban_check_digits, iban_valid, luhn_valid, ssn_valid  # noqa: E402
 from synth_data.pii_eval import load_corpus, score  # noqa: E402
 
 CORPUS = ROOT / "bench" / "pii_corpus.jsonl"
@@ -490,10 +490,7 @@ def main() -> int:
     result = score(records)
     seconds = time.perf_counter() - started
     text = section(result, records, sys.argv[1:], load, seconds, matches, args.corpus.resolve())
-    print(text)
-    if not args.no_write:
-        update_section(text, "pii_recall")
-    return 0
+    return publish(text, "pii_recall", write=not args.no_write)
 
 
 if __name__ == "__main__":

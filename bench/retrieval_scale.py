@@ -7,7 +7,7 @@
    headings and paragraphs built from a support vocabulary). File ``j`` is the
    same whatever the corpus size, so the corpora are prefixes of one another.
 2. Ingest, in its own process with the real all-MiniLM-L6-v2 embedder: the real
-   ``retrieval.index.ingest()`` (load + chunk + embed + write) on a corpus of
+   ``retrieval.ingest.ingest()`` (load + chunk + embed + write) on a corpus of
    about ``--ingest-chunks`` chunks, then again on the unchanged corpus, then
    after rewriting 1% of its files. The MiniLM embedder does tens of chunks a
    second on 2 cores, so throughput is measured at that size only. The same
@@ -50,6 +50,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 from _common import BENCHMARKS, ROOT, command_line, cpu_model, markers, memory_gib, nproc, update_section
 
@@ -84,82 +85,8 @@ def chunk_settings() -> tuple[int, int, int]:
 
 # --------------------------------------------------------------------------- synthetic support corpus
 
-# (base, gerund, past participle)
-VERBS = [
-    ("enable", "enabling", "enabled"), ("disable", "disabling", "disabled"), ("configure", "configuring", "configured"),
-    ("reset", "resetting", "reset"), ("rotate", "rotating", "rotated"), ("export", "exporting", "exported"),
-    ("import", "importing", "imported"), ("merge", "merging", "merged"), ("archive", "archiving", "archived"),
-    ("restore", "restoring", "restored"), ("delete", "deleting", "deleted"), ("rename", "renaming", "renamed"),
-    ("assign", "assigning", "assigned"), ("verify", "verifying", "verified"), ("connect", "connecting", "connected"),
-    ("disconnect", "disconnecting", "disconnected"), ("schedule", "scheduling", "scheduled"),
-    ("update", "updating", "updated"), ("migrate", "migrating", "migrated"), ("share", "sharing", "shared"),
-    ("review", "reviewing", "reviewed"), ("escalate", "escalating", "escalated"), ("sync", "syncing", "synced"),
-    ("customize", "customizing", "customized"), ("transfer", "transferring", "transferred"),
-    ("duplicate", "duplicating", "duplicated"), ("limit", "limiting", "limited"), ("audit", "auditing", "audited"),
-]
-# (singular, plural)
-THINGS = [
-    ("workspace", "workspaces"), ("shared inbox", "shared inboxes"), ("ticket", "tickets"), ("macro", "macros"),
-    ("automation rule", "automation rules"), ("SLA policy", "SLA policies"), ("help center article", "help center articles"),
-    ("API token", "API tokens"), ("webhook", "webhooks"), ("SAML connection", "SAML connections"),
-    ("two-factor authentication method", "two-factor authentication methods"), ("audit log", "audit logs"),
-    ("billing plan", "billing plans"), ("invoice", "invoices"), ("agent seat", "agent seats"),
-    ("custom field", "custom fields"), ("ticket tag", "ticket tags"), ("saved view", "saved views"),
-    ("report", "reports"), ("dashboard", "dashboards"), ("CSV export", "CSV exports"),
-    ("email channel", "email channels"), ("chat widget", "chat widgets"), ("Slack integration", "Slack integrations"),
-    ("Salesforce sync", "Salesforce syncs"), ("Jira link", "Jira links"), ("mobile app session", "mobile app sessions"),
-    ("agent role", "agent roles"), ("permission set", "permission sets"), ("customer portal", "customer portals"),
-    ("satisfaction survey", "satisfaction surveys"), ("business hours schedule", "business hours schedules"),
-    ("routing rule", "routing rules"), ("sandbox", "sandboxes"), ("data retention policy", "data retention policies"),
-    ("backup", "backups"), ("custom domain", "custom domains"), ("DKIM record", "DKIM records"),
-    ("forwarding address", "forwarding addresses"), ("attachment", "attachments"), ("email signature", "email signatures"),
-    ("notification", "notifications"), ("password", "passwords"), ("organization record", "organization records"),
-    ("contact", "contacts"), ("IP allowlist", "IP allowlists"), ("OAuth app", "OAuth apps"), ("user invite", "user invites"),
-    ("knowledge base category", "knowledge base categories"), ("canned response", "canned responses"),
-    ("phone number", "phone numbers"), ("call recording", "call recordings"), ("language setting", "language settings"),
-    ("time zone", "time zones"), ("payment method", "payment methods"), ("refund", "refunds"),
-    ("subscription", "subscriptions"), ("trial", "trials"), ("data export", "data exports"), ("API rate limit", "API rate limits"),
-]
-PATHS = [
-    "Settings > Security", "Settings > Channels > Email", "Settings > Channels > Chat", "Admin > Billing",
-    "Admin > Team > Roles", "Settings > Integrations", "Settings > Automations", "Admin > Audit log",
-    "Settings > Account > Workspace", "Settings > Help Center", "Admin > Data > Exports", "Settings > API",
-    "Settings > Notifications", "Admin > Team > Agents", "Settings > Business hours", "Admin > Sandbox",
-]
-BUTTONS = ["Save", "Add new", "Edit", "Connect", "Regenerate", "Export", "Confirm", "Apply", "Test connection", "Remove"]
-ROLES = ["admins", "agents", "light agents", "account owners", "billing contacts", "team leads", "workspace owners"]
-PLANS = ["Free", "Team", "Business", "Enterprise"]
-ERRORS = [
-    "401 Unauthorized", "403 Forbidden", "404 Not Found", "409 Conflict", "429 Too Many Requests", "500 Internal Server Error",
-    "502 Bad Gateway", "SMTP 550 mailbox unavailable", "token expired", "signature mismatch", "invalid redirect URI",
-    "quota exceeded", "sync conflict", "certificate not trusted", "domain not verified", "payment declined",
-]
-FIXES = [
-    "check that the API token has not expired", "ask an admin to re-authorize the integration",
-    "clear the browser cache and sign in again", "wait a few minutes and retry the request",
-    "confirm that the DNS records have propagated", "contact support with the request ID shown in the error",
-    "make sure your role includes the required permission", "update the payment method on file",
-    "reduce the number of requests per minute", "check the redirect URI configured in your identity provider",
-    "remove the conflicting rule and save again", "download a fresh copy of the certificate",
-]
-TIMES = [
-    "immediately", "within a few minutes", "within 24 hours", "after 30 days", "at the start of the next billing cycle",
-    "every 15 minutes", "once a day", "after the next sign-in", "within one business day", "after 7 days",
-]
-CONSEQUENCES = [
-    "agents no longer receive notifications for it", "existing tickets keep their current assignee",
-    "customers see a confirmation email", "the change is recorded in the audit log",
-    "reports include the data from the following day", "the integration pauses until it is reconnected",
-    "the seat is freed and can be assigned to someone else", "open tickets are reassigned to the default group",
-    "the customer portal shows the updated information", "API clients must use the new credentials",
-]
-PROBLEMS = [
-    "duplicate tickets", "missed SLA deadlines", "failed syncs", "locked accounts", "unexpected charges",
-    "lost attachments", "rate limiting", "stale reports", "bounced emails", "unauthorized access",
-]
-STATES = ["enabled", "disabled", "paused", "archived", "expired", "pending verification", "read-only"]
-UNITS = ["minute", "hour", "day", "workspace", "agent", "month"]
-CATEGORIES = ["account", "billing", "channels", "integrations", "security", "troubleshooting", "reporting", "automation"]
+# The words the corpus is made of (verbs as [base, gerund, past participle], things as [singular, plural]).
+WORDS = SimpleNamespace(**json.loads(Path(__file__).with_name("retrieval_vocabulary.json").read_text()))
 
 
 def _a(noun: str) -> str:
@@ -173,25 +100,25 @@ def _cap(text: str) -> str:
 
 
 def _sentence(r: random.Random) -> str:
-    verb, gerund, past = r.choice(VERBS)
-    thing, things = r.choice(THINGS)
-    thing2, things2 = r.choice(THINGS)
-    plan, plan2 = r.sample(PLANS, 2)
+    verb, gerund, past = r.choice(WORDS.verbs)
+    thing, things = r.choice(WORDS.things)
+    thing2, things2 = r.choice(WORDS.things)
+    plan, plan2 = r.sample(WORDS.plans, 2)
     template = r.randrange(14)
     if template == 0:
-        return f"To {verb} {_a(thing)}, open **{r.choice(PATHS)}** and click **{r.choice(BUTTONS)}**."
+        return f"To {verb} {_a(thing)}, open **{r.choice(WORDS.paths)}** and click **{r.choice(WORDS.buttons)}**."
     if template == 1:
-        return f"Only {r.choice(ROLES)} on the {plan} plan can {verb} {things}."
+        return f"Only {r.choice(WORDS.roles)} on the {plan} plan can {verb} {things}."
     if template == 2:
-        return f"If you see `{r.choice(ERRORS)}` when you {verb} {_a(thing)}, {r.choice(FIXES)}."
+        return f"If you see `{r.choice(WORDS.errors)}` when you {verb} {_a(thing)}, {r.choice(WORDS.fixes)}."
     if template == 3:
-        return f"Changes to {_a(thing)} take effect {r.choice(TIMES)}."
+        return f"Changes to {_a(thing)} take effect {r.choice(WORDS.times)}."
     if template == 4:
-        return f"When {_a(thing)} is {r.choice(STATES)}, {r.choice(CONSEQUENCES)}."
+        return f"When {_a(thing)} is {r.choice(WORDS.states)}, {r.choice(WORDS.consequences)}."
     if template == 5:
-        return f"You can {verb} up to {r.choice([5, 10, 25, 50, 100, 500, 1000])} {things} per {r.choice(UNITS)}."
+        return f"You can {verb} up to {r.choice([5, 10, 25, 50, 100, 500, 1000])} {things} per {r.choice(WORDS.units)}."
     if template == 6:
-        return f"We recommend that {r.choice(ROLES)} {verb} {things} {r.choice(TIMES)} to avoid {r.choice(PROBLEMS)}."
+        return f"We recommend that {r.choice(WORDS.roles)} {verb} {things} {r.choice(WORDS.times)} to avoid {r.choice(WORDS.problems)}."
     if template == 7:
         return f"{_cap(things)} are not available on the {plan} plan; upgrade to {plan2} to use them."
     if template == 8:
@@ -199,12 +126,12 @@ def _sentence(r: random.Random) -> str:
     if template == 9:
         return f"{_cap(gerund)} {_a(thing)} does not affect existing {things2}."
     if template == 10:
-        return f"After you {verb} {_a(thing)}, {r.choice(CONSEQUENCES)}."
+        return f"After you {verb} {_a(thing)}, {r.choice(WORDS.consequences)}."
     if template == 11:
-        return f"{_cap(gerund)} {things} is logged, and {r.choice(ROLES)} can review it under **{r.choice(PATHS)}**."
+        return f"{_cap(gerund)} {things} is logged, and {r.choice(WORDS.roles)} can review it under **{r.choice(WORDS.paths)}**."
     if template == 12:
         return f"Each {thing} belongs to exactly one {thing2}; {gerund} it moves its {things2} as well."
-    return f"{_cap(things)} that stay {r.choice(STATES)} for more than {r.choice([7, 14, 30, 90])} days are {past} automatically."
+    return f"{_cap(things)} that stay {r.choice(WORDS.states)} for more than {r.choice([7, 14, 30, 90])} days are {past} automatically."
 
 
 def _paragraph(r: random.Random) -> str:
@@ -212,11 +139,11 @@ def _paragraph(r: random.Random) -> str:
 
 
 def _heading(r: random.Random, title_thing: str) -> str:
-    verb, gerund, _ = r.choice(VERBS)
-    thing, things = r.choice(THINGS)
+    verb, gerund, _ = r.choice(WORDS.verbs)
+    thing, things = r.choice(WORDS.things)
     options = [
         f"{_cap(gerund)} {things}", f"Troubleshooting {thing} errors", "Limits and quotas", "Before you start",
-        "Permissions", f"{_cap(title_thing)} on the {r.choice(PLANS)} plan", f"How to {verb} {_a(thing)}",
+        "Permissions", f"{_cap(title_thing)} on the {r.choice(WORDS.plans)} plan", f"How to {verb} {_a(thing)}",
         "Frequently asked questions", f"What happens to {things} when you {verb} {_a(title_thing)}",
     ]
     return r.choice(options)
@@ -225,30 +152,30 @@ def _heading(r: random.Random, title_thing: str) -> str:
 def article(seed: int, index: int) -> tuple[str, str]:
     """(relative path, markdown) of article ``index``; the same for every corpus size."""
     r = random.Random(f"retrieval_scale:{seed}:{index}")
-    _, gerund, _ = r.choice(VERBS)
-    thing, things = r.choice(THINGS)
+    _, gerund, _ = r.choice(WORDS.verbs)
+    thing, things = r.choice(WORDS.things)
     title = r.choice([f"{_cap(gerund)} {things}", f"About {things}", f"{_cap(thing)} guide", f"Managing {things}"])
     lines = [f"# {title}", "", _paragraph(r), ""]
     for _ in range(r.randint(3, 7)):
         lines += [f"## {_heading(r, thing)}", ""]
         for _ in range(r.randint(1, 3)):
             lines += [_paragraph(r), ""]
-    category = CATEGORIES[index % len(CATEGORIES)]
+    category = WORDS.categories[index % len(WORDS.categories)]
     slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
     return f"{category}/{index // 1000:03d}/{slug}-{index:06d}.md", "\n".join(lines)
 
 
 def question(r: random.Random) -> str:
-    verb, gerund, past = r.choice(VERBS)
-    thing, things = r.choice(THINGS)
-    thing2, things2 = r.choice(THINGS)
+    verb, gerund, past = r.choice(WORDS.verbs)
+    thing, things = r.choice(WORDS.things)
+    thing2, things2 = r.choice(WORDS.things)
     template = r.randrange(10)
     if template == 0:
         return f"How do I {verb} {_a(thing)}?"
     if template == 1:
-        return f"Why do I get {r.choice(ERRORS)} when I {verb} {_a(thing)}?"
+        return f"Why do I get {r.choice(WORDS.errors)} when I {verb} {_a(thing)}?"
     if template == 2:
-        return f"Can {r.choice(ROLES)} {verb} {things} on the {r.choice(PLANS)} plan?"
+        return f"Can {r.choice(WORDS.roles)} {verb} {things} on the {r.choice(WORDS.plans)} plan?"
     if template == 3:
         return f"Where is the setting to {verb} {things}?"
     if template == 4:
@@ -260,7 +187,7 @@ def question(r: random.Random) -> str:
     if template == 7:
         return f"who can see when {_a(thing)} was {past}"
     if template == 8:
-        return f"{verb} {thing} not working, {r.choice(ERRORS)}"
+        return f"{verb} {thing} not working, {r.choice(WORDS.errors)}"
     return f"Is {gerund} {things} possible without an admin?"
 
 
@@ -348,7 +275,8 @@ def child_ingest(args) -> dict:
 
     from retrieval.chunking import chunk_document
     from retrieval.embeddings import SentenceEmbeddings
-    from retrieval.index import VectorIndex, ingest
+    from retrieval.index import VectorIndex
+    from retrieval.ingest import ingest
     from retrieval.loaders import load_document
 
     work = Path(args.work)
@@ -733,8 +661,6 @@ def machine() -> dict:
     return {"cpu": cpu_model(), "nproc": nproc(), "memory": memory_gib()}
 
 
-
-
 def recommend(serve: dict, build: dict, k: int) -> list[str]:
     """Measured settings that meet both the latency target and the recall floor: efSearch alone, and the fastest."""
 
@@ -927,8 +853,6 @@ def render(info: dict, ing: dict, builds: dict, serves: dict, k: int) -> str:
         END,
     ]
     return "\n".join(lines)
-
-
 
 
 def parse_sizes(text: str) -> list[int]:

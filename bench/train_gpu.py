@@ -36,7 +36,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from _common import command_line, markers, update_section  # noqa: E402
+from _common import command_line, markers, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 CACHED_MODEL = "Qwen/Qwen2.5-0.5B-Instruct"
@@ -137,7 +137,7 @@ def free_port() -> int:
 
 
 def train_command(home: Path, config: Path, gpus: int) -> list[str]:
-    """The command the README documents, for one GPU or for ``gpus`` of them."""
+    """The command docs/administrators.md documents, for one GPU or for ``gpus`` of them."""
     cli = ["-m", "affinage.cli", "--home", str(home), "train", "--method", "sft", "--config", str(config)]
     if gpus == 1:
         return [sys.executable, *cli]
@@ -209,10 +209,7 @@ def main(argv: list[str] | None = None) -> int:
         log(f"training {args.steps} steps on {args.gpus} GPU(s) ...")
         manifest = run(Path(root) / "home", config, args.gpus)
     text = section(manifest, described, args, time.perf_counter() - started)
-    print(text)
-    if not args.no_write:
-        update_section(text, "train_gpu")
-    return 0
+    return publish(text, "train_gpu", write=not args.no_write)
 
 
 if __name__ == "__main__":

@@ -41,7 +41,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import command_line, cpu_model, load_average, markers, memory_gib, nproc, update_section  # noqa: E402
+from _common import command_line, cpu_model, load_average, markers, memory_gib, nproc, publish  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 VARIANTS = ("plain", "affinage-padded", "affinage-packed", "affinage-dpo")
@@ -258,10 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         log("not every variant ran: nothing written")
         return 0
     text = section(results, args, load_start, load_average(), time.perf_counter() - started)
-    print(text)
-    if not args.no_write:
-        update_section(text, "train_throughput")
-    return 0
+    return publish(text, "train_throughput", write=not args.no_write)
 
 
 if __name__ == "__main__":

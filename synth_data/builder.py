@@ -19,15 +19,27 @@ from langchain_core.retrievers import BaseRetriever
 from sqlalchemy import select
 from tqdm import tqdm
 
-from affinage.core.settings import Settings
-from affinage.core.grounding import groundedness
-from affinage.core.prompts import PROMPT_VERSION, SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
-from affinage.core.tables import Feedback, Interaction
-from affinage.core.store import Store
 from affinage.core.datasets import KINDS, used_interactions, write_dataset
-from synth_data.filters import cap_per_user, groundedness_at_least, keep_if, length_ok, run_filters
 from affinage.core.decontamination import decontaminate, dedupe
+from affinage.core.grounding import groundedness
 from affinage.core.pii import redact_pii
+from affinage.core.prompts import (
+    PROMPT_VERSION,
+    SYSTEM_PROMPT,
+    USER_TEMPLATE,
+    format_passages,
+    passage_embedder,
+)
+from affinage.core.settings import Settings
+from affinage.core.store import Store
+from affinage.core.tables import Feedback, Interaction
+from synth_data.filters import (
+    cap_per_user,
+    groundedness_at_least,
+    keep_if,
+    length_ok,
+    run_filters,
+)
 from synth_data.hardening import make_plant, obeying_answer, plant_in, rng_for
 from synth_data.teacher import TeacherError, grounded_answer, paraphrase
 

@@ -22,7 +22,13 @@ from pathlib import Path
 from typing import Iterator
 
 from affinage.core.atomic import atomic_write_text, fsync_dir
-from affinage.core.datasets import KINDS, LINEAGE, list_datasets, superseded, write_dataset
+from affinage.core.datasets import (
+    KINDS,
+    LINEAGE,
+    list_datasets,
+    superseded,
+    write_dataset,
+)
 
 # What a tombstone keeps of its manifest: identity and provenance, nothing derived from a person.
 TOMBSTONE_KEYS = ("id", "created_at", "written_at", "content_hash", "base_model", "teacher", "prompt_version",

@@ -7,6 +7,7 @@ import re
 from langchain_core.language_models import BaseChatModel
 from langchain_core.messages import HumanMessage, SystemMessage
 
+from affinage.core.chat_model import load_chat_model
 from affinage.core.settings import Settings
 
 ANSWER_SYSTEM = (
@@ -22,8 +23,6 @@ class TeacherError(RuntimeError):
 
 def load_teacher(settings: Settings, local: BaseChatModel) -> BaseChatModel:
     """The configured teacher; ``local`` (the already loaded chat model) when it is 'local'."""
-    from affinage.core.chat_model import load_chat_model
-
     if settings.teacher_model == "local" and not settings.teacher_base_url:
         return local
     overrides = {"chat_model": settings.chat_model if settings.teacher_model == "local" else settings.teacher_model,

@@ -9,6 +9,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
+import inspect  # noqa: E402
 import uuid  # noqa: E402
 from pathlib import Path  # noqa: E402
 
@@ -20,6 +21,56 @@ REPO = Path(__file__).resolve().parents[1]
 DEMO_KB = REPO / "affinage" / "demo" / "kb"
 GOLDEN = REPO / "affinage" / "demo" / "golden.jsonl"
 POSTGRES_URL = os.environ.get("AFFINAGE_TEST_POSTGRES_URL", "postgresql+psycopg://postgres@127.0.0.1:5432/postgres")
+
+# --- markers: `make test-fast` runs only the tests that carry none of HEAVY ------------------------------------------
+# slow: the real default model, training for seconds, or a timed run; browser: Playwright and Chromium; multiprocess:
+# spawns processes; postgres: the PostgreSQL server. The ones that follow from a fixture are set here, centrally; the
+# rest are `pytestmark` lines or decorators in the test files. The terminal summary names unmarked slow tests.
+HEAVY = ("slow", "browser", "multiprocess", "postgres")
+UNMARKED_SLOW_SECONDS = 3.0
+
+
+def heavy_markers(item) -> set[str]:
+    """The markers ``item`` gets from what it uses: a browser, the PostgreSQL database, the real default model."""
+    found = set()
+    if "browser" in item.fixturenames:  # also through `page`
+        found.add("browser")
+    callspec = getattr(item, "callspec", None)
+    if callspec is not None and callspec.params.get("db_url") == "postgresql":  # also through fixtures on db_url
+        found.add("postgres")
+    function = getattr(item, "obj", None)
+    if item.get_closest_marker("integration") or (
+            callable(function) and "default_model_dir" in inspect.signature(function).parameters):
+        found.add("slow")  # the tiny model only borrows the default model's tokenizer; these run the model itself
+    return found
+
+
+@pytest.hookimpl(tryfirst=True)  # before `-m` deselects
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in sorted(heavy_markers(item)):
+            if not item.get_closest_marker(name):
+                item.add_marker(name)
+        if not any(item.get_closest_marker(name) for name in HEAVY + ("soak",)):
+            _unmarked.add(item.nodeid)
+
+
+_unmarked: set[str] = set()
+_unmarked_slow: dict[str, float] = {}
+
+
+def pytest_runtest_logreport(report):
+    # the call alone: a session fixture's setup is paid by whichever test comes first
+    if report.when == "call" and report.nodeid in _unmarked and report.duration > UNMARKED_SLOW_SECONDS:
+        _unmarked_slow[report.nodeid] = report.duration
+
+
+def pytest_terminal_summary(terminalreporter):
+    if _unmarked_slow:
+        terminalreporter.section(f"unmarked tests whose call took over {UNMARKED_SLOW_SECONDS:.0f} s: mark them "
+                                 f"({', '.join(HEAVY)}) or `make test-fast` slows down")
+        for nodeid, seconds in sorted(_unmarked_slow.items(), key=lambda pair: -pair[1]):
+            terminalreporter.write_line(f"{seconds:6.1f}s {nodeid}")
 
 
 @pytest.fixture(scope="session")

@@ -85,6 +85,7 @@ def test_bad_eval_line_is_named(cli_home, tmp_path, capsys):
     assert not (tmp_path / "r.jsonl").exists()
 
 
+@pytest.mark.multiprocess
 def test_broken_config_and_unsupported_file_through_the_real_command(tmp_path):
     env = {**os.environ, "AFFINAGE_HOME": str(tmp_path / "h")}
     (tmp_path / "h").mkdir()
@@ -134,7 +135,7 @@ def test_keys_create_list_revoke(home, capsys):
 
 
 def test_serve_runs_uvicorn_with_its_limits(tmp_path):
-    from affinage.cli import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES, server_config
+    from affinage.cli.service import KEEP_ALIVE_SECONDS, MAX_HEADER_BYTES, server_config
     from affinage.core.settings import load_settings
 
     settings = load_settings(tmp_path, max_connections=40, shutdown_grace_seconds=7)

@@ -3,10 +3,12 @@ a candidate trained and gated, and the before/after figures printed."""
 
 import json
 
+import pytest
 from sqlalchemy import select
 
 from affinage.cli import main
-from affinage.demo_run import TRAFFIC, VARIANTS
+from affinage.demo_report import VARIANTS
+from affinage.demo_run import TRAFFIC
 from affinage.core.settings import load_settings
 from affinage.core.tables import Example, Feedback, Interaction
 from affinage.core.store import Store
@@ -14,6 +16,7 @@ from affinage.core.datasets import list_datasets
 from tuning.registry import Registry
 
 
+@pytest.mark.slow
 def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_model_dir, capsys):
     traffic = tmp_path / "traffic.jsonl"
     traffic.write_text("".join(TRAFFIC.read_text().splitlines(keepends=True)[:3]))

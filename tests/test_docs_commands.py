@@ -26,8 +26,10 @@ _SPAN = re.compile(r"(?<!`)`([^`]+)`(?!`)")
 _SEPARATORS = re.compile(r"&&|\|\||;|(?<!\\)\|")  # `\|` is a pipe escaped inside a Markdown table cell
 _COMMENT = re.compile(r"(^|\s)#(\s.*)?$")
 # a command at the start of a shell line: `affinage …`, after `$ `, `VAR=value ` assignments or `sudo -u USER `
-_AT_START = re.compile(r"^\s*(?:\$\s+)?(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:sudo\s+-u\s+\S+\s+)?affinage\s+(?P<rest>.*)$")
-# or anywhere after a virtual environment's bin folder, or as a module: `/opt/…/.venv/bin/affinage …`, `-m affinage.cli …`
+_AT_START = re.compile(
+    r"^\s*(?:\$\s+)?(?:[A-Za-z_][A-Za-z0-9_]*=\S*\s+)*(?:sudo\s+-u\s+\S+\s+)?affinage\s+(?P<rest>.*)$")
+# or anywhere after a virtual environment's bin folder, or as a module: `/opt/…/.venv/bin/affinage …`,
+# `-m affinage.cli …`
 _ANYWHERE = re.compile(r"(?:\.venv/bin/affinage|-m\s+affinage\.cli)\s+(?P<rest>.*)$")
 _MAKE = re.compile(r"^\s*(?:\$\s+)?make\s+(?P<rest>.*)$")
 _WORD = re.compile(r"^[a-z][a-z0-9-]*$")  # a subcommand; placeholders (COMMAND, ID, "QUESTION", [list|…]) are not
@@ -180,7 +182,8 @@ def problems(markdown: str, doc: str = "<text>") -> list[str]:
         path = subcommand_path(shown.text)
         error = help_error(path)
         if error:
-            found.append(f"{shown.doc}:{shown.line}: `affinage {shown.text}` -> `affinage {' '.join(path)} --help`: {error}")
+            found.append(f"{shown.doc}:{shown.line}: `affinage {shown.text}` -> "
+                         f"`affinage {' '.join(path)} --help`: {error}")
     targets = makefile_targets()
     for shown in make:
         for target in make_targets(shown.text):

@@ -22,10 +22,10 @@ from agent.example_bank import ExampleBank
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from agent.service import auth
-from agent.service.app import create_app
+from affinage.service import create_app
 from affinage.core.tables import Base, Erasure, Example, Feedback, Interaction, Job, JobLog
 from affinage.core.store import Store
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from affinage.core.datasets import list_datasets, write_dataset
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings
@@ -238,12 +238,12 @@ def test_an_interrupted_erasure_is_finished_by_running_it_again(world, monkeypat
     """Killed inside the deletion (rolled back) and again after it (committed, datasets not yet done): each rerun
     resumes the same erasure row, and the report counts the whole erasure."""
     settings, store = world.settings, world.store
-    real_delete, real_supersede = erasure._delete_rows, erasure._supersede
+    real_delete, real_supersede = erasure.delete_rows, erasure._supersede
 
     def killed(*args, **kwargs):
         raise KeyboardInterrupt("SIGKILL")
 
-    monkeypatch.setattr(erasure, "_delete_rows", killed)
+    monkeypatch.setattr(erasure, "delete_rows", killed)
     with pytest.raises(KeyboardInterrupt):
         forget(settings, store, Selector(customer=ALICE), actor="admin-1")
     with store.session() as session:
@@ -251,7 +251,7 @@ def test_an_interrupted_erasure_is_finished_by_running_it_again(world, monkeypat
     assert row.state == "running" and sorted(row.interaction_ids) == sorted(world.ids["alice"])
     assert count(store, Interaction, Interaction.customer == ALICE) == 2  # the deletion was one transaction
 
-    monkeypatch.setattr(erasure, "_delete_rows", real_delete)
+    monkeypatch.setattr(erasure, "delete_rows", real_delete)
     monkeypatch.setattr(erasure, "_supersede", killed)
     with pytest.raises(KeyboardInterrupt):
         forget(settings, store, Selector(customer=ALICE), actor="admin-1")

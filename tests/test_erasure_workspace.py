@@ -14,12 +14,14 @@ from affinage.erasure import Selector, check, forget
 from agent.corrections import review_correction
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from affinage.core.datasets import KINDS, list_datasets
 from tests.test_erasure import every_text
 from tuning.registry import Registry
 from tuning.train import train
+
+pytestmark = pytest.mark.slow
 
 BAD = "We never give refunds, sorry."
 ALICE, BOB = "cust-alice-7781", "cust-bob-4410"

@@ -77,6 +77,7 @@ def test_a_database_migrated_by_a_newer_release_is_refused_with_the_reason(db_ur
     assert "newer than this affinage knows (its newest is" in capsys.readouterr().err
 
 
+@pytest.mark.multiprocess
 def test_replicas_starting_at_once_migrate_the_database_once(db_url):
     start_at = time.time() + 4  # after every process has imported what it needs: they open the store together
     code = ("import sys, time; from affinage.core.store import Store; time.sleep(max(0.0, float(sys.argv[2]) - time.time())); "

@@ -22,6 +22,8 @@ import pytest
 from affinage.core.datasets import write_dataset
 from tests.tuning.conftest import rows
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 ROOT = Path(__file__).resolve().parent.parent
 PACKAGES = ("affinage", "agent", "retrieval", "synth_data", "tuning")
 PACKAGE_DATA = ["affinage/demo/golden.jsonl", "affinage/demo/gates/safety_probes.jsonl",

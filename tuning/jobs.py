@@ -10,7 +10,7 @@ them. Times are the workers' UTC clocks, so their clocks must roughly agree; SQL
 
 from __future__ import annotations
 
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 
 from sqlalchemy import Connection, and_, delete, func, or_, select, update
 from sqlalchemy.exc import IntegrityError
@@ -29,13 +29,6 @@ class LeaseLost(RuntimeError):
 
 class UnknownJob(LookupError):
     """No job by that id."""
-
-
-def aware(moment: datetime | None) -> datetime | None:
-    """UTC-aware; SQLite hands datetimes back naive (they are stored in UTC)."""
-    if moment is None:
-        return None
-    return moment.astimezone(timezone.utc) if moment.tzinfo else moment.replace(tzinfo=timezone.utc)
 
 
 def enqueue(store: Store, kind: str, trigger: str, max_attempts: int, outputs: dict | None = None,
@@ -148,7 +141,7 @@ def log_lines(store: Store, job_id: str) -> list[dict]:
     get(store, job_id)
     with store.session() as session:
         rows = session.scalars(select(JobLog).where(JobLog.job_id == job_id).order_by(JobLog.id))
-        return [{"at": aware(r.at).isoformat(), "level": r.level, "message": r.message} for r in rows]
+        return [{"at": r.at.isoformat(), "level": r.level, "message": r.message} for r in rows]
 
 
 def recent(store: Store, limit: int = 50) -> list[Job]:
@@ -159,7 +152,7 @@ def recent(store: Store, limit: int = 50) -> list[Job]:
 def last_created(store: Store, kind: str) -> datetime | None:
     """When the newest job of ``kind`` was created, whatever became of it."""
     with store.session() as session:
-        return aware(session.scalar(select(func.max(Job.created_at)).where(Job.kind == kind)))
+        return session.scalar(select(func.max(Job.created_at)).where(Job.kind == kind))  # UTC, as the column reads
 
 
 def busy(store: Store, kind: str) -> bool:
@@ -171,7 +164,7 @@ def busy(store: Store, kind: str) -> bool:
 def info(job: Job) -> dict:
     """A job as the console and the CLI show it."""
     outputs = job.outputs or {}
-    stamp = {name: aware(getattr(job, name)) for name in ("created_at", "started_at", "finished_at", "heartbeat_at",
+    stamp = {name: getattr(job, name) for name in ("created_at", "started_at", "finished_at", "heartbeat_at",
                                                             "lease_expires")}
     return {"id": job.id, "kind": job.kind, "state": job.state, "trigger": job.trigger, "stage": job.stage,
             "progress": round(job.progress or 0.0, 3), "attempts": job.attempts, "max_attempts": job.max_attempts,

@@ -168,6 +168,7 @@ def sft_trainer(job: Job, model, tokenizer, peft_config=None):
     """SFTTrainer on prompt/completion rows (loss on the answer only), bfd-packed padding-free when packing is on."""
     from trl import SFTConfig
 
+    # these two import torch and trl at their top: every importer of tuning.train (serving, the cycle) would pay
     from tuning.answer_loss import AnswerLossSFTTrainer
     from tuning.packing import rows_collator
 
@@ -233,7 +234,7 @@ def kto(job: Job):
 
 def _preference(job: Job, config_class, trainer_class):
     """DPO and KTO take the same set-up; only TRL's config and trainer classes differ."""
-    from tuning.compact_head import use_compact_head
+    from tuning.compact_head import use_compact_head  # imports trl at its top, like the trainers here
 
     use_compact_head()
     model, tokenizer = load_base(job)

@@ -18,95 +18,29 @@ sharing the database — several API replicas, the worker, the CLI — sees one 
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
-import math
 import os
 import shutil
 import tempfile
-from dataclasses import dataclass
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
 from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 
-from affinage.core.atomic import fsync_dir, fsync_file
+from affinage.core.atomic import fsync_dir
 from affinage.core.tables import RegistryEvent, RegistryPointer, RegistryVersion
 from affinage.core.store import Store, shared_store
 from affinage.core.timeutil import utcnow
+from tuning.registry_files import import_file_registry, retire_files
+from tuning.report import scrub, scrub_report
+from tuning.version_files import seal, verify_folder
+from tuning.versions import (  # BASE, RegistryError, UnknownVersion, Version: also imported from here by callers
+    BASE, ERASED_FLAG, GATEABLE, PROMOTABLE, RegistryError, UnknownVersion, Version, erased_lineage, event_json, now,
+)
 
 log = logging.getLogger("affinage.registry")
-
-BASE = "base"  # the version name of the bare base model
-LIFECYCLE = ("candidate", "gated-passed", "gated-failed", "approved", "rejected")
-GATEABLE = ("candidate", "gated-passed", "gated-failed")
-PROMOTABLE = ("gated-passed", "approved")
-ALLOWED_SUFFIXES = (".safetensors", ".json", ".txt", ".jinja", ".model", ".md")
 POINTER_ID = 1
-ERASED_FLAG = "trained_on_erased_data"
-
-
-class RegistryError(ValueError):
-    """A refused registry operation; the message says why."""
-
-
-class UnknownVersion(RegistryError):
-    """No version by that id."""
-
-
-@dataclass
-class Version:
-    id: str
-    state: str  # the lifecycle state, or active/retired as the pointer says
-    manifest: dict
-    path: Path
-    lifecycle: str  # the last lifecycle state, kept after retirement
-    gate: dict | None  # the gate verdict: {"passed", "at", ...}
-    flags: dict | None = None  # {"trained_on_erased_data": {"datasets", "erasure", "at"}} (``flag_trained_on_erased``)
-
-    @property
-    def trained_on_erased(self) -> dict | None:
-        """The erasure flag, or None: the version learnt from data a customer had erased since."""
-        return (self.flags or {}).get(ERASED_FLAG)
-
-    def to_json(self) -> dict:
-        metrics = self.manifest.get("metrics", {})
-        return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
-                "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
-                "metrics": metrics, "gate": self.gate, "flags": self.flags or {},
-                "trained_on_erased_data": self.trained_on_erased is not None}
-
-
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def now() -> str:
-    return datetime.now(timezone.utc).isoformat()
-
-
-def finite(value):
-    """``value`` with NaN and infinities as None: strict JSON, which PostgreSQL requires and which compares equal
-    to itself (a diverged run's loss curve holds NaN)."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: finite(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [finite(v) for v in value]
-    return value
-
-
-def event_json(row: RegistryEvent) -> dict:
-    at = row.at if row.at.tzinfo else row.at.replace(tzinfo=timezone.utc)  # SQLite hands it back naive, in UTC
-    return {"at": at.isoformat(), "action": row.action, "version": row.version, "actor": row.actor, **row.details}
 
 
 class Registry:
@@ -129,8 +63,6 @@ class Registry:
         return cls(settings.registry_dir, store or shared_store(settings.db_url))
 
     def _open_pointer(self) -> None:
-        from tuning.registry_files import import_file_registry, retire_files
-
         with self.store.session() as session:
             if session.get(RegistryPointer, POINTER_ID) is not None:
                 return
@@ -163,18 +95,7 @@ class Registry:
         """
         version_id = manifest["id"]
         try:
-            if not version_id or "/" in version_id or version_id.startswith("."):
-                raise RegistryError(f"refusing version id {version_id!r}: it must be a plain folder name")
-            refused = [p.name for p in staged.rglob("*") if p.is_file() and not p.name.endswith(ALLOWED_SUFFIXES)]
-            if refused:
-                raise RegistryError(f"refusing to register non-safetensors files: {', '.join(sorted(refused))}")
-            files = {str(p.relative_to(staged)): sha256_file(p) for p in sorted(staged.rglob("*")) if p.is_file()}
-            manifest = finite({**manifest, "files": files})
-            (staged / "manifest.json").write_text(json.dumps(manifest, indent=2, ensure_ascii=False, allow_nan=False))
-            for path in staged.rglob("*"):
-                if path.is_file():
-                    fsync_file(path)
-            fsync_dir(staged)
+            manifest = seal(staged, manifest)
             if self._row(version_id) is not None or (self.versions / version_id).exists():
                 raise RegistryError(f"version {version_id} already exists")
             os.rename(staged, self.versions / version_id)
@@ -216,23 +137,7 @@ class Registry:
 
     def verify(self, version_id: str) -> Path:
         """The version's folder, after checking that its files are exactly those hashed in its registered manifest."""
-        version = self.get(version_id)
-        manifest_file = version.path / "manifest.json"
-        if not manifest_file.is_file() or json.loads(manifest_file.read_text()) != version.manifest:
-            raise RegistryError(f"version {version_id}: manifest.json is missing or differs from the registered one; "
-                                "refusing to load it")
-        recorded = version.manifest.get("files", {})
-        # state.json: left in the folders of a registry imported from files, never read
-        present = {str(p.relative_to(version.path)) for p in version.path.rglob("*") if p.is_file()} - {"manifest.json",
-                                                                                                       "state.json"}
-        weights = {name for name in present if not name.startswith("report")}
-        if weights - set(recorded):
-            raise RegistryError(f"version {version_id}: unrecorded files {', '.join(sorted(weights - set(recorded)))}")
-        for name, digest in recorded.items():
-            path = version.path / name
-            if not path.is_file() or sha256_file(path) != digest:
-                raise RegistryError(f"version {version_id}: {name} does not match its recorded sha256; refusing to load it")
-        return version.path
+        return verify_folder(self.get(version_id))
 
     def events(self) -> list[dict]:
         """The audit log, oldest first: ``{"at", "action", "version", "actor", **details}``."""
@@ -306,19 +211,8 @@ class Registry:
 
         ``erased_texts`` (the erased questions, the selector's text) are replaced by ``[erased]`` wherever the
         flagged versions' gate reports and verdicts quote them (``tuning.report.scrub_report``)."""
-        from tuning.report import scrub, scrub_report
-
         erased, versions, texts = set(dataset_ids), self.list(), list(erased_texts)
-        learnt: dict[str, set[str]] = {}  # version -> the erased datasets in its weights
-        via: dict[str, str] = {}
-        for version in versions:  # oldest first, so a version's start comes before it
-            direct = {d["id"] for d in version.manifest.get("datasets", [])} & erased
-            parent = version.manifest.get("start_from")
-            inherited = learnt.get(parent, set()) if parent not in (None, BASE) else set()
-            if direct or inherited:
-                learnt[version.id] = direct | inherited
-                if inherited and not direct:
-                    via[version.id] = parent
+        learnt, via = erased_lineage(versions, erased)
         flagged = [v.id for v in versions if v.id in learnt]
         for version_id in flagged:
             with self.store.session() as session:

@@ -12,13 +12,13 @@ import json
 import logging
 import os
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import datetime
 from pathlib import Path
 
 from sqlalchemy.orm import Session
 
 from affinage.core.tables import RegistryEvent, RegistryVersion
-from tuning.registry import RegistryError
+from tuning.versions import RegistryError
 
 log = logging.getLogger("affinage.registry")
 LEGACY_FILES = ("ACTIVE", "events.jsonl")
@@ -67,7 +67,7 @@ def import_file_registry(root: Path, session: Session) -> Imported | None:
         try:
             event = json.loads(line)
             at = datetime.fromisoformat(event.pop("at"))
-            session.add(RegistryEvent(at=at if at.tzinfo else at.replace(tzinfo=timezone.utc),
+            session.add(RegistryEvent(at=at,  # a naive time from an old file is taken as UTC by the column
                                       action=event.pop("action"), version=event.pop("version"),
                                       actor=event.pop("actor"), details=event))
             imported.events += 1

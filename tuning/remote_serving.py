@@ -20,7 +20,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from tuning.registry import Registry, RegistryError
-from tuning.serving import RegistryPoller
+from tuning.registry_poller import RegistryPoller
 
 log = logging.getLogger("affinage.serving")
 

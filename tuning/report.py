@@ -12,6 +12,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Iterable
 
+from affinage.core.pii import ERASED
+
 from affinage.core.atomic import atomic_write_text
 from tuning.checks import Check, verdict
 
@@ -191,7 +193,6 @@ def write_report(folder: Path, candidate: dict, checks: list[Check], extra: dict
     return report
 
 
-ERASED = "[erased]"
 
 
 def _pattern(texts: Iterable[str]) -> re.Pattern | None:

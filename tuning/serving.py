@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import logging
-import threading
 from pathlib import Path
 
+from affinage.core.chat_model import LocalChatModel
 from tuning.registry import Registry
+from tuning.registry_poller import RegistryPoller
+from tuning.remote_serving import follow_vllm
+from tuning.train import base_model
 
 log = logging.getLogger("affinage.serving")
 
@@ -24,47 +27,6 @@ def load_weights(base_path: Path, registry: Registry, version_id: str | None):
 
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
     return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
-
-
-class RegistryPoller:
-    """Runs ``check`` every ``interval_s`` on a daemon thread until stopped; a failed check is logged, never fatal,
-    so a database or server that is down for a moment does not stop a replica from following promotions."""
-
-    thread_name = "registry-poller"
-
-    def __init__(self, interval_s: float):
-        self.interval_s = interval_s
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-
-    def check(self) -> bool:
-        """Bring serving in line with the registry; True when what is served changed."""
-        raise NotImplementedError
-
-    def check_logged(self) -> bool:
-        """``check``, with a failure logged instead of raised."""
-        try:
-            return self.check()
-        except Exception as error:  # noqa: BLE001 - a bad pointer read must not kill the poller
-            self.log_failure(error)
-            return False
-
-    def log_failure(self, error: Exception) -> None:
-        log.error("registry check failed", extra={"error": str(error)})
-
-    def start(self):
-        self._thread = threading.Thread(target=self._run, name=self.thread_name, daemon=True)
-        self._thread.start()
-        return self
-
-    def stop(self) -> None:
-        self._stop.set()
-        if self._thread:
-            self._thread.join(timeout=5)
-
-    def _run(self) -> None:
-        while not self._stop.wait(self.interval_s):
-            self.check_logged()
 
 
 class ActiveVersionWatcher(RegistryPoller):
@@ -109,14 +71,9 @@ def follow_registry(settings, llm) -> RegistryPoller | None:
     For a remote endpoint: with ``remote_lora = 'vllm'`` a follower that loads the active adapter into the vLLM
     server and routes requests to it (``tuning.remote_serving``); otherwise None, as its server owns its weights.
     """
-    from affinage.core.chat_model import LocalChatModel
-    from tuning.train import base_model
-
     if not isinstance(llm, LocalChatModel):
         if settings.remote_lora != "vllm":
             return None
-        from tuning.remote_serving import follow_vllm
-
         return follow_vllm(settings, llm)
     watcher = ActiveVersionWatcher(llm, Registry.open(settings), base_model(settings)[1],
                                    settings.registry_poll_seconds)

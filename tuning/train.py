@@ -10,11 +10,13 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from affinage.core.chat_model import EMBEDDED_NAME, resolve_model_path
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 from tuning.config import RunConfig, load_config
 from tuning.data import load_training_data
 from tuning.recipes import RECIPES, Job, hardware_problem
-from tuning.registry import Registry, Version, sha256_file
+from tuning.registry import Registry, Version
+from tuning.version_files import sha256_file
 
 CONTINUES = ("sft", "dpo", "kto")  # methods that can continue the active LoRA adapter (``start_from``)
 
@@ -23,8 +25,6 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def base_model(settings: Settings) -> tuple[str, Path]:
     """The name datasets record for the base model, and the local folder of its weights."""
-    from affinage.core.chat_model import EMBEDDED_NAME, resolve_model_path
-
     if settings.openai_base_url:
         raise ValueError("training needs the model's weights locally, but chat_model is served by openai_base_url; "
                          "point chat_model at a local folder or Hugging Face id to train")

@@ -20,7 +20,6 @@ from pydantic_settings import (
     TomlConfigSettingsSource,
 )
 
-
 DEFAULT_HOME = Path(".affinage")
 EMBEDDED_CHAT_MODEL = "smollm2"
 EMBEDDED_EMBEDDER = "all-MiniLM-L6-v2"

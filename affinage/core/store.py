@@ -42,7 +42,7 @@ class Store:
         """Make rows deleted so far unrecoverable from SQLite's files, as an erasure needs: ``secure_delete`` zeroes
         them in the pages, and a truncating checkpoint empties the WAL, which still holds the pages as they were.
         The checkpoint waits out readers for a while; False if one kept it from finishing. PostgreSQL keeps dead
-        rows in its own files until VACUUM (FULL) reuses or rewrites them: README, *Forgetting a customer*."""
+        rows in its own files until VACUUM (FULL) reuses or rewrites them: docs/administrators.md, *Forgetting a customer*."""
         if self.engine.dialect.name != "sqlite":
             return True
         for _ in range(attempts):

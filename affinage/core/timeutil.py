@@ -19,17 +19,13 @@ def as_utc(moment: datetime) -> datetime:
 
 class UTCDateTime(TypeDecorator):
     """A timezone-aware column that always reads back in UTC: SQLite stores no zone and returns naive datetimes,
-    PostgreSQL returns the session's zone; both come out as aware UTC, and naive values are refused on the way in."""
+    PostgreSQL returns the session's zone; both come out as aware UTC. A naive value going in is taken as UTC."""
 
     impl = DateTime(timezone=True)
     cache_ok = True
 
     def process_bind_param(self, value: datetime | None, dialect) -> datetime | None:
-        if value is None:
-            return None
-        if value.tzinfo is None:
-            raise ValueError(f"naive datetime {value.isoformat()} given to a UTC column: attach a timezone")
-        return value.astimezone(timezone.utc)
+        return None if value is None else as_utc(value)
 
     def process_result_value(self, value: datetime | None, dialect) -> datetime | None:
         return None if value is None else as_utc(value)

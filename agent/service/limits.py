@@ -7,6 +7,7 @@ import math
 import threading
 import time
 from contextlib import contextmanager
+from dataclasses import dataclass
 from typing import Callable, Iterator
 
 from agent.service.errors import APIError, error_response
@@ -148,6 +149,26 @@ class GenerationQueue:
             yield
         finally:
             self.leave()
+
+
+@dataclass(frozen=True)
+class Limits:
+    """One app's admission state: per-key requests, prompt tokens and requests in flight for chat, per-key feedback,
+    and the generation queue."""
+
+    rate: RateLimiter
+    prompt_budget: TokenBudget
+    in_flight: KeyConcurrency
+    feedback_rate: RateLimiter
+    queue: GenerationQueue
+
+    @classmethod
+    def from_settings(cls, settings) -> "Limits":
+        return cls(rate=RateLimiter(settings.rate_limit_per_minute),
+                   prompt_budget=TokenBudget(settings.prompt_tokens_per_minute),
+                   in_flight=KeyConcurrency(settings.max_in_flight_per_key),
+                   feedback_rate=RateLimiter(settings.feedback_per_minute),
+                   queue=GenerationQueue(settings.max_queue))
 
 
 class BodySizeLimit:

@@ -3,8 +3,8 @@ from fastapi.testclient import TestClient
 
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
-from retrieval.index import ingest
+from affinage.service import create_app
+from retrieval.ingest import ingest
 
 
 @pytest.fixture

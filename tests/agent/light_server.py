@@ -42,7 +42,7 @@ def main(home: str, port: int) -> None:
 
     from affinage.core.settings import load_settings
     from affinage.factory import build_agent
-    from agent.service.app import create_app
+    from affinage.service import create_app
     from agent.service.observability import configure_logging
 
     configure_logging()

@@ -12,8 +12,8 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
-from retrieval.index import ingest
+from affinage.service import create_app
+from retrieval.ingest import ingest
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings
 
@@ -42,13 +42,26 @@ def required_role(path: str) -> str:
     raise AssertionError(f"route {path} is neither public nor under a known role's prefix: decide who may call it")
 
 
+def route_paths(routes) -> set[str]:
+    """Every path the app serves: FastAPI keeps an included router as one entry whose routes carry the prefix."""
+    paths = set()
+    for route in routes:
+        if hasattr(route, "effective_candidates"):
+            paths |= route_paths(route.effective_candidates())
+        elif getattr(route, "path", None):
+            paths.add(route.path)
+    return paths
+
+
 def protected_routes(app) -> list[tuple[str, str, str]]:
     """(method, concrete path, role) for every route in the OpenAPI schema; path parameters get a placeholder.
 
     Routes left out of the schema must be public: those are checked to answer without a key.
     """
     paths = app.openapi()["paths"]
-    hidden = {route.path for route in app.routes if getattr(route, "path", None) and route.path not in paths}
+    served = route_paths(app.routes)
+    assert {"/", "/operator", "/docs", "/v1/chat/completions"} <= served  # the walk reaches into the routers
+    hidden = served - set(paths)
     assert hidden <= PUBLIC, f"routes outside the schema that are not declared public: {sorted(hidden - PUBLIC)}"
     found = []
     for template, operations in paths.items():

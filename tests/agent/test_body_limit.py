@@ -11,9 +11,9 @@ from sqlalchemy import func, select
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
+from affinage.service import create_app
 from affinage.core.tables import Interaction
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.light_server import HashEmbeddings
 from tests.agent.service_harness import LiveServer
 

@@ -8,7 +8,7 @@ from affinage.core.chat_model import LocalChatModel, load_chat_model
 from affinage.factory import build_agent
 from affinage.core.tables import Interaction
 from retrieval.embeddings import SentenceEmbeddings, embedded_embedder_path
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.service_harness import LiveServer
 
 

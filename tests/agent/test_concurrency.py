@@ -10,19 +10,21 @@ import time
 from collections import Counter
 
 import httpx
+import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
-from retrieval.index import ingest
+from affinage.service import create_app
+from retrieval.ingest import ingest
 from tests.agent.light_server import ANSWER, HashEmbeddings
 from tests.agent.service_harness import LiveServer
 
 CLIENTS, SECONDS = 16, 4.0
 
 
+@pytest.mark.slow
 def test_sixteen_streaming_clients_get_whole_answers_or_a_prompt_refusal(home, kb):
     settings = load_settings(home)  # the default max_queue (8) and rate limit (60 a minute per key)
     embeddings = HashEmbeddings()

@@ -32,7 +32,7 @@ from agent.service import auth
 from affinage.core.tables import Feedback, Interaction
 from affinage.core.store import Store
 from affinage.core.database import make_engine
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.light_server import HashEmbeddings
 
 REPO = Path(__file__).resolve().parents[2]
@@ -199,6 +199,7 @@ def run_soak(home: Path, database_url: str, command: list[str], key: str, kills:
     assert all(feedback[i] == text for i, text in traffic.corrections.items())
 
 
+@pytest.mark.multiprocess
 def test_sigkilled_light_server_loses_nothing_acknowledged(tmp_path, kb, db_url):
     home = tmp_path / "home"
     key = workspace(home, kb, db_url, real_models=False, tiny_model_dir=None)

@@ -14,9 +14,9 @@ from affinage.core import prompts
 from affinage.factory import build_agent
 from agent.guard import WITHHELD, PromptLeakGuard
 from agent.service import auth
-from agent.service.app import create_app
+from affinage.service import create_app
 from affinage.core.tables import Interaction
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings
 

@@ -13,10 +13,10 @@ from affinage.core.settings import load_settings
 from agent.corrections import review_correction
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
-from agent.service.app import create_app
+from affinage.service import create_app
 from agent.service.auth import create_key
 from affinage.core.tables import Feedback
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from tests.agent.light_server import HashEmbeddings
 from tests.agent.service_harness import LiveServer

@@ -161,6 +161,7 @@ def test_a_third_request_in_flight_from_one_key_is_refused_while_other_keys_get_
     assert rejected(app, "in_flight") == 1 and queue.in_flight == 0
 
 
+@pytest.mark.slow
 def test_a_burst_of_big_prompts_from_one_key_is_refused_by_the_token_budget(service):
     app, keys = service()  # the default budget: twelve 7,000-character prompts must not all pass
     big = "Please read the customer's message below and tell me what to do about it. " * 93  # 6,975 characters
@@ -179,6 +180,7 @@ def test_a_burst_of_big_prompts_from_one_key_is_refused_by_the_token_budget(serv
     assert rejected(app, "prompt_tokens") == 1
 
 
+@pytest.mark.slow
 def test_a_request_queued_past_the_deadline_gets_503_frees_its_slot_and_costs_no_tokens(service, tiny_settings):
     from transformers import AutoTokenizer
 
@@ -239,15 +241,23 @@ def raw_request(port: int, key: str, body: dict) -> socket.socket:
     return sock
 
 
+BUDGET = 3000  # tokens a request asks for: far more than a test waits for
+
+
+def paced(service):
+    """A service whose model answers up to BUDGET tokens, one token at a time under the test's control."""
+    app, keys = service(max_new_tokens=BUDGET, max_tokens_limit=BUDGET, max_answer_sentences=0)
+    return app, keys, Pacer(app.state.agent.llm)
+
+
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_generation_stops_when_the_client_goes_away_and_nothing_is_logged(service, stream):
-    budget = 3000
-    app, keys = service(max_new_tokens=budget, max_tokens_limit=budget, max_answer_sentences=0)
+    app, keys, pacer = paced(service)
     agent, queue = app.state.agent, app.state.queue
-    pacer = Pacer(agent.llm)
     with LiveServer(app) as server:
         sock = raw_request(server.port, keys["agent"], {"messages": [{"role": "user", "content": QUESTION}],
-                                                        "max_tokens": budget, "stream": stream})
+                                                        "max_tokens": BUDGET, "stream": stream})
         if stream:  # hang up once the answer is streaming in
             received = b""
             while b'"content": "' not in received.split(b"data: ", 2)[-1]:
@@ -262,24 +272,23 @@ def test_generation_stops_when_the_client_goes_away_and_nothing_is_logged(servic
         stopped_at = pacer.calls
         assert ask(server.url, keys["agent"], max_tokens=2).status_code == 200  # the model and the key are free
     pacer.handle.remove()
-    assert stopped_at < pacer.held_at + budget // 2, stopped_at  # far short of the answer it was asked for
+    assert stopped_at < pacer.held_at + BUDGET // 2, stopped_at  # far short of the answer it was asked for
     assert pacer.calls == stopped_at + 2  # then nothing but the next request's own two tokens
     with agent.store.session() as session:
         logged = session.scalars(select(Interaction)).all()
     assert [row.completion_tokens for row in logged] == [2]  # the abandoned answer is not in the log
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stream", [False, True])
 def test_a_client_that_hangs_up_while_queued_frees_its_slot_and_is_not_answered(service, stream):
-    budget = 3000
-    app, keys = service(max_new_tokens=budget, max_tokens_limit=budget, max_answer_sentences=0)
+    app, keys, pacer = paced(service)
     agent, queue = app.state.agent, app.state.queue
-    pacer = Pacer(agent.llm)
     with LiveServer(app) as server:
         agent.llm._lock.acquire()  # someone else's answer holds the model
         try:
             sock = raw_request(server.port, keys["agent"], {"messages": [{"role": "user", "content": QUESTION}],
-                                                            "max_tokens": budget, "stream": stream})
+                                                            "max_tokens": BUDGET, "stream": stream})
             wait_for(lambda: queue.in_flight == 1, "the request to be queued")
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
@@ -290,6 +299,6 @@ def test_a_client_that_hangs_up_while_queued_frees_its_slot_and_is_not_answered(
         stopped_at = pacer.calls
         assert ask(server.url, keys["agent"], max_tokens=2).status_code == 200
     pacer.handle.remove()
-    assert stopped_at < budget // 2 and pacer.calls == stopped_at + 2, stopped_at
+    assert stopped_at < BUDGET // 2 and pacer.calls == stopped_at + 2, stopped_at
     with agent.store.session() as session:
         assert [row.completion_tokens for row in session.scalars(select(Interaction))] == [2]

@@ -7,7 +7,7 @@ from affinage.factory import build_agent
 from agent.pipeline import weak_retrieval_threshold
 from affinage.core.prompts import ABSTAIN_MESSAGE, PROMPT_VERSION
 from affinage.core.tables import Interaction
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 
 
 @pytest.fixture

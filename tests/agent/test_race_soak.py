@@ -23,9 +23,9 @@ from sqlalchemy import func, select
 
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
+from affinage.service import create_app
 from affinage.core.tables import ApiKey, Example, Feedback
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.conftest import bearer
 from tests.agent.service_harness import LiveServer
 
@@ -113,6 +113,7 @@ def race_settings(tiny_settings, **overrides):
                                             **overrides})
 
 
+@pytest.mark.slow
 def test_races_stay_single_for_a_few_seconds(tiny_settings, kb, embeddings):
     run_race_soak(race_settings(tiny_settings), kb, embeddings, seconds=3, seed=1)
 

@@ -21,8 +21,8 @@ from pydantic import SecretStr, ValidationError
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
-from retrieval.index import ingest
+from affinage.service import create_app
+from retrieval.ingest import ingest
 from tests.agent.light_server import HashEmbeddings
 from tests.agent.service_harness import LiveServer
 from tests.agent.test_crash_soak import ServerProcess, free_port, workspace
@@ -105,6 +105,7 @@ def asked(agent, vllm) -> tuple[str, str, str]:
     return answer.model, agent.store.get_interaction(answer.interaction_id).model_version, vllm.chat_models[-1]
 
 
+@pytest.mark.slow
 def test_promotions_and_rollbacks_load_adapters_into_the_server_and_route_requests_to_them(settings, vllm):
     agent, follower = remote_agent(settings)
     registry = Registry.open(settings)
@@ -143,6 +144,7 @@ def test_promotions_and_rollbacks_load_adapters_into_the_server_and_route_reques
     assert vllm.violations == []
 
 
+@pytest.mark.slow
 def test_a_refused_load_keeps_the_previous_routing_and_says_why(settings, vllm, caplog):
     agent, follower = remote_agent(settings)
     registry = Registry.open(settings)
@@ -174,6 +176,7 @@ def test_a_refused_load_keeps_the_previous_routing_and_says_why(settings, vllm, 
     assert vllm.violations == []
 
 
+@pytest.mark.slow
 def test_a_restarted_server_gets_its_adapter_back(settings, vllm, caplog):
     agent, follower = remote_agent(settings)
     registry = Registry.open(settings)
@@ -202,6 +205,7 @@ def test_a_restarted_server_gets_its_adapter_back(settings, vllm, caplog):
     assert vllm.violations == []
 
 
+@pytest.mark.slow
 def test_the_running_service_follows_a_promotion_on_the_server(settings, vllm):
     settings = settings.model_copy(update={"registry_poll_seconds": 0.1})
     agent = build_agent(settings, embeddings=HashEmbeddings())

@@ -13,13 +13,16 @@ from pathlib import Path
 
 import httpx
 import openai
+import pytest
 
 from affinage.core.settings import load_settings
 from agent.service import auth
 from affinage.core.store import Store
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.test_crash_soak import free_port
 from tuning.registry import Registry
+
+pytestmark = pytest.mark.multiprocess
 
 REPO = Path(__file__).resolve().parents[2]
 START_LIMIT_S = 240.0  # two processes loading torch, the embedder and the model at once on a shared machine

@@ -1,11 +1,13 @@
 """Property-based requests generated from the app's own OpenAPI schema: no input may cause a 5xx."""
 
+import pytest
 import schemathesis
 from hypothesis import HealthCheck, given, settings
 
 from tests.agent.conftest import bearer
 
 
+@pytest.mark.slow
 def test_no_generated_request_causes_a_server_error(service):
     app, keys = service(rate_limit_per_minute=100_000, max_new_tokens=2)
     schema = schemathesis.openapi.from_asgi("/openapi.json", app)

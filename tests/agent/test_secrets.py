@@ -11,6 +11,7 @@ import signal
 import sys
 
 import httpx
+import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.core.settings import load_settings
@@ -35,6 +36,7 @@ class Teacher(FakeListChatModel):
         return "The reset link expires after 2 hours."
 
 
+@pytest.mark.multiprocess
 def test_keys_and_pii_stay_out_of_logs_metrics_and_datasets(tmp_path, kb):
     home = tmp_path / "home"
     agent_key = workspace(home, kb, f"sqlite:///{home / 'affinage.db'}", real_models=False, tiny_model_dir=None)

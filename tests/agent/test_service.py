@@ -304,8 +304,8 @@ def test_failure_mid_stream_is_reported_in_the_stream(tiny_settings, kb, embeddi
 
     from affinage.factory import build_agent
     from agent.service import auth
-    from agent.service.app import create_app
-    from retrieval.index import ingest
+    from affinage.service import create_app
+    from retrieval.ingest import ingest
 
     class BreaksAfterOneToken(BaseChatModel):
         @property

@@ -14,7 +14,6 @@ from affinage.core.tables import Feedback, Interaction
 from affinage.core.store import Store
 from affinage.core.database import make_engine
 from affinage.core.timeutil import utcnow
-from tuning.jobs import aware
 
 RETRIEVED = [{"chunk_id": "c1", "source": "billing/invoices.md#vat", "score": 0.71}]
 
@@ -37,7 +36,7 @@ def test_rows_round_trip_with_their_json_and_utc_times(store):
     fed = record_feedback(store, row.id, "down", correction="Open Settings > Billing > Invoices.", user="ann")
     got = store.get_interaction(row.id)
     assert (got.question, got.retrieved, got.abstained) == ("Où est ma facture ? 💳", RETRIEVED, False)
-    assert before <= aware(got.created_at) <= utcnow()  # naive from SQLite, aware from PostgreSQL: both UTC
+    assert before <= got.created_at <= utcnow() and got.created_at.tzinfo is not None  # aware UTC from either database
     assert {signal["kind"] for signal in got.signals} >= {"thumbs_down", "correction_submitted"}
     with store.session() as session:
         assert session.get(Feedback, fed.id).correction == "Open Settings > Billing > Invoices."
@@ -82,6 +81,7 @@ def open_and_write(path: str, start) -> str:
         engine.dispose()
 
 
+@pytest.mark.multiprocess
 def test_processes_opening_one_new_sqlite_file_together_all_get_wal_and_write(tmp_path):
     """Turning a new file to WAL needs an exclusive lock that SQLite refuses at once rather than waiting for; before
     the retry, about one start in four of four processes failed with "database is locked" (two ``accelerate`` ranks

@@ -27,10 +27,10 @@ CHROMIUM_ARGS = [
 from affinage.core.settings import load_settings
 from affinage.core.chat_model import LocalChatModel
 from affinage.factory import build_agent
-from agent.service.app import create_app
+from affinage.service import create_app
 from agent.service.auth import create_key
 from affinage.core.tables import Feedback, Interaction
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.service_harness import LiveServer
 
 expect = sync_api.expect

@@ -1,6 +1,7 @@
 import pytest
 
-from retrieval.index import VectorIndex, ingest
+from retrieval.index import VectorIndex
+from retrieval.ingest import ingest
 from retrieval.loaders import UnsupportedFileError
 from retrieval.retriever import IndexRetriever
 

@@ -12,9 +12,12 @@ from pathlib import Path
 
 import pytest
 
-from retrieval.index import VectorIndex, ingest
+from retrieval.index import VectorIndex
+from retrieval.ingest import ingest
 from retrieval.retriever import IndexRetriever
 from tests.agent.light_server import HashEmbeddings
+
+pytestmark = pytest.mark.multiprocess
 
 REPO = Path(__file__).resolve().parents[2]
 INGEST = """
@@ -22,6 +25,7 @@ import os, shutil, signal, sys
 from pathlib import Path
 import faiss
 import retrieval.index as index
+from retrieval.ingest import ingest
 from tests.agent.light_server import HashEmbeddings
 step = sys.argv[3]
 
@@ -44,7 +48,7 @@ faiss.write_index = kill_after("faiss-written", faiss.write_index)
 os.rename = kill_after("snapshot-renamed", os.rename)
 index.atomic_write_text = kill_after("current-written", index.atomic_write_text)
 shutil.rmtree = kill_after("pruning", shutil.rmtree)
-index.ingest(Path(sys.argv[1]), [Path(sys.argv[2])], Embeddings(), 700, 120)
+ingest(Path(sys.argv[1]), [Path(sys.argv[2])], Embeddings(), 700, 120)
 """
 
 

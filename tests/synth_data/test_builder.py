@@ -8,10 +8,12 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 from affinage.cli import main
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from affinage.core.datasets import list_datasets, verify_dataset
 from synth_data.hardening import PLANTS
+
+pytestmark = pytest.mark.slow
 
 BAD = "We never give refunds, sorry."
 GOOD = "Annual plans are refundable within 30 days of purchase: open Settings > Billing and press Request refund."

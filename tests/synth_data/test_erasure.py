@@ -11,12 +11,14 @@ import synth_data.erasure as erasure
 from affinage.cli import main
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from affinage.core.datasets import KINDS, LINEAGE, list_datasets, used_interactions, verify_dataset
 from synth_data.erasure import leftover_rows, supersede_datasets
 from tests.synth_data.test_builder import BAD, GOOD, Teacher
 from tuning.data import find_dataset, load_training_data
+
+pytestmark = pytest.mark.slow
 
 ANN_QUESTION = "Can I get a refund on my annual plan?"
 BOB_CORRECTION = "No, monthly plans are never refunded. Ask the billing desk."

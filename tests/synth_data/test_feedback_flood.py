@@ -9,14 +9,15 @@ import json
 import random
 import re
 
+import pytest
 from fastapi.testclient import TestClient
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
-from retrieval.index import ingest
+from affinage.service import create_app
+from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from tests.agent.conftest import bearer
 from tests.agent.light_server import HashEmbeddings
@@ -43,6 +44,7 @@ def words(rng: random.Random, n: int) -> str:
     return " ".join(rng.sample(WORDS, n))
 
 
+@pytest.mark.slow
 def test_a_flood_of_poisoned_corrections_is_capped_in_every_kind_and_contributors_are_shown(home, kb):
     settings = load_settings(home, rate_limit_per_minute=100_000, feedback_per_minute=100_000, max_items_per_user=CAP,
                              paraphrases=2)  # the rate limits are not under test here: the dataset cap is

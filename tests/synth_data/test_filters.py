@@ -12,7 +12,8 @@ from synth_data.filters import (
     run_filters,
 )
 from affinage.core.decontamination import decontaminate, dedupe
-from affinage.core.pii import iban_check_digits, iban_valid, luhn_valid, redact_pii, redact_records, ssn_valid
+from affinage.core.checksums import iban_check_digits, iban_valid, luhn_valid, ssn_valid
+from affinage.core.pii import redact_pii, redact_records
 from affinage.core.text import jaccard, shingles
 from synth_data.pii_eval import judge, load_corpus, score
 from tests.conftest import GOLDEN, REPO
@@ -27,7 +28,7 @@ def test_redaction_exact_output():
         "Authorization: Bearer [SECRET]. Server [IP].", {"secret": 1, "ip": 1})
 
 
-@pytest.mark.parametrize("planted, kind", [
+PLANTED = [
     ("JOHN.Smith+support@mail.example.co.uk", "email"),
     ("4111-1111-1111-1111", "card"),
     ("4111111111111111", "card"),
@@ -48,11 +49,7 @@ def test_redaction_exact_output():
     ("ghp_abcdefghijklmnopqrstuvwxyz0123456789", "secret"),
     ("AKIAIOSFODNN7EXAMPLE", "secret"),
     ("xoxb-1234567890-abcdefghij", "secret"),
-])
-def test_planted_pii_is_replaced(planted, kind):
-    text, counts = redact_pii(f"Details: {planted} (see above).")
-    assert text == f"Details: [{kind.upper()}] (see above)."
-    assert counts == {kind: 1}
+]
 
 
 @pytest.mark.parametrize("text, expected", [
@@ -65,7 +62,7 @@ def test_secrets_and_phones_by_context(text, expected):
     assert redact_pii(text)[0] == expected
 
 
-@pytest.mark.parametrize("text", [
+NOT_PII_NUMBERS = [
     "On 2024-05-01, 01.05.2024 and 01/05/2024 10:30 and 01-05-2024 12:00",
     "Upgrade from version 1.2.3 to 10.0.19045.2965",
     "It costs $1,299.99 (or 1.299,00 €) for 5 500 users",
@@ -74,16 +71,7 @@ def test_secrets_and_phones_by_context(text, expected):
     "not an address: 999.1.1.1 or 1.2.3.256; time 10:30:00",
     "the token is documented-in-settings; tokens: 1500",
     "Use the Settings > Security page and TLS 1.2 or higher.",
-])
-def test_numbers_that_are_not_pii_stay(text):
-    assert redact_pii(text) == (text, {})
-
-
-def test_redaction_is_idempotent_and_respects_keep():
-    once, counts = redact_pii("Mail support@acme.example or me@home.example, card 4111 1111 1111 1111, "
-                              "password=s3cret-Pass, ip 8.8.8.8", keep={"SUPPORT@acme.example"})
-    assert "support@acme.example" in once and counts == {"email": 1, "card": 1, "secret": 1, "ip": 1}
-    assert redact_pii(once, keep={"support@acme.example"}) == (once, {})
+]
 
 
 def test_luhn():
@@ -94,7 +82,7 @@ def test_luhn():
         luhn_valid("12ab")
 
 
-@pytest.mark.parametrize("planted, kind", [
+NEW_FORMATS = [
     ("123-45-6789", "ssn"),
     ("123 45 6789", "ssn"),
     ("4111.1111.1111.1111", "card"),
@@ -117,8 +105,11 @@ def test_luhn():
     ("li.wei (at) example.com", "email"),
     ("müller@example.de", "email"),
     ("bob\uff20example.com", "email"),  # full-width at sign
-])
-def test_new_formats_are_replaced(planted, kind):
+]
+
+
+@pytest.mark.parametrize("planted, kind", PLANTED + NEW_FORMATS)
+def test_planted_pii_is_replaced(planted, kind):
     text, counts = redact_pii(f"Details: {planted} (see above).")
     assert text == f"Details: [{kind.upper()}] (see above)."
     assert counts == {kind: 1}
@@ -142,7 +133,7 @@ def test_invisible_characters_are_looked_through_and_dropped_with_the_span(zero_
     assert redact_pii(prose) == (prose, {})
 
 
-@pytest.mark.parametrize("text", [
+NEAR_MISSES = [
     "examples 000-12-3456, 666-12-3456, 912-34-5678, 123-00-4567 and 123-45-0000",  # never-issued SSNs
     "000 12 3456 is a test value",
     "order 4111.1111.1111.1112 and 1234-5678-9012-3456 failed",  # Luhn fails
@@ -156,16 +147,24 @@ def test_invisible_characters_are_looked_through_and_dropped_with_the_span(zero_
     "Follow @acme_support; use @app.route('/login') and @property.",
     "python 3.11.7, build 2024.05.1234, ZIP 12345-6789, id 123e4567-e89b-12d3-a456-426614174000",
     "password: ********",
-])
-def test_near_misses_stay(text):
+]
+
+
+@pytest.mark.parametrize("text", NOT_PII_NUMBERS + NEAR_MISSES)
+def test_what_is_not_pii_stays(text):
     assert redact_pii(text) == (text, {})
 
 
-def test_new_kinds_are_idempotent_and_respect_keep():
-    once, counts = redact_pii("SSN 123-45-6789, IBAN DE89 3704 0044 0532 0130 00, bob at example dot com, "
-                              "help [at] acme [dot] example", keep={"help [at] acme [dot] example"})
-    assert counts == {"ssn": 1, "iban": 1, "email": 1} and "help [at] acme [dot] example" in once
-    assert redact_pii(once, keep={"help [at] acme [dot] example"}) == (once, {})
+@pytest.mark.parametrize("text, keep, counts", [
+    ("Mail support@acme.example or me@home.example, card 4111 1111 1111 1111, password=s3cret-Pass, ip 8.8.8.8",
+     "SUPPORT@acme.example", {"email": 1, "card": 1, "secret": 1, "ip": 1}),
+    ("SSN 123-45-6789, IBAN DE89 3704 0044 0532 0130 00, bob at example dot com, help [at] acme [dot] example",
+     "help [at] acme [dot] example", {"ssn": 1, "iban": 1, "email": 1}),
+])
+def test_redaction_is_idempotent_and_respects_keep(text, keep, counts):
+    once, found = redact_pii(text, keep={keep})
+    assert found == counts and keep.lower() in once.lower()
+    assert redact_pii(once, keep={keep.lower()}) == (once, {})
 
 
 @pytest.mark.parametrize("number, valid", [

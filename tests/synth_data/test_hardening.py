@@ -7,7 +7,7 @@ import pytest
 from langchain_core.documents import Document
 
 from synth_data.hardening import PLANTS, make_plant, obeying_answer, plant_in, rng_for
-from tuning.gates import GATE_DATA
+from tuning.gate_sets import GATE_DATA
 
 DOCS = [Document("Refunds take five days. They go to the card you paid with.", metadata={"source": "a.md#x"}),
         Document("Exports are in Settings. Press Download to get a CSV.", metadata={"source": "b.md#y"})]

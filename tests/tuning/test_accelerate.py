@@ -15,6 +15,8 @@ from tests.tuning.conftest import rows
 from tuning.registry import Registry
 from tuning.train import train, weights_sha256
 
+pytestmark = [pytest.mark.slow, pytest.mark.multiprocess]
+
 REPO = Path(__file__).resolve().parents[2]
 PROCESSES = 2
 
@@ -26,7 +28,7 @@ def free_port() -> int:
 
 
 def launch(settings, model_dir: Path, module: str, *train_args: str) -> subprocess.CompletedProcess:
-    """``accelerate launch --multi_gpu --num_processes 2 -m MODULE --home HOME train ...``, as the README has it."""
+    """``accelerate launch --multi_gpu --num_processes 2 -m MODULE --home HOME train ...``, as docs/administrators.md has it."""
     settings.home.mkdir(parents=True, exist_ok=True)
     (settings.home / "config.toml").write_text(f'chat_model = "{model_dir}"\n')
     command = [str(Path(sys.executable).with_name("accelerate")), "launch", "--multi_gpu",

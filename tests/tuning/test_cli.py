@@ -5,6 +5,8 @@ import os
 import subprocess
 import sys
 
+import pytest
+
 from affinage.cli import main
 from tests.conftest import REPO
 from tuning.registry import Registry
@@ -15,6 +17,8 @@ def cli(home, *args):
                           env={**os.environ, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=600)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_train_prints_the_candidate_alone_on_the_last_line(tiny_settings, tiny_model_dir, dataset, quick_config):
     home = tiny_settings.home
     (home / "config.toml").write_text(f'chat_model = "{tiny_model_dir}"\n')

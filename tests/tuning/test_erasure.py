@@ -8,11 +8,11 @@ import pytest
 from affinage.cli import main
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
-from agent.service.app import create_app
+from affinage.service import create_app
 from agent.service.auth import create_key
 from affinage.core.tables import Job
 from affinage.core.store import Store
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from affinage.core.datasets import write_dataset
 from synth_data.erasure import supersede_datasets
 from tests.agent.service_harness import LiveServer
@@ -153,7 +153,7 @@ def test_the_retrain_follow_up_queues_one_job_on_the_cleaned_data(settings, stor
         seen.update(dataset=dataset_id, config=json.loads(config.read_text()))
         raise RuntimeError("stop before training")
 
-    monkeypatch.setattr("tuning.train.train", train)
+    monkeypatch.setattr(cycle, "train", train)  # the name train_stage calls
     notes = []
     with pytest.raises(RuntimeError, match="stop before training"):
         cycle.train_stage(settings, job.outputs["synth"]["dataset"], notes.append, progress=False)

@@ -4,8 +4,11 @@ import json
 
 import pytest
 
-from retrieval.index import ingest
-from tuning.gates import decide, gate_sets, probe_succeeded, probes_that_worked, run_gates
+from retrieval.ingest import ingest
+from affinage.gating import run_gates
+from tuning.decisions import decide
+from tuning.gate_sets import gate_sets
+from tuning.probes import probe_succeeded, probes_that_worked
 from tuning.registry import Registry, RegistryError
 from tuning.train import train
 
@@ -45,7 +48,7 @@ def test_a_better_candidate_passes_and_each_regression_is_caught(tiny_settings):
 
 
 def test_links_the_passages_never_gave_are_flagged():
-    from tuning.gates import knowledge_base_links, unsupported_links
+    from tuning.answer_metrics import knowledge_base_links, unsupported_links
 
     passages = ["Download it from https://lumen.example/download or the app store."]
     assert unsupported_links("Get it at https://lumen.example/download.", passages) == []
@@ -87,6 +90,7 @@ def test_held_out_rows_worded_like_training_are_dropped(tiny_settings, dataset):
     assert sets.probes and sets.general_text and sets.general_instructions
 
 
+@pytest.mark.slow
 def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, dataset, quick_config, kb, embeddings,
                                                             tmp_path):
     golden = tmp_path / "golden.jsonl"
@@ -125,7 +129,7 @@ def test_recent_traffic_drift_and_stale_training_data_are_reported(tiny_settings
     from affinage.core.store import Store
     from affinage.core.datasets import write_dataset
     from tests.tuning.conftest import SYSTEM, user
-    from tuning.gates import traffic_drift
+    from affinage.gating import traffic_drift
 
     billing = ["Why was my card charged twice?", "How do I get a refund for my annual plan?",
                "Can I pay by invoice instead of card?", "Where do I download last month's invoice?",

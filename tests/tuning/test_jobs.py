@@ -77,7 +77,7 @@ def test_an_expired_lease_moves_the_job_and_fences_off_its_old_owner(store):
     later = utcnow() + timedelta(seconds=61)
     taken = jobs.claim(store, "other", lease_s=60, now=later)
     assert taken.lease_owner == "other" and taken.attempts == 2
-    assert jobs.aware(taken.lease_expires) == later + timedelta(seconds=60)  # naive from SQLite, aware from PostgreSQL
+    assert taken.lease_expires == later + timedelta(seconds=60)  # aware UTC from either database
     assert jobs.info(taken)["lease_expires"].endswith("+00:00")
     assert not jobs.heartbeat(store, job.id, "dead", lease_s=60)
     with pytest.raises(jobs.LeaseLost):
@@ -122,7 +122,7 @@ def test_operator_lists_jobs_and_reads_a_log_and_agents_may_not(tiny_settings, e
     from fastapi.testclient import TestClient
 
     from affinage.factory import build_agent
-    from agent.service.app import create_app
+    from affinage.service import create_app
     from agent.service.auth import create_key
 
     agent = build_agent(tiny_settings, embeddings=embeddings)

@@ -6,9 +6,9 @@ from __future__ import annotations
 from urllib.parse import urlsplit
 
 from affinage.factory import build_agent
-from agent.service.app import create_app
+from affinage.service import create_app
 from agent.service.auth import create_key
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.agent.service_harness import LiveServer
 from tests.agent.test_web_chat import PageLog, browser, expect, screenshot  # noqa: F401 - fixtures
 from tuning import jobs

@@ -9,14 +9,18 @@ import json
 import pytest
 
 from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE
-from retrieval.index import VectorIndex, ingest
+from retrieval.index import VectorIndex
+from retrieval.ingest import ingest
 from retrieval.retriever import IndexRetriever
 from synth_data.builder import prompt_messages
 from affinage.core.datasets import write_dataset
 from tests.tuning.test_gates import GOLDEN
-from tuning.gates import GATE_DATA, read_jsonl, run_gates
+from affinage.gating import run_gates
+from tuning.gate_sets import bundled
 from tuning.registry import Registry, RegistryError
 from tuning.train import train
+
+pytestmark = pytest.mark.slow
 
 REFUND = "Annual plans are refundable within 30 days of purchase."
 RESET = "The reset link expires after 2 hours."
@@ -43,7 +47,7 @@ def small_vocab_model(tmp_path_factory, default_model_dir):
     corpus = [SYSTEM_PROMPT, USER_TEMPLATE, REFUND, RESET, FAKE_LINK, *sum(TRAINING.values(), []),
               *(row["question"] for row in HELDOUT + GOLDEN),
               *(json.dumps(row) for name in ("general_text", "general_instructions", "safety_probes")
-                for row in read_jsonl(GATE_DATA / f"{name}.jsonl"))]
+                for row in bundled(name))]
     bpe = Tokenizer(models.BPE())
     bpe.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     bpe.decoder = decoders.ByteLevel()

@@ -233,6 +233,7 @@ except RegistryError as error:
 """
 
 
+@pytest.mark.multiprocess
 def test_processes_promoting_at_once_each_win_or_are_told(tmp_path, db_url, registry):
     ids = [passed(registry, add_version(registry, f"v{i}")) for i in range(3)]
     go = tmp_path / "go"
@@ -278,6 +279,7 @@ def killed_at(registry: Registry, db_url: str, step: str, action: str) -> Regist
     return Registry(registry.root, Store(db_url))
 
 
+@pytest.mark.multiprocess
 @pytest.mark.parametrize("action", ["promote", "rollback"])
 @pytest.mark.parametrize("step", ["pointer-updated", "event-written", "committed"])
 def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(registry, db_url, step, action):
@@ -299,6 +301,7 @@ def test_a_kill_at_each_step_moves_the_pointer_with_its_event_or_not_at_all(regi
         assert_consistent(after)
 
 
+@pytest.mark.multiprocess
 def test_a_kill_between_the_folder_and_its_row_leaves_no_version(registry, db_url):
     after = killed_at(registry, db_url, "folder-renamed", "add")
     assert (after.versions / "c" / "manifest.json").is_file()  # on disk, but not registered

@@ -4,12 +4,13 @@ import threading
 import time
 
 import openai
+import pytest
 
 from affinage.core.chat_model import LocalChatModel
 from affinage.factory import build_agent
 from agent.service import auth
-from agent.service.app import create_app
-from retrieval.index import ingest
+from affinage.service import create_app
+from retrieval.ingest import ingest
 from tests.agent.service_harness import LiveServer
 from tests.agent.test_replicas import register_adapter
 from tuning.registry import Registry
@@ -19,6 +20,7 @@ from tuning.train import train
 QUESTION = "How long is the password reset link valid?"
 
 
+@pytest.mark.slow
 def test_service_switches_versions_under_traffic(tiny_settings, tiny_model_dir, kb, embeddings, dataset, quick_config):
     settings = tiny_settings.model_copy(update={"registry_poll_seconds": 0.1, "temperature": 1.0, "max_new_tokens": 16})
     registry = Registry.open(settings)

@@ -16,6 +16,8 @@ from tuning.recipes import RECIPES
 from tuning.registry import Registry
 from tuning.train import final_metrics, prepare, train
 
+pytestmark = pytest.mark.slow
+
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -119,6 +121,7 @@ def adapter(path: Path) -> dict[str, torch.Tensor]:
     return load_file(str(path / "adapter_model.safetensors"))
 
 
+@pytest.mark.multiprocess
 def test_a_killed_run_resumes_from_its_checkpoint_to_the_same_result(tiny_settings, tiny_model_dir, dataset,
                                                                      quick_config, tmp_path):
     from affinage.core.datasets import write_dataset

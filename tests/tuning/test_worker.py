@@ -19,11 +19,11 @@ from affinage.core.settings import load_settings
 from agent.feedback import record_feedback
 from affinage.core.tables import Interaction, Job
 from affinage.core.store import Store
-from retrieval.index import ingest
+from retrieval.ingest import ingest
 from tests.conftest import REPO
 from tuning import jobs
 from tuning.checks import improves, no_worse, not_higher
-from affinage.cycle import passes_by_margin
+from tuning.decisions import passes_by_margin
 from tuning.registry import Registry
 from tuning.report import write_report
 from affinage.worker import STAGES, Worker, due
@@ -102,10 +102,10 @@ def test_triggers_fire_on_failures_drift_and_schedule(tmp_path):
 
 
 def test_the_drift_test_runs_at_most_every_check_interval(home, monkeypatch):
-    import tuning.gates
+    import affinage.gating
 
     calls = []
-    monkeypatch.setattr(tuning.gates, "traffic_drift", lambda *args: calls.append(args) or {"drifted": True})
+    monkeypatch.setattr(affinage.gating, "traffic_drift", lambda *args: calls.append(args) or {"drifted": True})
     settings = load_settings(home, worker_min_failures=0, worker_drift_check_seconds=3600)
     worker = Worker(settings, embeddings=type("Embeddings", (), {"encode": None})(), echo=lambda _: None)
     now = datetime.now(timezone.utc)
@@ -115,6 +115,7 @@ def test_the_drift_test_runs_at_most_every_check_interval(home, monkeypatch):
     assert calls[0][3] == settings.drift_window_days  # the window `affinage drift` compares
 
 
+@pytest.mark.slow
 def test_a_triggered_cycle_runs_end_to_end(workspace, embeddings, quick_config):
     quick_config(max_steps=2)  # the worker's run config: a cycle end to end needs no more
     store = Store(workspace.db_url)
@@ -153,6 +154,8 @@ def wait_for_checkpoint(settings, process, step: int, log: Path) -> None:
         time.sleep(0.05)
 
 
+@pytest.mark.slow
+@pytest.mark.multiprocess
 def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, workspace, embeddings, tmp_path):
     store = Store(workspace.db_url)
     output = tmp_path / "workers.log"
@@ -172,7 +175,7 @@ def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, wo
         job = jobs.get(store, job.id)
         assert (job.state, job.stage, job.attempts) == ("running", "train", 1)
 
-        time.sleep(max(0.0, (jobs.aware(job.lease_expires) - datetime.now(timezone.utc)).total_seconds()) + 0.1)
+        time.sleep(max(0.0, (job.lease_expires - datetime.now(timezone.utc)).total_seconds()) + 0.1)
         finisher = Worker(workspace, store=store, embeddings=embeddings, progress=False, echo=lambda _: None)
         finished = finisher.run(once=True)
     assert finished.id == job.id and finished.state == "succeeded" and finished.attempts == 2, finished.error

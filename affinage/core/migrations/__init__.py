@@ -30,6 +30,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Connection, inspect, text
 from sqlalchemy.engine import Engine
 
+from affinage.core.database import make_engine
+
 HERE = Path(__file__).parent
 INITIAL = "0001"
 LEGACY_TABLE = "interactions"  # present in every database the old create_all made
@@ -97,8 +99,6 @@ def upgrade(engine: Engine) -> tuple[str | None, str]:
 
 def new_revision(message: str) -> Path:
     """Autogenerate the next revision from the difference between the models and a fresh database at head."""
-    from affinage.core.database import make_engine
-
     with tempfile.TemporaryDirectory() as scratch:
         engine = make_engine(f"sqlite:///{Path(scratch) / 'head.db'}")
         upgrade(engine)

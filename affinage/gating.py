@@ -1,0 +1,178 @@
+"""`affinage gate ID`: the candidate and the active version answer the same held-out sets in one run.
+
+Regression (golden set no worse, held-out paraphrases of the trained failures better), forgetting
+(general-text perplexity, general instructions, KL from the base model), safety (planted instructions and
+links, system-prompt extraction, PII leaks: no worse than active), and drift (input drift of recent traffic
+by topic, output drift between the two versions). The verdict and report land beside the candidate.
+
+This module composes: it loads both versions' weights, builds an agent around each (``affinage.factory``) and has
+it answer the sets (``agent.evaluation``). What it measures with and decides by is pure and lives in ``tuning``:
+the sets (``gate_sets``), the answer figures (``answer_metrics``), the probes (``probes``), forgetting and drift
+statistics (``forgetting``, ``drift``) and the checks (``decisions``).
+"""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+
+import numpy as np
+from langchain_core.documents import Document
+from langchain_core.messages import HumanMessage, SystemMessage
+from sqlalchemy import select
+
+from affinage.core.timeutil import as_utc
+from affinage.core.chat_model import LocalChatModel
+from affinage.core.datasets import list_datasets
+from affinage.core.metrics import contains_fact, mean
+from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
+from affinage.core.settings import Settings
+from affinage.core.tables import Interaction
+from affinage.factory import build_agent
+from agent.evaluation import run_eval
+from tuning.answer_metrics import answer_quality, knowledge_base_links, unsupported_link_rate
+from tuning.decisions import decide
+from tuning.drift import mmd_test, output_drift, per_topic_drift, stale_training_rows
+from tuning.forgetting import mean_kl, perplexity
+from tuning.gate_sets import Sets, gate_sets, trained_questions
+from tuning.probes import attack_success, probes_that_worked
+from tuning.registry import Registry, RegistryError
+from tuning.report import write_report
+from tuning.serving import load_weights
+from tuning.train import base_model
+
+log = logging.getLogger("affinage.gates")
+
+
+def measure(agent, model, base, tokenizer, sets: Sets, known_links: frozenset[str], progress: bool) -> dict:
+    """One version's answers and figures on every held-out set (``base``: the base model's weights, for the KL;
+    ``known_links``: the knowledge base's links)."""
+    golden = run_eval(agent, sets.golden, progress=progress)
+    target = run_eval(agent, [{"question": r["question"], "answer": r["answer"], "source": r.get("source")}
+                              for r in sets.target], progress=progress) if sets.target else []
+    general_answers = [agent.llm.invoke([HumanMessage(row["instruction"])]).content for row in sets.general_instructions]
+    embed = passage_embedder(agent.retriever)
+    probe_answers = [agent.llm.invoke([  # the serving prompt, with the planted passage as the knowledge base
+        SystemMessage(SYSTEM_PROMPT),
+        HumanMessage(USER_TEMPLATE.format(
+            context=format_passages([Document(p["passage"], metadata={"source": "kb/probe.md"})], p["question"], embed),
+            question=p["question"]))]).content for p in sets.probes]
+    return {
+        "golden": answer_quality(golden),
+        "target": answer_quality(target) if target else None,
+        "perplexity": perplexity(model, tokenizer, sets.general_text),
+        "general": mean([float(contains_fact(a, row["expected"])) for a, row in zip(general_answers, sets.general_instructions)]),
+        "general_answers": general_answers,
+        "kl_from_base": mean_kl(model, base, tokenizer, sets.general_text),
+        "safety": attack_success(sets.probes, probe_answers),
+        "unsupported_links": unsupported_link_rate(golden + target, known_links),
+        "probe_answers": probe_answers,
+        "golden_answers": golden,
+    }
+
+
+def input_drift(settings: Settings, store, embed, since: datetime) -> dict:
+    """Questions before ``since`` against those after, per topic (the top retrieved page's folder)."""
+    with store.session() as session:
+        rows = session.execute(select(Interaction.question, Interaction.retrieved, Interaction.created_at)
+                               .where(Interaction.channel != "eval").order_by(Interaction.created_at)).all()
+    since = as_utc(since)  # a caller's; the column reads back in UTC
+    windows: dict[str, list] = {"reference": [], "recent": []}
+    for question, retrieved, created in rows:
+        topic = retrieved[0]["source"].split("/")[0].split("#")[0] if retrieved else "(no passage)"
+        windows["recent" if created >= since else "reference"].append((question, topic))
+    if min(len(windows["reference"]), len(windows["recent"])) < 2:
+        return {"skipped": f"too little traffic to compare ({len(windows['reference'])} questions before "
+                           f"{since:%Y-%m-%d}, {len(windows['recent'])} after)"}
+    vectors = {name: np.asarray(embed([q for q, _ in items]), dtype=float) for name, items in windows.items()}
+    overall = mmd_test(vectors["reference"], vectors["recent"], permutations=settings.drift_permutations)
+    topics = per_topic_drift(vectors["reference"], vectors["recent"], [t for _, t in windows["reference"]],
+                             [t for _, t in windows["recent"]], permutations=settings.drift_permutations)
+    return {"since": since.isoformat(), "overall": overall.to_json(),
+            "topics": {name: {"share_reference": t.share_reference, "share_recent": t.share_recent,
+                              "p_value": t.test.p_value if t.test else None, "drifted": bool(t.test and t.test.drifted)}
+                       for name, t in topics.items()}}
+
+
+def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dict:
+    """Measure the candidate against the active version, record the verdict, write the report; returns it."""
+    from transformers import AutoTokenizer  # loads torch: only a gate run pays for it, not every importer of the cycle
+
+    registry = Registry.open(settings)
+    version = registry.get(version_id)
+    if version.state not in ("candidate", "gated-passed", "gated-failed"):
+        raise RegistryError(f"version {version_id} is {version.state}; only candidates are gated")
+    _, base_path = base_model(settings)
+    sets = gate_sets(settings, version.manifest)
+    active_id = registry.active_id()
+
+    tokenizer = AutoTokenizer.from_pretrained(str(base_path))
+    base = load_weights(base_path, registry, None)
+    models = {"active": base if active_id is None else load_weights(base_path, registry, active_id),
+              "candidate": load_weights(base_path, registry, version_id)}
+    measured = {}
+    agent, known_links = None, None
+    for side, model in models.items():
+        llm = LocalChatModel(model, tokenizer, version=active_id if side == "active" else version_id,
+                             model_name=base_path.name, max_new_tokens=settings.max_new_tokens,
+                             temperature=settings.temperature, repetition_penalty=settings.repetition_penalty,
+                             max_sentences=settings.max_answer_sentences)
+        agent = build_agent(settings, llm=llm, embeddings=agent.retriever.embeddings if agent else None)
+        if known_links is None:  # the same knowledge base for both sides
+            known_links = knowledge_base_links(chunk.text for chunk in agent.retriever.index.chunks) \
+                if agent.retriever.index else frozenset()
+        log.info("measuring", extra={"side": side})
+        measured[side] = measure(agent, model, base, tokenizer, sets, known_links, progress)
+
+    checks = decide(settings, measured["active"], measured["candidate"])
+    created = datetime.fromisoformat(version.manifest["created_at"])
+    drift = input_drift(settings, agent.store, agent.retriever.embeddings.encode,
+                        since=created - timedelta(days=settings.drift_window_days))
+    report = write_report(version.path, version.manifest, checks, report_details(active_id, sets, measured, drift))
+    registry.record_gate(version_id, report["passed"], {"report": "report.html", "failed": [
+        f"{x.gate}: {x.name}" for x in checks if not x.passed]})
+    return report
+
+
+def report_details(active_id: str | None, sets: Sets, measured: dict, drift: dict) -> dict:
+    """What the gate report shows beside the checks: the sets' sizes, both sides' figures, output and input
+    drift, the probes each side fell for, and a few answers side by side."""
+    return {
+        "active": active_id or "base",
+        "sets": {"golden": len(sets.golden), "target": len(sets.target),
+                 "target_dropped_as_near_training": sets.target_contaminated,
+                 "general_text": len(sets.general_text), "general_instructions": len(sets.general_instructions),
+                 "safety_probes": len(sets.probes)},
+        "measures": {side: {k: v for k, v in m.items() if not k.endswith("_answers")} for side, m in measured.items()},
+        "output_drift": output_drift(measured["active"]["golden_answers"], measured["candidate"]["golden_answers"]),
+        "probes_that_worked": {side: probes_that_worked(sets.probes, m["probe_answers"]) for side, m in measured.items()},
+        "drift": drift,
+        "examples": [{"question": a["question"], "reference": a["reference"], "active": a["answer"], "candidate": b["answer"]}
+                     for a, b in zip(measured["active"]["golden_answers"][:5], measured["candidate"]["golden_answers"][:5])],
+    }
+
+
+def traffic_drift(settings: Settings, store, embed, days: float) -> dict:
+    """Drift of the last ``days`` of questions against everything before, and which training data went stale.
+
+    A dataset row is stale when no recent question comes near it (cosine below ``stale_threshold``): the traffic
+    it was built for has moved on. The worker reads ``drifted`` as a trigger for a training cycle.
+    """
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    report = input_drift(settings, store, embed, since)
+    with store.session() as session:
+        recent = [q for (q,) in session.execute(select(Interaction.question).where(
+            Interaction.channel != "eval", Interaction.created_at >= since))]
+    stale = {}
+    if recent:
+        recent_vectors = np.asarray(embed(recent), dtype=float)
+        for manifest in list_datasets(settings.datasets_dir)[-5:]:
+            questions = trained_questions(settings.datasets_dir / manifest["id"])
+            if questions:
+                flagged = stale_training_rows(np.asarray(embed(questions), dtype=float), recent_vectors,
+                                              settings.stale_threshold)
+                stale[manifest["id"]] = {"rows": len(questions), "stale": len(flagged),
+                                         "share": round(len(flagged) / len(questions), 3)}
+    report["stale_datasets"] = stale
+    report["drifted"] = bool(report.get("overall", {}).get("drifted"))
+    return report

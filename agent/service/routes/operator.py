@@ -1,0 +1,138 @@
+"""Operator routes: corrections to review, failure topics, datasets, candidates and their gate reports, decisions,
+promotion, rollback, the worker's jobs and their logs, and the audit log. Registry and job rules live behind the
+handed-in backends (``agent.service.backends``); these routes only turn them into HTTP."""
+
+from __future__ import annotations
+
+import logging
+from datetime import datetime, timedelta, timezone
+from typing import Literal
+
+from fastapi import APIRouter
+from fastapi.responses import HTMLResponse
+from pydantic import BaseModel, Field
+from sqlalchemy import select
+
+from affinage.core.tables import Feedback
+from agent.corrections import UnknownCorrection, correction_info, pending_corrections, review_correction
+from agent.service.deps import AgentDep, BackendsDep, OperatorCaller, SettingsDep, StoreDep
+from agent.service.errors import APIError
+from agent.service.schemas import CorrectionInfo, ReviewResult
+
+log = logging.getLogger("affinage.service")
+router = APIRouter(prefix="/api/operator", tags=["operator"])
+
+
+def report_csp(style_hash: str) -> str:
+    """A gate report is shown as it is: data: images and its one stylesheet (allowed by hash), nothing else."""
+    return f"default-src 'none'; img-src data:; style-src {style_hash}; base-uri 'none'; form-action 'none'"
+
+
+class Decision(BaseModel):
+    comment: str = Field(min_length=1, max_length=2000, description="Why: kept in the audit log.")
+    override_reason: str | None = Field(
+        None, max_length=2000, description="Approve despite failed gates: admins only, kept in the audit log.")
+
+
+# --- corrections ----------------------------------------------------------------------------------------------------
+@router.get("/corrections", response_model=list[CorrectionInfo])
+def corrections(_: OperatorCaller, store: StoreDep) -> list[dict]:
+    return [correction_info(f, i) for f, i in pending_corrections(store)]
+
+
+@router.post("/corrections/{feedback_id}/{decision}", response_model=ReviewResult)
+def review(feedback_id: str, decision: Literal["approve", "reject"], who: OperatorCaller, store: StoreDep) -> dict:
+    try:
+        example = review_correction(store, feedback_id, decision == "approve", who.name)
+    except UnknownCorrection as error:
+        raise APIError(404, str(error), "correction_not_found", "feedback_id") from None
+    except ValueError as error:
+        raise APIError(409, str(error), "already_reviewed", "feedback_id") from None
+    log.info("correction reviewed", extra={"feedback_id": feedback_id, "decision": decision, "by": who.name})
+    return {"id": feedback_id, "review": "approved" if example else "rejected",
+            "example_id": example.id if example else None}
+
+
+# --- model versions -------------------------------------------------------------------------------------------------
+@router.get("/models")
+def models(_: OperatorCaller, backends: BackendsDep) -> dict:
+    return backends.registry.overview()
+
+
+@router.get("/models/{version_id}/report", response_class=HTMLResponse)
+def report(version_id: str, _: OperatorCaller, backends: BackendsDep) -> HTMLResponse:
+    path = backends.registry.report_path(version_id)
+    if not path.is_file():
+        raise APIError(404, f"version {version_id} has no gate report yet: run `affinage gate {version_id}`",
+                       "report_not_found", "id")
+    return HTMLResponse(path.read_text(encoding="utf-8"),
+                        headers={"Content-Security-Policy": report_csp(backends.report_style_hash)})
+
+
+@router.post("/models/{version_id}/{decision}")
+def decide(version_id: str, decision: Literal["approve", "reject"], body: Decision, who: OperatorCaller,
+           backends: BackendsDep) -> dict:
+    if body.override_reason and not who.can("admin"):
+        raise APIError(403, "approving a version that failed its gates needs the admin role", "insufficient_role")
+    version = backends.registry.decide(version_id, decision == "approve", actor=who.name, comment=body.comment,
+                                       override_reason=body.override_reason)
+    log.info("version decided", extra={"version": version_id, "decision": decision, "by": who.name})
+    return version
+
+
+@router.post("/promote/{version_id}")
+def promote(version_id: str, who: OperatorCaller, backends: BackendsDep) -> dict:
+    version = backends.registry.promote(version_id, actor=who.name)
+    log.info("version promoted", extra={"version": version_id, "by": who.name})
+    return version
+
+
+@router.post("/rollback")
+def rollback(who: OperatorCaller, backends: BackendsDep) -> dict:
+    active = backends.registry.rollback(actor=who.name)
+    log.info("rolled back", extra={"version": active, "by": who.name})
+    return {"active": active}
+
+
+# --- what the loop made and found -----------------------------------------------------------------------------------
+@router.get("/datasets")
+def datasets(_: OperatorCaller, settings: SettingsDep) -> list[dict]:
+    from affinage.core.datasets import list_datasets
+
+    return [{k: m.get(k) for k in ("id", "created_at", "counts", "base_model", "teacher", "contributors")}
+            for m in reversed(list_datasets(settings.datasets_dir))]
+
+
+@router.get("/topics")
+def topics(_: OperatorCaller, store: StoreDep, agent: AgentDep, days: float = 30) -> list[dict]:
+    from agent.triage import triage
+
+    if not 0 < days <= 3650:
+        raise APIError(400, f"days must be in (0, 3650], got {days}", "invalid_request", "days")
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    return [t.to_json() for t in triage(store, agent.retriever.embeddings.encode, since=since)]
+
+
+@router.get("/jobs")
+def job_list(_: OperatorCaller, backends: BackendsDep) -> list[dict]:
+    """The worker's jobs, newest first: state, stage, progress, attempts, error, times and what they made."""
+    return backends.jobs.recent()
+
+
+@router.get("/jobs/{job_id}/log")
+def job_log(job_id: str, _: OperatorCaller, backends: BackendsDep) -> dict:
+    return {"id": job_id, "lines": backends.jobs.log_lines(job_id)}
+
+
+@router.get("/audit")
+def audit(_: OperatorCaller, store: StoreDep, backends: BackendsDep) -> list[dict]:
+    """Who did what and when: registry events and correction reviews, newest first."""
+    events = [{"at": e["at"], "actor": e["actor"], "action": e["action"], "subject": e["version"],
+               "detail": "; ".join(f"{k}: {v}" for k, v in e.items()
+                                   if k not in ("at", "actor", "action", "version") and v is not None)}
+              for e in backends.registry.events()]
+    with store.session() as session:
+        for f in session.scalars(select(Feedback).where(Feedback.reviewed_at.is_not(None))):
+            events.append({"at": f.reviewed_at.isoformat(), "actor": f.reviewed_by, "action": f"correction {f.review}",
+                           "subject": f.id, "detail": ""})
+    return sorted(events, key=lambda e: e["at"], reverse=True)

@@ -1,0 +1,86 @@
+"""What the registry records about a version, apart from the database and the folder: the ``Version`` record and
+its lifecycle states, the errors a refused registry operation raises, strict-JSON cleaning, and which versions
+learnt from erased datasets (directly, or by continuing an adapter that did)."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from affinage.core.tables import RegistryEvent
+
+BASE = "base"  # the version name of the bare base model
+LIFECYCLE = ("candidate", "gated-passed", "gated-failed", "approved", "rejected")
+GATEABLE = ("candidate", "gated-passed", "gated-failed")
+PROMOTABLE = ("gated-passed", "approved")
+ERASED_FLAG = "trained_on_erased_data"
+
+
+class RegistryError(ValueError):
+    """A refused registry operation; the message says why."""
+
+
+class UnknownVersion(RegistryError):
+    """No version by that id."""
+
+
+@dataclass
+class Version:
+    id: str
+    state: str  # the lifecycle state, or active/retired as the pointer says
+    manifest: dict
+    path: Path
+    lifecycle: str  # the last lifecycle state, kept after retirement
+    gate: dict | None  # the gate verdict: {"passed", "at", ...}
+    flags: dict | None = None  # {"trained_on_erased_data": {"datasets", "erasure", "at"}} (``flag_trained_on_erased``)
+
+    @property
+    def trained_on_erased(self) -> dict | None:
+        """The erasure flag, or None: the version learnt from data a customer had erased since."""
+        return (self.flags or {}).get(ERASED_FLAG)
+
+    def to_json(self) -> dict:
+        metrics = self.manifest.get("metrics", {})
+        return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
+                "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
+                "metrics": metrics, "gate": self.gate, "flags": self.flags or {},
+                "trained_on_erased_data": self.trained_on_erased is not None}
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat()
+
+
+def finite(value):
+    """``value`` with NaN and infinities as None: strict JSON, which PostgreSQL requires and which compares equal
+    to itself (a diverged run's loss curve holds NaN)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def event_json(row: RegistryEvent) -> dict:
+    return {"at": row.at.isoformat(), "action": row.action, "version": row.version, "actor": row.actor, **row.details}
+
+
+def erased_lineage(versions: list[Version], erased: set[str]) -> tuple[dict[str, set[str]], dict[str, str]]:
+    """Which of ``versions`` (oldest first) hold one of the ``erased`` datasets in their weights: trained on it, or
+    continuing (``start_from``) a version that does. Returns version -> those datasets, and version -> the parent
+    it inherited them from (for versions that were not trained on them directly)."""
+    learnt: dict[str, set[str]] = {}
+    via: dict[str, str] = {}
+    for version in versions:  # oldest first, so a version's start comes before it
+        direct = {d["id"] for d in version.manifest.get("datasets", [])} & erased
+        parent = version.manifest.get("start_from")
+        inherited = learnt.get(parent, set()) if parent not in (None, BASE) else set()
+        if direct or inherited:
+            learnt[version.id] = direct | inherited
+            if inherited and not direct:
+                via[version.id] = parent
+    return learnt, via
