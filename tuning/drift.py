@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from affinage.core.refusal import is_refusal
+from affinage.core.validate import in_range
 
 _PERMUTATION_CHUNK = 128  # permutations scored per matrix product: bounds memory at chunk x pooled rows
 
@@ -128,8 +129,7 @@ def mmd_test(reference: np.ndarray, recent: np.ndarray, permutations: int = 500,
     """
     x, y = _pair(reference, recent, min_rows=2)
     permutations = _positive_int("permutations", permutations)
-    if not isinstance(alpha, numbers.Real) or not 0.0 < alpha < 1.0:
-        raise ValueError(f"alpha must be in (0, 1), got {alpha!r}")
+    in_range("alpha", alpha, 0.0, 1.0, open_low=True, open_high=True)
     m, n = len(x), len(y)
     d2 = _squared_distances(np.vstack([x, y]))
     sigma = _median_bandwidth(d2)

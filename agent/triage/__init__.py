@@ -9,7 +9,13 @@ returning, and a remedy (``remedies``). Only ``reading`` touches the database; `
 from agent.triage.clustering import MAX_CLUSTER_INPUT, cluster
 from agent.triage.failures import Failure, Fix
 from agent.triage.reading import triage
-from agent.triage.remedies import REMEDIES, RemedyRules, TopicStats, suggest_remedy, topic_stats
+from agent.triage.remedies import (
+    REMEDIES,
+    RemedyRules,
+    TopicStats,
+    suggest_remedy,
+    topic_stats,
+)
 from agent.triage.report import render_text
 from agent.triage.topics import Topic, build_topics, topic_label
 

@@ -13,19 +13,15 @@ from __future__ import annotations
 import numpy as np
 from sklearn.cluster import AgglomerativeClustering
 
+from affinage.core.validate import in_range
+
 LINKAGES = ("average", "complete")
 MAX_CLUSTER_INPUT = 3000
 
 
 def check_threshold(value: float) -> float:
     """``value`` as a float similarity threshold in [-1, 1]; the range cosine similarity can take."""
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"threshold must be a number in [-1, 1], got {value!r}") from None
-    if not -1.0 <= number <= 1.0:  # also rejects NaN
-        raise ValueError(f"threshold must be a number in [-1, 1], got {value!r}")
-    return number
+    return in_range("threshold", value, -1.0, 1.0)
 
 
 def normalise(vectors: np.ndarray) -> np.ndarray:

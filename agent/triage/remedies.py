@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from affinage.core.timeutil import as_utc
+from affinage.core.validate import open_unit
 from agent.triage.failures import Failure, Fix
 
 REMEDIES = ("knowledge_gap", "prompt_retrieval", "behaviour")
@@ -88,9 +89,7 @@ class RemedyRules:
 
     def __post_init__(self) -> None:
         for name in ("gap_share", "behaviour_share"):
-            value = getattr(self, name)
-            if not isinstance(value, (int, float)) or not 0.0 < value <= 1.0:
-                raise ValueError(f"{name} must be in (0, 1], got {value!r}")
+            open_unit(name, getattr(self, name))
         for name in ("after_fix_min", "persist_min_failures", "persist_min_users"):
             value = getattr(self, name)
             if not isinstance(value, int) or value < 1:
