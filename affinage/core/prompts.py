@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from typing import Callable
 
 import numpy as np
 from langchain_core.documents import Document
 from langchain_core.prompts import ChatPromptTemplate, MessagesPlaceholder
+
+from affinage.core import text
 
 PROMPT_VERSION = "support-v2"
 
@@ -26,7 +27,6 @@ ABSTAIN_MESSAGE = (
 )
 
 KEY_SENTENCES = 2
-_SENTENCE_END = re.compile(r"(?<=[.!?])\s+|\n+")
 _MIN_SENTENCE_WORDS = 4  # shorter lines are mostly code or fragments
 
 Embed = Callable[[list[str]], np.ndarray]  # texts -> normalised vectors, e.g. SentenceEmbeddings.encode
@@ -41,7 +41,7 @@ def _candidate_sentences(documents: list[Document]) -> list[str]:
     """Statements from the passages: no headings or questions, no short code lines, no exact repeats."""
     sentences: list[str] = []
     for doc in documents:
-        for raw in _SENTENCE_END.split(doc.page_content):
+        for raw in text.sentences(doc.page_content):
             sentence = " ".join(raw.split())
             if len(sentence.split()) < _MIN_SENTENCE_WORDS or sentence.endswith("?") or sentence in sentences:
                 continue

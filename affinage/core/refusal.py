@@ -33,6 +33,11 @@ _REFUSALS = tuple((label, re.compile(pattern)) for label, pattern in REFUSAL_PAT
 _PIVOT = re.compile(r"\b(?:but|however|though|although)\b")
 _ESCALATION_OFFER = re.compile(r"\b(?:escalat\w*|human|agent|team|someone|somebody|colleague|contact support)\b")
 
+# A first-person hand-over ("I'll escalate this to our team") declines as surely as "I don't know"; "to escalate a
+# ticket, open ..." is a help-desk answer and does not match.
+_HANDOVER = re.compile(r"\b(?:i(?:'ll| will| can|'m going to| am going to)|let me|we(?:'ll| will| can)) "
+                       r"(?:escalate|hand (?:this|it|you) (?:over|off)|pass (?:this|it) on|connect you (?:to|with))\b")
+
 
 def refusal_in(sentence: str) -> str | None:
     folded = fold(sentence)
@@ -44,12 +49,6 @@ def refusal_in(sentence: str) -> str | None:
             if pivot is None or _ESCALATION_OFFER.search(folded, pivot.end()):
                 return label
     return None
-
-
-# A first-person hand-over ("I'll escalate this to our team") declines as surely as "I don't know"; "to escalate a
-# ticket, open ..." is a help-desk answer and does not match.
-_HANDOVER = re.compile(r"\b(?:i(?:'ll| will| can|'m going to| am going to)|let me|we(?:'ll| will| can)) "
-                       r"(?:escalate|hand (?:this|it|you) (?:over|off)|pass (?:this|it) on|connect you (?:to|with))\b")
 
 
 def first_refusal(answer: str) -> tuple[int, str, str] | None:
