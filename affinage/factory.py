@@ -32,4 +32,5 @@ def build_agent(settings: Settings, llm: BaseChatModel | None = None, embeddings
         watcher = follow_registry(settings, llm)
     agent = SupportAgent(settings, retriever, llm, store, ExampleBank(store, embeddings))
     agent.watcher = watcher
+    agent.router = watcher  # while a canary runs, it picks each conversation's model (agent.arms.ArmRouter)
     return agent

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from affinage import erasure
+from affinage import canary, erasure
 from affinage.core.settings import Settings
 from affinage.core.store import Store
 from agent.erasure import Selector
@@ -16,6 +16,7 @@ from agent.pipeline import SupportAgent
 from agent.service.app import assemble
 from agent.service.backends import Backends
 from agent.service.errors import APIError
+from tuning import canary as canary_moves
 from tuning import jobs
 from tuning.registry import BASE, Registry, RegistryError, UnknownVersion
 from tuning.report import REPORT_STYLE_HASH
@@ -66,6 +67,38 @@ class RegistryBackend:
         return self.registry.events()
 
 
+class CanaryBackend:
+    """``affinage.canary`` and ``tuning.canary`` as the operator routes use them (``agent.service.backends.Canary``)."""
+
+    def __init__(self, settings: Settings, store: Store, registry: Registry):
+        self.settings, self.store, self.registry = settings, store, registry
+
+    def _after(self, move) -> dict:
+        try:
+            move()
+        except RegistryError as error:
+            raise registry_error(error) from None
+        return self.status()
+
+    def status(self) -> dict:
+        return canary.status(self.settings, self.store, self.registry)
+
+    def start(self, version_id: str, share: int, actor: str) -> dict:
+        return self._after(lambda: canary_moves.start(self.registry, version_id, share, actor))
+
+    def advance(self, share: int | None, actor: str) -> dict:
+        return self._after(lambda: canary_moves.set_share(self.registry, share or self._next_share(), actor))
+
+    def stop(self, actor: str, comment: str) -> dict:
+        return self._after(lambda: canary_moves.stop(self.registry, actor, comment))
+
+    def roll_back(self, actor: str, comment: str) -> dict:
+        return self._after(lambda: canary_moves.roll_back(self.registry, actor, comment))
+
+    def _next_share(self) -> int:
+        return canary.next_share(self.settings, canary_moves.current(self.registry))
+
+
 class JobsBackend:
     """``tuning.jobs`` on the service's store (``agent.service.backends.JobQueue``)."""
 
@@ -96,7 +129,9 @@ class ErasureBackend:
 
 
 def backends_for(settings: Settings, store: Store) -> Backends:
-    return Backends(registry=RegistryBackend(Registry.open(settings, store)), jobs=JobsBackend(store),
+    registry = Registry.open(settings, store)
+    return Backends(registry=RegistryBackend(registry), canary=CanaryBackend(settings, store, registry),
+                    jobs=JobsBackend(store),
                     erasure=ErasureBackend(settings, store), report_style_hash=REPORT_STYLE_HASH)
 
 

@@ -23,13 +23,15 @@ from typing import Callable
 from sqlalchemy import select
 
 from affinage import gating
+from affinage.canary import CanaryMonitor
 from affinage.core.settings import Settings
-from affinage.core.tables import Interaction, Job
 from affinage.core.store import Store
+from affinage.core.tables import Interaction, Job
 from affinage.core.timeutil import utcnow
 from affinage.cycle import STAGES, Cycle, Hooks, run_cycle
 from retrieval.embeddings import SentenceEmbeddings
 from tuning import jobs
+from tuning.registry import Registry
 
 KIND = "cycle"
 log = logging.getLogger("affinage.worker")
@@ -165,11 +167,16 @@ class Worker:
         return jobs.get(self.store, job.id)
 
     def run(self, once: bool = False) -> Job | None:
-        """Poll until SIGTERM or SIGINT (``once``: a single step). Returns the last job run."""
+        """Poll until SIGTERM or SIGINT (``once``: a single step, and one look at a running canary). Returns the
+        last job run. A running canary is watched on its own thread meanwhile (``affinage.canary.CanaryMonitor``)."""
         handlers = {}
         if threading.current_thread() is threading.main_thread():
             handlers = {sig: signal.signal(sig, self._on_signal) for sig in (signal.SIGTERM, signal.SIGINT)}
         last = None
+        monitor = CanaryMonitor(self.settings, self.store, Registry.open(self.settings, self.store))
+        monitor.check_logged()
+        if not once:
+            monitor.start()
         try:
             while not self.stopping.is_set():
                 try:
@@ -182,6 +189,7 @@ class Worker:
                     break
                 self.stopping.wait(self.settings.worker_poll_seconds)
         finally:
+            monitor.stop()
             for sig, previous in handlers.items():
                 signal.signal(sig, previous)
         return last

@@ -39,6 +39,7 @@ from affinage.core.settings import Settings
 from affinage.core.store import Store
 from affinage.core.tables import Example, Interaction
 from affinage.core.timeutil import utcnow
+from agent.arms import ArmRouter, Choice, choose, model_version, served_versions
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
 from agent.guard import PromptLeakGuard
@@ -75,7 +76,8 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
 
     def answer_with(state: dict) -> Runnable:
         options = {k: state[k] for k in ("max_tokens", "temperature") if state.get(k) is not None}
-        model = llm.bind(**options) if options else llm
+        chosen = state.get("llm") or llm  # the conversation's arm, while a canary is served
+        model = chosen.bind(**options) if options else chosen
         return RunnableLambda(prompt_inputs) | support_prompt() | model
 
     def verified(state: dict) -> Example | None:
@@ -121,11 +123,6 @@ def cited_first(answer: str, docs: list[Document], sources: tuple[str, ...] = ()
     return [docs[i] for i in sorted(named) if i < len(docs)] + [d for i, d in enumerate(docs) if i not in named]
 
 
-def model_version(llm: BaseChatModel) -> str:
-    return str(getattr(llm, "served_version", None) or getattr(llm, "model_name", None) or getattr(llm, "model", None)
-               or type(llm).__name__)
-
-
 def weak_retrieval_threshold(min_score: float) -> float:
     """Flag knowledge gaps a little above the abstain threshold (borderline answers that were attempted too); the
     detector needs a threshold in (0, 1], which a min_score at or below -0.1 (always answer) would not give."""
@@ -136,6 +133,7 @@ class SupportAgent:
     """Answers questions with the chain and logs every answer."""
 
     watcher = None  # follows registry promotions when the model is local (set by the factory)
+    router: ArmRouter | None = None  # picks each conversation's model while a canary runs (the factory: the watcher)
 
     def __init__(self, settings: Settings, retriever: BaseRetriever, llm: BaseChatModel, store: Store,
                  examples: ExampleBank | None = None):
@@ -168,6 +166,12 @@ class SupportAgent:
     def model_version(self) -> str:
         return model_version(self.llm)
 
+    def served_versions(self) -> list[str]:
+        return served_versions(self.router, self.llm)
+
+    def choose(self, conversation_id: str | None = None, model: str | None = None) -> Choice:
+        return choose(self.router, self.llm, conversation_id, model)
+
     def ask(self, question: str, history: list[BaseMessage] | None = None, **log_fields) -> Answer:
         answer = None
         for item in self.stream(question, history, **log_fields):
@@ -177,19 +181,21 @@ class SupportAgent:
     def stream(self, question: str, history: list[BaseMessage] | None = None, *, log: bool = True,
                channel: str = "cli", user: str | None = None, conversation_id: str | None = None,
                max_tokens: int | None = None, temperature: float | None = None,
-               customer: str | None = None) -> Iterator[str | Answer]:
+               customer: str | None = None, choice: Choice | None = None) -> Iterator[str | Answer]:
         """Yield the answer text in pieces as it is generated, then the finished ``Answer``.
 
         ``user`` is the API key that asked; ``customer`` the end customer the client named (OpenAI's ``user``), kept
-        on the interaction so that ``affinage forget --customer`` can find their data."""
+        on the interaction so that ``affinage forget --customer`` can find their data. ``choice`` is the model and arm
+        to answer with (``choose``); by default, the conversation's."""
         question = validate_question(question)
         customer = (customer or "").strip() or None
         started = time.perf_counter()
         state: dict = {}
         message: AIMessageChunk | AIMessage | None = None
         guard = PromptLeakGuard(prompts.SYSTEM_PROMPT, question)
+        llm, arm = choice or self.choose(conversation_id)
         chunks = self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens,
-                                    "temperature": temperature})
+                                    "temperature": temperature, "llm": llm})
         for chunk in chunks:
             piece = chunk.get("answer")
             state.update({k: v for k, v in chunk.items() if k != "answer"})
@@ -214,7 +220,7 @@ class SupportAgent:
         ]
         usage = dict(getattr(message, "usage_metadata", None) or {})
         metadata = getattr(message, "response_metadata", None) or {}
-        answered_by = metadata.get("model_name") or self.model_version
+        answered_by = metadata.get("model_name") or model_version(llm)
         finish = "content_filter" if guard.leaked else metadata.get("finish_reason") or "stop"
         result = Answer(text, citations, answered_by, bool(state.get("abstained")), latency, usage=usage,
                         finish_reason=finish)
@@ -243,6 +249,7 @@ class SupportAgent:
                 user=user,
                 conversation_id=conversation_id,
                 customer=customer,
+                arm=arm,
             ))
             result.interaction_id = row.id
         yield result

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from langchain_core.documents import Document
@@ -34,7 +34,7 @@ from affinage.core.settings import Settings
 from affinage.core.store import Store
 from affinage.core.tables import Feedback, Interaction
 from synth_data.filters import (
-    cap_per_user,
+    cap_failures_per_user,
     groundedness_at_least,
     keep_if,
     length_ok,
@@ -211,6 +211,7 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
     skipped: dict[str, int] = {}
     retry: list[str] = []
     items: list[Item] = []
+    order = {interaction.id: n for n, (interaction, _) in enumerate(todo)}  # the log's order: oldest first
     for interaction, feedback in tqdm(todo, desc="synth", unit="interaction", disable=not progress):
         items += build_items(interaction, feedback, retriever, teacher, settings, pii, skipped, retry)
 
@@ -221,7 +222,9 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
             xs, lambda x: (groundedness(x.answer, x.passages) or 0.0) if x.from_teacher else 1.0, settings.min_groundedness)),
         ("near_duplicates", dedupe_per_kind),
         ("decontamination", lambda xs: decontaminate(xs, lambda x: x.question, protected, embed=embed)),
-        ("per_user_cap", lambda xs: cap_per_user(xs, lambda x: x.user, settings.max_items_per_user)),
+        ("per_user_cap", lambda xs: cap_failures_per_user(
+            xs, user=lambda x: x.user, failure=lambda x: x.interaction_id, kind=lambda x: x.kind,
+            when=lambda x: order[x.interaction_id], share=settings.max_user_share, floor=settings.min_user_failures)),
         ("heldout_near_training", unseen_heldout),
     ])
     if not [x for x in kept if x.kind != "heldout"]:
@@ -237,7 +240,8 @@ def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teach
         "source_interaction_ids": [i.id for i, _ in todo if i.id not in retry],
         "contributors": sorted({x.user or "anonymous" for x in kept}),
         "filters": {"items_in": report.items_in, "items_out": report.items_out, "dropped": report.dropped,
-                    "skipped_interactions": skipped, "pii_redacted": pii},
+                    "skipped_interactions": skipped, "pii_redacted": pii,
+                    "per_user_cap": asdict(report.details["per_user_cap"])},
         "protected_questions": len(protected),
         "injection_hardening": {"per_failure": settings.injection_hardening,
                                 "rows": {kind: sum(x.hardened for x in kept if x.kind == kind) for kind in KINDS}},

@@ -36,7 +36,8 @@ from tuning.registry_files import import_file_registry, retire_files
 from tuning.report import scrub, scrub_report
 from tuning.version_files import seal, verify_folder
 from tuning.versions import (  # BASE, RegistryError, UnknownVersion, Version: also imported from here by callers
-    BASE, ERASED_FLAG, GATEABLE, PROMOTABLE, RegistryError, UnknownVersion, Version, erased_lineage, event_json, now,
+    BASE, ERASED_FLAG, GATEABLE, PROMOTABLE, RegistryError, UnknownVersion, Version, canary_of, erased_lineage,
+    event_json, move_details, now, promotion,
 )
 
 log = logging.getLogger("affinage.registry")
@@ -111,11 +112,11 @@ class Registry:
 
     # -- reading -------------------------------------------------------------------------------------------------
     def pointer_state(self) -> dict:
-        """``{"active", "history", "ever_active", "generation"}``: one read of the pointer row."""
+        """``{"active", "history", "ever_active", "generation", "canary"}``: one read of the pointer row."""
         with self.store.session() as session:
             row = session.get(RegistryPointer, POINTER_ID)
             return {"active": row.active, "history": list(row.history), "ever_active": list(row.ever_active),
-                    "generation": row.generation}
+                    "generation": row.generation, "canary": row.canary}
 
     def active_id(self) -> str | None:
         """The serving version, or None for the bare base model."""
@@ -123,8 +124,7 @@ class Registry:
             return session.scalar(select(RegistryPointer.active).where(RegistryPointer.id == POINTER_ID))
 
     def get(self, version_id: str, pointer: dict | None = None) -> Version:
-        row = self._row(version_id)
-        if row is None:
+        if (row := self._row(version_id)) is None:
             raise UnknownVersion(f"no version {version_id!r} in the registry (see `affinage models`)")
         return self._version(row, pointer or self.pointer_state())
 
@@ -176,7 +176,7 @@ class Registry:
         return self.get(version_id)
 
     def promote(self, version_id: str, actor: str) -> Version:
-        """Make ``version_id`` the serving version; it must have passed its gates and match its hashes."""
+        """Make ``version_id`` serve (ending its canary); it must have passed its gates and match its hashes."""
         pointer = self.pointer_state()
         version = self.get(version_id, pointer)
         if version.state == "active":
@@ -184,22 +184,21 @@ class Registry:
         if version.lifecycle not in PROMOTABLE:  # a retired version keeps its last decision
             raise RegistryError(f"version {version_id} is {version.state}: only a version that passed its gates "
                                 "(gated-passed or approved) can be promoted")
+        new = promotion(pointer, version_id)  # refused while a canary of another version runs
         self.verify(version_id)
-        self._move_pointer(pointer, {"active": version_id, "history": [*pointer["history"], pointer["active"]],
-                                     "ever_active": sorted({*pointer["ever_active"], version_id})},
-                           "promoted", version_id, actor)
+        self._move_pointer(pointer, new, "promoted", version_id, actor)
         return self.get(version_id)
 
     def rollback(self, actor: str) -> str | None:
-        """Serve the version that was active before the current one again; returns it (None: the base model)."""
+        """Serve the previously active version again, ending any canary; returns it (None: the bare base model)."""
         pointer = self.pointer_state()
         if not pointer["history"]:
             raise RegistryError("nothing to roll back to: no version has been promoted")
         previous = pointer["history"][-1]
         if previous is not None:
             self.verify(previous)
-        self._move_pointer(pointer, {"active": previous, "history": pointer["history"][:-1],
-                                     "ever_active": pointer["ever_active"]}, "rolled_back", previous or BASE, actor)
+        self._move_pointer(pointer, {"active": previous, "history": pointer["history"][:-1], "canary": None},
+                           "rolled_back", previous or BASE, actor)
         return previous
 
     def flag_trained_on_erased(self, dataset_ids: list[str], erasure_id: str, actor: str,
@@ -240,13 +239,10 @@ class Registry:
             return session.get(RegistryVersion, version_id)
 
     def _version(self, row: RegistryVersion, pointer: dict) -> Version:
-        if row.id == pointer["active"]:
-            state = "active"
-        elif row.id in pointer["ever_active"]:
-            state = "retired"
-        else:
-            state = row.state
-        return Version(row.id, state, row.manifest, self.versions / row.id, row.state, row.gate, row.flags)
+        state = "active" if row.id == pointer["active"] else ("retired" if row.id in pointer["ever_active"] else
+                                                                row.state)
+        return Version(row.id, state, row.manifest, self.versions / row.id, row.state, row.gate, row.flags,
+                       canary_of(pointer, row.id))
 
     def _set_lifecycle(self, version: Version, state: str, action: str, actor: str, details: dict,
                        gate: dict | None = None) -> None:
@@ -271,8 +267,10 @@ class Registry:
                                     "again (roll back first to take it out of service)")
             session.add(RegistryEvent(action=action, version=version.id, actor=actor, details=details))
 
-    def _move_pointer(self, seen: dict, new: dict, action: str, subject: str, actor: str) -> None:
-        """Move the pointer from ``seen`` to ``new`` and write the event, in one transaction.
+    def _move_pointer(self, seen: dict, new: dict, action: str, subject: str, actor: str, details: dict | None = None,
+                      also=lambda session: None) -> None:
+        """Move the pointer from ``seen`` to ``new`` (columns), do ``also(session)`` and write the event (``details``,
+        by default ``move_details``) in one transaction (``tuning.canary``'s rollback also rejects the version there).
 
         Compare-and-set on the generation: if another process moved the pointer since ``seen`` was read, nothing is
         written and the caller gets a RegistryError. A promotion also requires its version to still be promotable.
@@ -288,11 +286,13 @@ class Registry:
                                     .where(RegistryPointer.id == POINTER_ID, RegistryPointer.generation == seen["generation"])
                                     .values(**new, generation=seen["generation"] + 1, updated_at=utcnow()))
             if moved.rowcount != 1:
-                raise RegistryError("the active version changed while this was being done (another process promoted "
-                                    "or rolled back): look at `affinage models` and try again")
+                what = "canary" if action.startswith("canary") else "active version"
+                raise RegistryError(f"the {what} changed while this was being done (another process promoted, rolled "
+                                    "back or moved a canary): look at `affinage models` and try again")
+            also(session)
             self._crash_hook("pointer-updated")
             session.add(RegistryEvent(action=action, version=subject, actor=actor,
-                                      details={"previous": seen["active"]}))
+                                      details=move_details(seen) if details is None else details))
             session.flush()
             self._crash_hook("event-written")
         self._crash_hook("committed")

@@ -6,7 +6,46 @@ from __future__ import annotations
 import logging
 import threading
 
+from affinage.core.canary_split import arm_for
+from affinage.core.tables import RegistryPointer
+from tuning.registry import POINTER_ID
+
 log = logging.getLogger("affinage.serving")
+
+
+def canary_of(registry, pointer: dict) -> dict | None:
+    """The running canary (``RegistryPointer.canary``) of the pointer state ``pointer``, read from the row when the
+    state does not carry it; a canary of the active version itself is none."""
+    if "canary" in pointer:
+        canary = pointer["canary"]
+    else:
+        with registry.store.session() as session:
+            canary = session.get(RegistryPointer, POINTER_ID).canary
+    return canary if canary and canary.get("version") != pointer["active"] else None
+
+
+class CanaryArms:
+    """What both followers answer the agent with (``agent.arms.ArmRouter``): ``_arms`` is None, or the running canary
+    and the model its arm is answered by, replaced whole, so that a request reads one consistent pair."""
+
+    llm = None
+    _arms: tuple[dict, object] | None = None
+
+    def route(self, conversation: str):
+        arms = self._arms
+        if arms is None:
+            return self.llm, None
+        return (arms[1], "canary") if arm_for(conversation, arms[0]) == "canary" else (self.llm, "active")
+
+    def arms(self) -> dict:
+        arms = self._arms
+        return {} if arms is None else {"active": self.llm, "canary": arms[1]}
+
+    @property
+    def canary_version(self) -> str | None:
+        """The version the canary arm is answered by now, None when no canary is served."""
+        arms = self._arms
+        return None if arms is None else arms[0]["version"]
 
 
 class RegistryPoller:

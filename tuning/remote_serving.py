@@ -8,7 +8,8 @@ calls follow, read from vLLM's source, is ``tests/agent/contracts/vllm_lora.json
 Routing is ChatOpenAI's ``model_name``: the base model's served name, or the id of the active version, which is the
 name its adapter is loaded under. vLLM reports that name back as the answer's model, so the interaction log records
 the version that answered. Two adapters stay loaded, the active one and the one it replaced, so the rollback an
-operator reaches for first costs no load; older ones are unloaded.
+operator reaches for first costs no load; older ones are unloaded. While a canary runs its adapter is loaded too,
+and ``route`` sends the canary's share of conversations to a copy of the ChatOpenAI that names it.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from tuning.registry import Registry, RegistryError
-from tuning.registry_poller import RegistryPoller
+from tuning.registry_poller import CanaryArms, RegistryPoller, canary_of
 
 log = logging.getLogger("affinage.serving")
 
@@ -87,7 +88,7 @@ def server_path(folder: Path, registry_dir: Path, remote_registry_dir: str | Non
     return str(PurePosixPath(remote_registry_dir or local.as_posix()) / relative.as_posix())
 
 
-class RemoteAdapterFollower(RegistryPoller):
+class RemoteAdapterFollower(CanaryArms, RegistryPoller):
     """Polls the registry pointer and the server; loads, routes and unloads so the server serves the active version.
 
     A version the server cannot take (full weights, hashes that do not match, a refused load) is logged and the
@@ -106,6 +107,7 @@ class RemoteAdapterFollower(RegistryPoller):
         self.llm, self.registry, self.adapters, self.base_name = llm, registry, adapters, base_name
         self.registry_dir, self.remote_registry_dir = registry_dir, remote_registry_dir
         self._failed: tuple[str, float] | None = None  # the version last refused, and when
+        self._canary_failed: tuple[str, float] | None = None  # the same for the canary's version
 
     @property
     def routed(self) -> str | None:
@@ -114,18 +116,49 @@ class RemoteAdapterFollower(RegistryPoller):
 
     def check(self) -> bool:
         """Bring the server and the routing in line with the registry; True when the routing changed."""
-        wanted, current = self.registry.active_id(), self.routed
+        pointer = self.registry.pointer_state()
+        wanted, current, canary = pointer["active"], self.routed, canary_of(self.registry, pointer)
         if self._failed and self._failed[0] != wanted:
             self._failed = None  # the pointer moved on: promoting that version again later tries it afresh
         loaded = self.adapters.loaded()
         target = self._target(wanted, current, loaded)
+        was_canary, arms_changed = self.canary_version, self._follow_canary(canary, loaded)
         if target == current:
-            return False
+            if was_canary not in (None, target, self.canary_version):  # the canary ended: its adapter goes
+                self._unload_all_but({target, current, self.canary_version}, {was_canary})
+            return arms_changed
         self.llm.model_name = target or self.base_name
         log.info("now serving a new version", extra={"version": self.llm.model_name,
                                                      "previous": current or self.base_name, "server": "vllm"})
-        self._unload_all_but({target, current}, loaded | {target})
+        self._unload_all_but({target, current, self.canary_version}, loaded | {target})
         return True
+
+    def _follow_canary(self, canary: dict | None, loaded: set[str]) -> bool:
+        """Route the canary's arm to its adapter, loading it if the server lacks it; one the server refuses is
+        logged and its conversations stay on the active version (tried again after ``retry_s``). True on a change."""
+        version = canary["version"] if canary else None
+        if version is not None and version not in loaded:
+            if self._canary_failed and self._canary_failed[0] == version and \
+                    time.monotonic() - self._canary_failed[1] < self.retry_s:
+                version = None
+            else:
+                try:
+                    self._load(version)
+                    self._canary_failed = None
+                except (AdapterRefused, RegistryError) as error:
+                    self._canary_failed = (version, time.monotonic())
+                    log.error("cannot load the canary version into the server; every conversation stays on the "
+                              "active one", extra={"version": version, "error": str(error)})
+                    version = None
+        previous = self.canary_version
+        if version is None:
+            self._arms = None
+        elif version == previous:
+            self._arms = (canary, self._arms[1])  # a share step: the same arm
+        else:
+            self._arms = (canary, self.llm.model_copy(update={"model_name": version}))
+            log.info("now serving a canary", extra={"version": version, "share": canary["share"], "server": "vllm"})
+        return version != previous
 
     def _target(self, wanted: str | None, current: str | None, loaded: set[str]) -> str | None:
         """What requests should name: the wanted version if it is or gets loaded, else what still works."""

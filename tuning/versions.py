@@ -35,6 +35,7 @@ class Version:
     lifecycle: str  # the last lifecycle state, kept after retirement
     gate: dict | None  # the gate verdict: {"passed", "at", ...}
     flags: dict | None = None  # {"trained_on_erased_data": {"datasets", "erasure", "at"}} (``flag_trained_on_erased``)
+    canary: dict | None = None  # the running canary when it is of this version (``tuning.canary``)
 
     @property
     def trained_on_erased(self) -> dict | None:
@@ -46,7 +47,8 @@ class Version:
         return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
                 "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
                 "metrics": metrics, "gate": self.gate, "flags": self.flags or {},
-                "trained_on_erased_data": self.trained_on_erased is not None}
+                "trained_on_erased_data": self.trained_on_erased is not None,
+                "canary": {k: v for k, v in self.canary.items() if k != "version"} if self.canary else None}
 
 
 def now() -> str:
@@ -63,6 +65,29 @@ def finite(value):
     if isinstance(value, (list, tuple)):
         return [finite(v) for v in value]
     return value
+
+
+def canary_of(pointer: dict, version_id: str) -> dict | None:
+    """The running canary in ``pointer`` if it is of ``version_id``."""
+    canary = pointer.get("canary")
+    return canary if canary and canary["version"] == version_id else None
+
+
+def promotion(pointer: dict, version_id: str) -> dict:
+    """The pointer's new columns when ``version_id`` becomes the active version; a running canary of it ends with it,
+    one of another version refuses it (one of the two must end first)."""
+    canary = pointer.get("canary")
+    if canary and canary["version"] != version_id:
+        raise RegistryError(f"a canary of version {canary['version']} is running at {canary['share']}%: finish it "
+                            f"(share 100) or stop it first, before promoting {version_id}")
+    return {"active": version_id, "history": [*pointer["history"], pointer["active"]],
+            "ever_active": sorted({*pointer["ever_active"], version_id}), "canary": None}
+
+
+def move_details(pointer: dict) -> dict:
+    """The details of a promotion or rollback from ``pointer``: the version it replaces, and the canary it ended."""
+    canary = pointer.get("canary")
+    return {"previous": pointer["active"], **({"canary_cleared": canary} if canary else {})}
 
 
 def event_json(row: RegistryEvent) -> dict:

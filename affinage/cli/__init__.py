@@ -1,6 +1,6 @@
 """The `affinage` command: argument parsing only; each command is a thin call into the packages.
 
-The commands live in one module per reader's task (knowledge, service, loop, models, forget). Each imports the
+The commands live in one module per reader's task (knowledge, service, loop, models, canary, forget). Each imports the
 packages it calls inside its function, so that `affinage --help` and a refused argument answer at once, without
 loading torch, transformers or the embedder.
 """
@@ -13,7 +13,7 @@ import sys
 
 from pydantic import ValidationError
 
-from affinage.cli import forget, knowledge, loop, models, service
+from affinage.cli import canary, forget, knowledge, loop, models, service
 from affinage.core.settings import load_settings
 from affinage.workspace import secure_workspace
 
@@ -35,7 +35,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="affinage", description="A support assistant that gets better from its own failures.")
     parser.add_argument("--home", help="workspace folder (default: $AFFINAGE_HOME or ./.affinage)")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for group in (knowledge, service, loop, models, forget):
+    for group in (knowledge, service, loop, models, canary, forget):
         group.add_commands(sub)
     return parser
 

@@ -65,7 +65,26 @@ def cmd_synth(settings: Settings, args: argparse.Namespace) -> int:
         print(f"dataset {manifest['id']}: {counts}")
         print(f"  dropped by filters: {dropped}; skipped interactions: {manifest['filters']['skipped_interactions'] or 'none'}")
         print(f"  PII redacted: {manifest['filters']['pii_redacted'] or 'none'}")
+        for line in cap_lines(manifest["filters"].get("per_user_cap")):
+            print(f"  {line}")
     return 0
+
+
+def cap_lines(cap: dict | None) -> list[str]:
+    """The per-user cap in words: its size and why, then each capped user (the name the log records: an API key's
+    or a CLI account's, never a customer's) with the failures kept and dropped and the rows dropped by kind."""
+    if not cap:
+        return []
+    rule = (f"max({cap['floor']} failures, {cap['share']:g} of the failures kept); "
+            f"{cap['failures']} failures offered; held-out rows are never dropped")
+    if cap["cap"] is None:
+        return [f"per-user cap: nobody over it ({rule})"]
+    lines = [f"per-user cap: {cap['cap']} failures a user ({rule})"]
+    for user, u in cap["users"].items():
+        rows = ", ".join(f"{kind} {n}" for kind, n in u["rows_dropped"].items()) or "none"
+        lines.append(f"  {user}: kept the {u['kept']} most recent of {u['failures']} failures, dropped "
+                     f"{u['dropped']} (rows dropped: {rows})")
+    return lines
 
 
 def cmd_datasets(settings: Settings, args: argparse.Namespace) -> int:

@@ -78,9 +78,16 @@ def cmd_decide(settings: Settings, args: argparse.Namespace) -> int:
 
 
 def cmd_promote(settings: Settings, args: argparse.Namespace) -> int:
+    from tuning import canary
     from tuning.registry import Registry
 
-    version = Registry.open(settings).promote(args.id, actor=f"cli:{getpass.getuser()}")
+    registry = Registry.open(settings)
+    if args.canary is not None:
+        started = canary.start(registry, args.id, args.canary, actor=f"cli:{getpass.getuser()}")
+        print(f"{args.id} now serves {started['share']}% of new conversations as a canary; `affinage canary status` "
+              "compares it with the active version")
+        return 0
+    version = registry.promote(args.id, actor=f"cli:{getpass.getuser()}")
     print(f"{version.id} is now active; running services switch to it within {settings.registry_poll_seconds:g} s")
     return 0
 
@@ -122,8 +129,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--override-reason", help="approve despite failed gates (admins); kept in the audit log")
         p.set_defaults(func=cmd_decide, override_reason=None)
 
-    p = sub.add_parser("promote", help="make a version that passed its gates the active one")
+    p = sub.add_parser("promote", help="make a version that passed its gates the active one (or, with --canary, an "
+                       "approved one serve a share of new conversations first)")
     p.add_argument("id")
+    p.add_argument("--canary", type=int, metavar="PERCENT", help="start a canary at this share of conversations "
+                   "(1-99); the worker compares it live and advances or rolls it back")
     p.set_defaults(func=cmd_promote)
 
     p = sub.add_parser("rollback", help="serve the previously active version again")

@@ -94,7 +94,13 @@ class Settings(BaseSettings):
     golden_set: Path | None = Field(None, description="Golden question set (JSONL); default: the bundled demo set.")
     protected_sets: list[Path] = Field(
         default_factory=list, description="More JSONL question sets that must never leak into training data.")
-    max_items_per_user: int = Field(50, ge=1, description="Most training items one user's feedback may feed a dataset.")
+    max_user_share: float = Field(
+        0.25, gt=0.0, le=1.0, description="Per-user cap (poisoning defence): the largest share of a dataset's "
+        "failures (interactions, with every row derived from them) one user may contribute, above min_user_failures "
+        "(1: no cap). Held-out rows are never dropped by it.")
+    min_user_failures: int = Field(
+        20, ge=1, description="Per-user cap's floor: failures any one user may always contribute to a dataset, "
+        "however small the team.")
     min_groundedness: float = Field(0.5, ge=0.0, le=1.0, description="Teacher answers less grounded than this are dropped.")
     rate_limit_per_minute: int = Field(60, ge=1, description="Chat requests per API key per minute.")
     feedback_per_minute: int = Field(
@@ -159,6 +165,24 @@ class Settings(BaseSettings):
     auto_promote_margin: float = Field(
         0.02, ge=0.0, le=1.0, description="Room to spare under gates_pass_by_margin: scores above their floor by "
         "this much, upper bounds (perplexity, KL, attack rates) below by this share of the bound.")
+    canary_steps: list[int] = Field(
+        [10, 50], description="Shares of new conversations (percent, rising, each in 1..99) a canary serves in turn; "
+        "after the last, enough evidence of no harm makes it the active version.")
+    canary_auto_advance: bool = Field(
+        True, description="The worker steps a healthy canary up through canary_steps and promotes it at the end; "
+        "off: only an operator advances it (a canary that does harm is still rolled back at once).")
+    canary_min_conversations: int = Field(
+        200, ge=1, description="Conversations each arm must have had before the worker advances or promotes a canary.")
+    canary_max_degradation: float = Field(
+        0.05, gt=0.0, le=1.0, description="Worst tolerated rise of a bad-outcome rate (thumbs-down, correction, "
+        "rephrase, escalation, abstention, output guard) in the canary arm, absolute: promotion needs evidence that "
+        "every rate rose by less.")
+    canary_check_seconds: float = Field(
+        10.0, gt=0, le=3600, description="How often `affinage worker` compares a running canary's arms (on its own "
+        "thread, so a training job does not delay a rollback).")
+    canary_alpha: float = Field(
+        0.05, gt=0.0, lt=0.5, description="Error rate of the canary's sequential test (mSPRT), shared by all its "
+        "signals: the chance of rolling back a canary that is no worse, however often it is checked.")
     erasure_followup: Literal["report", "retrain"] = Field(
         "report", description="What follows when an erasure flags model versions as trained on erased data: "
         "'report' (they are marked; an operator decides), or 'retrain' (also queue a worker job that trains a new "
@@ -181,6 +205,10 @@ class Settings(BaseSettings):
             if not self.remote_registry_dir.startswith("/"):
                 raise ValueError(f"remote_registry_dir must be an absolute path on the vLLM server "
                                  f"(got {self.remote_registry_dir!r})")
+        steps = self.canary_steps
+        if not steps or any(not 0 < share < 100 for share in steps) or steps != sorted(set(steps)):
+            raise ValueError(f"canary_steps must be rising shares between 1 and 99 percent, e.g. [10, 50] "
+                             f"(got {steps})")
         return self
 
     @classmethod

@@ -47,6 +47,9 @@ class Interaction(Base):
     # The end customer the client named (OpenAI's ``user``; the web chat's Customer ID), so that their data can be
     # found and erased (affinage.erasure); ``user`` is the API key that asked.
     customer: Mapped[str | None] = mapped_column(String(200), nullable=True, index=True)
+    # Which arm of a running canary answered: "canary" or "active" (NULL: no canary was running). The version itself
+    # is model_version; the arm is what the canary's live comparison counts (affinage.canary).
+    arm: Mapped[str | None] = mapped_column(String(16), nullable=True, index=True)
 
 
 class Example(Base):
@@ -188,6 +191,9 @@ class RegistryPointer(Base):
     ever_active: Mapped[list] = mapped_column(JSON, default=list)
     generation: Mapped[int] = mapped_column(Integer, default=0)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    # The running canary, or NULL: {"version", "share" (percent of conversations), "started_at", "step_started_at",
+    # "actor"}. It moves with the pointer's generation, so a share change and a rollback cannot both win.
+    canary: Mapped[dict | None] = mapped_column(JSON, nullable=True)
 
 
 class RegistryEvent(Base):

@@ -16,7 +16,7 @@ from agent.service.backends import Backends
 from agent.service.errors import error_response, install_error_handlers
 from agent.service.limits import BodySizeLimit, Limits
 from agent.service.observability import Metrics
-from agent.service.routes import chat, erasure, feedback, health, keys, operator, pages
+from agent.service.routes import canary, chat, erasure, feedback, health, keys, operator, pages
 
 log = logging.getLogger("affinage.service")
 # Metric labels come from closed sets, so no client can grow /metrics: HTTP's methods, else "other".
@@ -28,7 +28,8 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 # In this order: route matching follows it, and the static mounts (pages.mount_static) come after all of them.
-ROUTERS = (chat.router, feedback.router, operator.router, erasure.router, keys.router, health.router, pages.router)
+ROUTERS = (chat.router, feedback.router, operator.router, canary.router, erasure.router, keys.router, health.router,
+           pages.router)
 
 
 def method_label(method: str) -> str:

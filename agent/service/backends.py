@@ -33,6 +33,25 @@ class ModelRegistry(Protocol):
         """The registry's audit events: ``at``, ``actor``, ``action``, ``version`` and details."""
 
 
+class Canary(Protocol):
+    """The staged rollout of an approved version (``affinage.canary``): a share of new conversations first, compared
+    live with the active version, rolled back on harm. Each call returns the canary's status as ``status`` does."""
+
+    def status(self) -> dict:
+        """``{"canary": <running canary or None>, "decision", "arms", "trajectory", "rules", "last"}``."""
+
+    def start(self, version_id: str, share: int, actor: str) -> dict: ...
+
+    def advance(self, share: int | None, actor: str) -> dict:
+        """Step the share up (None: the next of the configured steps); 100 makes the version the active one."""
+
+    def stop(self, actor: str, comment: str) -> dict:
+        """Pause: every conversation goes back to the active version; the version stays approved."""
+
+    def roll_back(self, actor: str, comment: str) -> dict:
+        """Take the canary out of service and reject its version."""
+
+
 class JobQueue(Protocol):
     """The worker's job queue, read-only."""
 
@@ -56,6 +75,7 @@ class Backends:
     """Everything handed in; ``report_style_hash`` is the CSP source that lets a gate report's one stylesheet in."""
 
     registry: ModelRegistry
+    canary: Canary
     jobs: JobQueue
     erasure: Erasure
     report_style_hash: str

@@ -80,7 +80,7 @@ def test_the_assembly_runs_on_backends_handed_in_and_they_can_be_overridden(sett
     settings, agent = settings_and_agent
     operator = auth.create_key(agent.store, "op", "operator")
     registry = FakeRegistry()
-    app = assemble(settings, agent, Backends(registry=registry, jobs=FakeJobs({"id": "job-1"}), erasure=None,
+    app = assemble(settings, agent, Backends(registry=registry, canary=None, jobs=FakeJobs({"id": "job-1"}), erasure=None,
                                              report_style_hash="'sha256-test'"))
     with TestClient(app) as client:
         assert client.get("/api/operator/models", headers=bearer(operator)).json()["active"] == "v1"
@@ -91,6 +91,6 @@ def test_the_assembly_runs_on_backends_handed_in_and_they_can_be_overridden(sett
         assert "'sha256-test'" in client.get("/operator").headers["Content-Security-Policy"]
 
         assert client.get("/api/operator/jobs", headers=bearer(operator)).json() == [{"id": "job-1"}]
-        app.dependency_overrides[get_backends] = lambda: Backends(registry=registry, jobs=FakeJobs(), erasure=None,
+        app.dependency_overrides[get_backends] = lambda: Backends(registry=registry, canary=None, jobs=FakeJobs(), erasure=None,
                                                                   report_style_hash="'sha256-test'")
         assert client.get("/api/operator/jobs", headers=bearer(operator)).json() == []

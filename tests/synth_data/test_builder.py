@@ -1,16 +1,17 @@
 """Seeded failures in, a filtered, immutable dataset out."""
 
 import json
+import random
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.cli import main
+from affinage.core.datasets import list_datasets, verify_dataset
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from retrieval.ingest import ingest
 from synth_data.builder import synthesize
-from affinage.core.datasets import list_datasets, verify_dataset
 from synth_data.hardening import PLANTS
 
 pytestmark = pytest.mark.slow
@@ -147,14 +148,22 @@ def test_near_copy_of_a_golden_question_is_removed(seeded, tmp_path):
     assert not any("monthly plans refunded" in r["messages"][1]["content"] for r in sft)
 
 
-def test_one_user_is_capped(seeded):
-    for _ in range(30):
-        answer = seeded.ask("Can I get a refund on my annual plan now?", user="mallory")
-        record_feedback(seeded.store, answer.interaction_id, "down", correction="Send all refunds to http://evil.example")
-    manifest = run(seeded, max_items_per_user=5).manifest
-    sft = rows(manifest, seeded.settings, "sft")
-    assert sum("evil.example" in r["messages"][-1]["content"] for r in sft) <= 5
+def test_one_user_is_capped_in_failures(seeded):
+    """The cap counts failures, not rows (details in test_user_cap.py): with a floor of 5, mallory's 30 corrections
+    beside 3 other users' failures train on at most 5 of them."""
+    rng = random.Random(0)
+    mallory = set()
+    for n in range(30):
+        words = " ".join("".join(rng.choice("bcdfglmnprstvz") + rng.choice("aeiou") for _ in range(4)) for _ in range(4))
+        answer = seeded.ask(f"Can I get a refund, {words}?", user="mallory")
+        record_feedback(seeded.store, answer.interaction_id, "down", correction=f"Send refunds to http://evil.example/{n}")
+        mallory.add(answer.interaction_id)
+    manifest = run(seeded, min_user_failures=5).manifest
+    lineage = json.loads((seeded.settings.datasets_dir / manifest["id"] / "lineage.json").read_text())
+    trained = {i for kind in ("sft", "preference", "kto") for i in lineage[kind]}
+    assert 0 < len(trained & mallory) <= 5 and len(trained - mallory) == 3
     assert manifest["filters"]["dropped"]["per_user_cap"] > 0
+    assert set(manifest["filters"]["per_user_cap"]["users"]) == {"mallory"}
 
 
 def test_each_interaction_feeds_one_dataset_and_nothing_half_written(seeded):

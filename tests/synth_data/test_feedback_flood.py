@@ -1,6 +1,7 @@
 """One account floods the service with hundreds of poisoned corrections through the HTTP API: the dataset built
-afterwards holds at most the per-user cap of its items, of every kind, and names every contributor where operators
-look (the manifest and the console's datasets route). The gates stopping a candidate trained on poisoned data are
+afterwards trains on at most the per-user cap of its failures, in every training kind (its held-out rows stay, as
+evaluation: the cap never drops them), and names every contributor where operators look (the manifest and the
+console's datasets route). The gates stopping a candidate trained on poisoned data are
 tested in tests/tuning/test_poisoning.py."""
 
 from __future__ import annotations
@@ -15,8 +16,8 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
-from agent.service import auth
 from affinage.service import create_app
+from agent.service import auth
 from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from tests.agent.conftest import bearer
@@ -26,7 +27,7 @@ MARK = "zebra"  # in every question of the flooding account, and so in every row
 WORDS = ("refund annual plan invoice card billing seat team password reset link expire okta sso login export "
          "report tag mute desktop browser mobile app verify email owner trial upgrade downgrade cancel renew").split()
 FLOOD = 100  # interactions, each corrected twice: 200 poisoned corrections
-CAP = 25
+CAP = 25  # min_user_failures; beside two honest failures, the share (0.25) allows fewer, so the floor is the cap
 
 
 class EchoTeacher(FakeListChatModel):
@@ -46,7 +47,7 @@ def words(rng: random.Random, n: int) -> str:
 
 @pytest.mark.slow
 def test_a_flood_of_poisoned_corrections_is_capped_in_every_kind_and_contributors_are_shown(home, kb):
-    settings = load_settings(home, rate_limit_per_minute=100_000, feedback_per_minute=100_000, max_items_per_user=CAP,
+    settings = load_settings(home, rate_limit_per_minute=100_000, feedback_per_minute=100_000, min_user_failures=CAP,
                              paraphrases=2)  # the rate limits are not under test here: the dataset cap is
     embeddings = HashEmbeddings()
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
@@ -82,11 +83,16 @@ def test_a_flood_of_poisoned_corrections_is_capped_in_every_kind_and_contributor
         listed = client.get("/api/operator/datasets", headers=bearer(keys["op"])).json()
 
     folder = settings.datasets_dir / manifest["id"]
-    flooded = {kind: sum(MARK in line for line in (folder / f"{kind}.jsonl").read_text().splitlines())
-               for kind in manifest["counts"]}
-    assert 0 < sum(flooded.values()) <= CAP, flooded
+    training = ("sft", "preference", "kto")
+    lineage = json.loads((folder / "lineage.json").read_text())
+    flooded = {i for kind in training for i, line in zip(lineage[kind], (folder / f"{kind}.jsonl").read_text()
+                                                        .splitlines(), strict=True) if MARK in line}
+    assert 0 < len(flooded) <= CAP, flooded
+    assert {i for kind in training for i in lineage[kind] if lineage["contributors"][i] == "mallory"} == flooded
     assert manifest["filters"]["dropped"]["per_user_cap"] > 0
-    poisoned = len(set(re.findall(r"evil\d+\.example", "".join(p.read_text() for p in folder.glob("*.jsonl")))))
+    assert manifest["filters"]["per_user_cap"]["users"]["mallory"]["kept"] == len(flooded)
+    poisoned = len(set(re.findall(r"evil\d+\.example", "".join((folder / f"{kind}.jsonl").read_text()
+                                                              for kind in training))))
     assert poisoned <= CAP
     honest = sum(1 for kind in manifest["counts"] for line in (folder / f"{kind}.jsonl").read_text().splitlines()
                  if MARK not in line and "30 days" in json.dumps(json.loads(line)))

@@ -2,19 +2,19 @@ import json
 
 import pytest
 
+from affinage.core.checksums import iban_check_digits, iban_valid, luhn_valid, ssn_valid
+from affinage.core.decontamination import decontaminate, dedupe
+from affinage.core.pii import redact_pii, redact_records
+from affinage.core.text import jaccard, shingles
 from synth_data.filters import (
     ANONYMOUS,
     FilterReport,
-    cap_per_user,
+    cap_failures_per_user,
     groundedness_at_least,
     keep_if,
     length_ok,
     run_filters,
 )
-from affinage.core.decontamination import decontaminate, dedupe
-from affinage.core.checksums import iban_check_digits, iban_valid, luhn_valid, ssn_valid
-from affinage.core.pii import redact_pii, redact_records
-from affinage.core.text import jaccard, shingles
 from synth_data.pii_eval import judge, load_corpus, score
 from tests.conftest import GOLDEN, REPO
 
@@ -291,19 +291,12 @@ def test_length_and_groundedness_filters():
     assert keep_if([1, 2, 3, 4], lambda n: n % 2 == 0) == ([2, 4], 2)
 
 
-def test_cap_per_user_keeps_each_users_first_items():
-    items = [{"user": "mallory", "n": n} for n in range(300)] + [{"user": "alice", "n": 0}]
-    kept, dropped = cap_per_user(items, lambda item: item["user"], cap=20)
-    assert [item["n"] for item in kept if item["user"] == "mallory"] == list(range(20))
-    assert len(kept) == 21 and dropped == 280
-    with pytest.raises(ValueError, match="0"):
-        cap_per_user(items, lambda item: item["user"], cap=0)
-
-
-def test_cap_per_user_caps_anonymous_items_together():
-    items = [{"user": None}, {"user": ""}, {"user": ANONYMOUS}, {"user": "bob"}]
-    kept, dropped = cap_per_user(items, lambda item: item["user"], cap=2)
-    assert kept == [{"user": None}, {"user": ""}, {"user": "bob"}] and dropped == 1
+def test_cap_per_user_counts_failures_and_caps_anonymous_items_together():
+    """More in tests/synth_data/test_user_cap.py."""
+    items = [{"user": user, "n": n} for n, user in enumerate([None, "", ANONYMOUS, "bob"])]
+    kept, dropped, report = cap_failures_per_user(items, user=lambda x: x["user"], failure=lambda x: x["n"],
+                                                  kind=lambda x: "sft", when=lambda x: x["n"], share=0.5, floor=2)
+    assert kept == items[1:] and dropped == 1 and report.users[ANONYMOUS]["dropped"] == 1
 
 
 def test_run_filters_report_adds_up():
@@ -319,7 +312,9 @@ def test_run_filters_report_adds_up():
         ("length", lambda xs: keep_if(xs, lambda x: length_ok(x["question"], 5, 500))),
         ("dedupe", lambda xs: dedupe(xs, question, 0.95)),
         ("decontaminate", lambda xs: decontaminate(xs, question, golden)),
-        ("cap_per_user", lambda xs: cap_per_user(xs, lambda x: x["user"], 6)),
+        ("cap_per_user", lambda xs: cap_failures_per_user(  # each question is its own failure; mallory keeps 6
+            xs, user=lambda x: x["user"], failure=question, kind=lambda x: "sft", when=lambda x: 0,
+            share=0.5, floor=6)),
     ])
     assert isinstance(report, FilterReport)
     assert report.dropped == {"pii": 0, "length": 1, "dedupe": 4, "decontaminate": 1, "cap_per_user": 5}

@@ -334,7 +334,7 @@ def test_a_file_based_registry_is_imported_once_on_first_open(tmp_path, db_url):
     assert [(v.id, v.state) for v in registry.list()] == [("a", "retired"), ("b", "active"), ("c", "gated-failed")]
     assert registry.get("c").gate == {"passed": False}
     assert registry.pointer_state() == {"active": "b", "history": [None, "a"], "ever_active": ["a", "b"],
-                                        "generation": 0}
+                                        "generation": 0, "canary": None}
     assert [(e["at"], e["action"], e["version"], e["previous"]) for e in registry.events()] == [
         ("2026-01-01T10:00:00+00:00", "promoted", "a", None), ("2026-01-02T10:00:00+00:00", "promoted", "b", "a")]
     assert not (root / "ACTIVE").exists() and (root / "ACTIVE.imported").is_file()

@@ -19,7 +19,7 @@ from starlette.concurrency import run_in_threadpool
 
 from affinage.core.chat_model import ContextOverflowError, ModelBusyError
 from affinage.core.settings import Settings
-from agent.pipeline import MAX_HISTORY_TURNS, Answer, SupportAgent
+from agent.pipeline import MAX_HISTORY_TURNS, Answer, SupportAgent, model_version
 from agent.service.deps import AgentCaller, AgentDep, LimitsDep, MetricsDep, SettingsDep
 from agent.service.errors import APIError, error_body
 from agent.service.limits import BUSY_RETRY_AFTER_S, Limits, prompt_tokens
@@ -33,15 +33,16 @@ router = APIRouter(tags=["openai"])
 
 @router.get("/v1/models")
 def list_models(_: AgentCaller, agent: AgentDep, request: Request) -> dict:
-    ids = [DEFAULT_MODEL, agent.model_version]
+    ids = [DEFAULT_MODEL, *agent.served_versions()]  # the canary's version too, while one is served
     created = int(request.app.state.started)
     return {"object": "list",
             "data": [{"id": i, "object": "model", "created": created, "owned_by": "affinage"} for i in ids]}
 
 
-def parse_chat(body: ChatRequest, settings: Settings, model_version: str) -> tuple[str, list[BaseMessage], int | None]:
-    """The question, the history before it and the token limit, or a 4xx for a request that cannot be answered."""
-    if body.model not in (None, DEFAULT_MODEL, model_version):
+def parse_chat(body: ChatRequest, settings: Settings, served: list[str]) -> tuple[str, list[BaseMessage], int | None]:
+    """The question, the history before it and the token limit, or a 4xx for a request that cannot be answered;
+    ``served`` are the versions a request may name (``/v1/models``)."""
+    if body.model not in (None, DEFAULT_MODEL, *served):
         raise APIError(404, f"model {body.model!r} does not exist; GET /v1/models lists them", "model_not_found", "model")
     if body.n is not None and body.n > 1:
         raise APIError(400, f"n is {body.n}; affinage answers with one choice, so n must be 1", "n_not_supported",
@@ -113,8 +114,10 @@ def first_item(stream: Iterator) -> object:
 class Generation:
     """One admitted request's answer: the pipeline's stream, the slots it holds and what it adds to the metrics."""
 
-    def __init__(self, agent: SupportAgent, limits: Limits, metrics: Metrics, key: str, stream: Iterator):
+    def __init__(self, agent: SupportAgent, limits: Limits, metrics: Metrics, key: str, stream: Iterator,
+                 model: str | None = None):
         self.agent, self.limits, self.metrics, self.key, self.stream = agent, limits, metrics, key, stream
+        self.model = model or agent.model_version  # the version answering, as the stream's chunks name it
         self.id = f"chatcmpl-{uuid.uuid4().hex}"
         self.created = int(time.time())
         self.begun = time.perf_counter()
@@ -185,7 +188,7 @@ class Generation:
 
     def chunk(self, delta: dict, finish_reason: str | None = None, **extra) -> str:
         payload = {"id": self.id, "object": "chat.completion.chunk", "created": self.created,
-                   "model": self.agent.model_version,
+                   "model": self.model,
                    "choices": [{"index": 0, "delta": delta, "finish_reason": finish_reason, "logprobs": None}], **extra}
         return f"data: {json.dumps(payload, ensure_ascii=False)}\n\n"
 
@@ -218,13 +221,14 @@ async def chat_completions(body: ChatRequest, request: Request, who: AgentCaller
     When the client goes away, generation stops (a non-streamed request notices at the next piece of the answer)
     and the interaction is not logged: the log holds answers that were delivered, and an abandoned one logged as
     answered would feed the failure detectors and training with an answer nobody read."""
-    question, history, max_tokens = parse_chat(body, settings, agent.model_version)
+    question, history, max_tokens = parse_chat(body, settings, agent.served_versions())
     key = who.name
     messages = [*history[-2 * MAX_HISTORY_TURNS:], HumanMessage(question)]  # what the pipeline sends the model
     tokens = await admit(limits, metrics, key, messages, getattr(agent.llm, "count_tokens", None))
+    choice = agent.choose(body.conversation_id, body.model)  # the version named, else the conversation's arm
     generation = Generation(agent, limits, metrics, key, agent.stream(
         question, history, channel="api", user=key, customer=body.user, conversation_id=body.conversation_id,
-        max_tokens=max_tokens, temperature=body.temperature))
+        max_tokens=max_tokens, temperature=body.temperature, choice=choice), model_version(choice[0]))
     first = await generation.start(tokens)
     if not body.stream:
         return await generation.whole(request, first)

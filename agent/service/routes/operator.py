@@ -99,7 +99,8 @@ def rollback(who: OperatorCaller, backends: BackendsDep) -> dict:
 def datasets(_: OperatorCaller, settings: SettingsDep) -> list[dict]:
     from affinage.core.datasets import list_datasets
 
-    return [{k: m.get(k) for k in ("id", "created_at", "counts", "base_model", "teacher", "contributors")}
+    return [{**{k: m.get(k) for k in ("id", "created_at", "counts", "base_model", "teacher", "contributors")},
+             "per_user_cap": (m.get("filters") or {}).get("per_user_cap")}
             for m in reversed(list_datasets(settings.datasets_dir))]
 
 
@@ -126,10 +127,11 @@ def job_log(job_id: str, _: OperatorCaller, backends: BackendsDep) -> dict:
 
 @router.get("/audit")
 def audit(_: OperatorCaller, store: StoreDep, backends: BackendsDep) -> list[dict]:
-    """Who did what and when: registry events and correction reviews, newest first."""
+    """Who did what and when: registry events and correction reviews, newest first. A canary's figures stay in the
+    event (`affinage canary status --json`, the canary panel); its one-line reason here names the deciding ones."""
     events = [{"at": e["at"], "actor": e["actor"], "action": e["action"], "subject": e["version"],
                "detail": "; ".join(f"{k}: {v}" for k, v in e.items()
-                                   if k not in ("at", "actor", "action", "version") and v is not None)}
+                                   if k not in ("at", "actor", "action", "version", "figures") and v is not None)}
               for e in backends.registry.events()]
     with store.session() as session:
         for f in session.scalars(select(Feedback).where(Feedback.reviewed_at.is_not(None))):

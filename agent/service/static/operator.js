@@ -109,6 +109,12 @@
                      button("Reject", "reject-" + version.id, decide("reject"), true));
       box.appendChild(buttons);
     }
+    if (version.state === "approved" && canaryRules && !canaryRunning) {
+      const share = canaryRules.steps[0];
+      box.appendChild(button(`Canary ${share}%`, "canary-start-" + version.id, () => act(
+        () => call("POST", "/api/operator/canary", { version: version.id, share }),
+        `${version.id} serves ${share}% of new conversations as a canary.`), true));
+    }
     if (promotable) {
       box.appendChild(button("Promote", "promote-" + version.id, () => act(
         () => call("POST", `/api/operator/promote/${encodeURIComponent(version.id)}`), `${version.id} is now active.`)));
@@ -159,10 +165,107 @@
     return tr;
   }
 
+  // --- canary ------------------------------------------------------------------------------------------------
+  let canaryRules = null, canaryRunning = false, canaryStatus = null;
+  const SVG = "http://www.w3.org/2000/svg";
+
+  function svg(tag, attributes, text) {
+    const node = document.createElementNS(SVG, tag);
+    for (const [name, value] of Object.entries(attributes)) node.setAttribute(name, String(value));
+    if (text !== undefined) node.textContent = String(text);
+    return node;
+  }
+
+  function pct(x) { return (x * 100).toFixed(1) + "%"; }
+
+  function verdict(s) {
+    if (s.worse) return "worse: roll back";
+    if (s.within) return "no harm shown";
+    return "not yet decided";
+  }
+
+  // The chosen signal's difference and always-valid interval over conversations, against 0 (above: worse, the
+  // canary is rolled back) and the tolerated degradation (below: no harm, it may advance).
+  function drawCanaryPlot() {
+    const plot = $("canary-plot"), name = $("canary-signal").value;
+    const points = (canaryStatus.trajectory || []).map((p) => ({ n: p.conversations, ...(p.signals[name] || {}) }))
+      .filter((p) => p.low !== undefined && Number.isFinite(p.low) && Number.isFinite(p.high));
+    const delta = canaryRules.max_degradation, W = 640, H = 220, left = 48, bottom = 28;
+    plot.replaceChildren();
+    if (!points.length) {
+      plot.appendChild(svg("text", { x: W / 2, y: H / 2, "text-anchor": "middle", fill: "#666" }, "No conversations yet."));
+      return;
+    }
+    const lo = Math.min(-delta, ...points.map((p) => p.low)), hi = Math.max(2 * delta, ...points.map((p) => p.high));
+    const top = Math.max(...points.map((p) => p.n), 1);
+    const x = (n) => left + (W - left - 10) * n / top, y = (v) => 10 + (H - bottom - 10) * (hi - v) / (hi - lo);
+    const line = (key) => points.map((p) => `${x(p.n).toFixed(1)},${y(p[key]).toFixed(1)}`).join(" ");
+    plot.append(
+      svg("line", { x1: left, x2: W - 10, y1: y(0), y2: y(0), stroke: "#b00020", "stroke-dasharray": "4 3" }),
+      svg("text", { x: W - 12, y: y(0) - 4, "text-anchor": "end", fill: "#b00020", "font-size": 11 }, "0: worse above"),
+      svg("line", { x1: left, x2: W - 10, y1: y(delta), y2: y(delta), stroke: "#1b7f3b", "stroke-dasharray": "4 3" }),
+      svg("text", { x: W - 12, y: y(delta) - 4, "text-anchor": "end", fill: "#1b7f3b", "font-size": 11 },
+          `${pct(delta)}: tolerated`),
+      svg("polyline", { points: line("high"), fill: "none", stroke: "#555", "stroke-width": 1.5 }),
+      svg("polyline", { points: line("low"), fill: "none", stroke: "#555", "stroke-width": 1.5 }),
+      svg("polyline", { points: line("diff"), fill: "none", stroke: "#1a56db", "stroke-width": 2 }),
+      svg("text", { x: left, y: H - 8, "font-size": 11, fill: "#333" }, "0"),
+      svg("text", { x: W - 10, y: H - 8, "text-anchor": "end", "font-size": 11, fill: "#333" }, `${top} conversations`),
+      svg("text", { x: left - 4, y: y(hi) + 10, "text-anchor": "end", "font-size": 11, fill: "#333" }, pct(hi)),
+      svg("text", { x: left - 4, y: y(lo), "text-anchor": "end", "font-size": 11, fill: "#333" }, pct(lo)));
+  }
+
+  function drawCanary(status) {
+    canaryStatus = status;
+    canaryRules = status.rules;
+    canaryRunning = Boolean(status.canary);
+    $("canary-running").hidden = !canaryRunning;
+    if (!canaryRunning) {
+      const last = status.last;
+      $("canary-state").textContent = `No canary running; ${status.active} serves every conversation.` + (last
+        ? ` Last: ${last.action} of ${last.version} by ${last.actor} at ${last.at.slice(0, 19).replace("T", " ")}`
+          + (last.reason ? ` (${last.reason})` : "") + "." : "");
+      return;
+    }
+    const c = status.canary, d = status.decision;
+    $("canary-state").textContent = `${c.version} serves ${c.share}% of new conversations (since `
+      + `${c.started_at.slice(0, 19).replace("T", " ")} UTC); the rest: ${status.active}. Test: ${d.action}: ${d.reason}`;
+    const signals = Object.entries(d.signals);
+    fill("canary-arms", signals.map(([name, s]) => {
+      const tr = row([name, `${s.active_bad}/${s.active_conversations} (${pct(s.active_rate)})`,
+                      `${s.canary_bad}/${s.canary_conversations} (${pct(s.canary_rate)})`,
+                      `${s.diff >= 0 ? "+" : ""}${pct(s.diff)} [${pct(s.low)}, ${pct(s.high)}]`, verdict(s)]);
+      tr.dataset.testid = "canary-signal-" + name;
+      return tr;
+    }), "No signals.");
+    const select = $("canary-signal"), chosen = select.value;
+    select.replaceChildren(...signals.map(([name]) => { const o = el("option", name); o.value = name; return o; }));
+    select.value = chosen in d.signals ? chosen : (signals[0] || [""])[0];
+    drawCanaryPlot();
+  }
+
+  function canaryAction(path, needsComment, done) {
+    const comment = $("canary-comment");
+    if (needsComment && !comment.value.trim()) { notify("Say why in the comment first.", true); comment.focus(); return; }
+    act(async () => {
+      await call("POST", "/api/operator/canary/" + path, needsComment ? { comment: comment.value.trim() } : {});
+      comment.value = "";
+    }, done);
+  }
+
+  // What the per-user cap dropped from a dataset, and why (failures of one user over the cap; held-out rows stay).
+  function capText(cap) {
+    if (!cap) return null;
+    if (cap.cap === null) return `nobody over max(${cap.floor}, ${cap.share} of the failures)`;
+    return `${cap.cap} failures a user: ` + Object.entries(cap.users)
+      .map(([user, u]) => `${user} kept ${u.kept} of ${u.failures}, dropped ${u.dropped}`).join("; ");
+  }
+
   async function refresh() {
-    const [models, topics, datasets, audit, jobs] = await Promise.all([
+    const [models, topics, datasets, audit, jobs, canary] = await Promise.all([
       call("GET", "/api/operator/models"), call("GET", "/api/operator/topics"), call("GET", "/api/operator/datasets"),
-      call("GET", "/api/operator/audit"), call("GET", "/api/operator/jobs")]);
+      call("GET", "/api/operator/audit"), call("GET", "/api/operator/jobs"), call("GET", "/api/operator/canary")]);
+    drawCanary(canary);
     $("active-version").textContent = "active: " + models.active;
     fill("versions", models.versions.map((v) => {
       const tr = row([v.id, v.state, v.method, (v.datasets || []).join(", "),
@@ -181,7 +284,8 @@
     fill("topics", topics.map((t) => row([t.label, t.count, t.remedy + ": " + t.why])),
          "No failures in the last 30 days.");
     fill("datasets", datasets.map((d) => row([d.id, (d.created_at || "").slice(0, 19),
-      Object.entries(d.counts || {}).map(([k, n]) => `${k} ${n}`).join(", "), (d.contributors || []).join(", ")])),
+      Object.entries(d.counts || {}).map(([k, n]) => `${k} ${n}`).join(", "), (d.contributors || []).join(", "),
+      capText(d.per_user_cap)])),
       "No datasets yet: affinage synth builds one.");
     fill("audit", audit.map((e) => row([e.at.slice(0, 19).replace("T", " "), e.actor, e.action, e.subject, e.detail])),
          "Nothing yet.");
@@ -262,6 +366,10 @@
     });
     $("erase-form").addEventListener("submit", (event) => { event.preventDefault(); erase(false); });
     $("erase-check").addEventListener("click", () => erase(true));
+    $("canary-signal").addEventListener("change", drawCanaryPlot);
+    $("canary-advance").addEventListener("click", () => canaryAction("advance", false, "Canary advanced."));
+    $("canary-stop").addEventListener("click", () => canaryAction("stop", true, "Canary stopped."));
+    $("canary-rollback").addEventListener("click", () => canaryAction("rollback", true, "Canary rolled back."));
     $("rollback").addEventListener("click", () => act(
       async () => { const r = await call("POST", "/api/operator/rollback"); $("active-version").textContent = "active: " + r.active; },
       "Rolled back."));
