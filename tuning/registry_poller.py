@@ -7,20 +7,14 @@ import logging
 import threading
 
 from affinage.core.canary_split import arm_for
-from affinage.core.tables import RegistryPointer
-from tuning.registry import POINTER_ID
 
 log = logging.getLogger("affinage.serving")
 
 
-def canary_of(registry, pointer: dict) -> dict | None:
-    """The running canary (``RegistryPointer.canary``) of the pointer state ``pointer``, read from the row when the
-    state does not carry it; a canary of the active version itself is none."""
-    if "canary" in pointer:
-        canary = pointer["canary"]
-    else:
-        with registry.store.session() as session:
-            canary = session.get(RegistryPointer, POINTER_ID).canary
+def served_canary(pointer: dict) -> dict | None:
+    """The running canary of the pointer state ``pointer`` (``Registry.pointer_state``); a canary of the active
+    version itself is none."""
+    canary = pointer["canary"]
     return canary if canary and canary.get("version") != pointer["active"] else None
 
 

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 import httpx
 
 from tuning.registry import Registry, RegistryError
-from tuning.registry_poller import CanaryArms, RegistryPoller, canary_of
+from tuning.registry_poller import CanaryArms, RegistryPoller, served_canary
 
 log = logging.getLogger("affinage.serving")
 
@@ -117,7 +117,7 @@ class RemoteAdapterFollower(CanaryArms, RegistryPoller):
     def check(self) -> bool:
         """Bring the server and the routing in line with the registry; True when the routing changed."""
         pointer = self.registry.pointer_state()
-        wanted, current, canary = pointer["active"], self.routed, canary_of(self.registry, pointer)
+        wanted, current, canary = pointer["active"], self.routed, served_canary(pointer)
         if self._failed and self._failed[0] != wanted:
             self._failed = None  # the pointer moved on: promoting that version again later tries it afresh
         loaded = self.adapters.loaded()

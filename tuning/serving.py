@@ -7,7 +7,7 @@ from pathlib import Path
 
 from affinage.core.chat_model import LocalChatModel
 from tuning.registry import Registry
-from tuning.registry_poller import CanaryArms, RegistryPoller, canary_of
+from tuning.registry_poller import CanaryArms, RegistryPoller, served_canary
 from tuning.remote_serving import follow_vllm
 from tuning.train import base_model
 
@@ -58,7 +58,7 @@ class ActiveVersionWatcher(CanaryArms, RegistryPoller):
         """
         pointer = self.registry.pointer_state()
         swapped = self._follow_active(pointer)
-        return self._follow_canary(pointer, canary_of(self.registry, pointer)) or swapped
+        return self._follow_canary(pointer, served_canary(pointer)) or swapped
 
     def _follow_active(self, pointer: dict) -> bool:
         wanted = pointer["active"]
