@@ -260,11 +260,12 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
         ask(page, "What about monthly plans?")
         wait_for_answer(page, 2)
         bodies = page.log.chat_bodies()
-        assert bodies[-1] == {"model": "default", "stream": True, "messages": [
+        conversation = bodies[0]["conversation_id"]  # one id for the conversation's turns (and a canary's arm)
+        assert len(conversation) == 32 and bodies[-1] == {"model": "default", "stream": True, "messages": [
             {"role": "user", "content": "Can I get a refund on an annual plan?"},
             {"role": "assistant", "content": answers[0]},
             {"role": "user", "content": "What about monthly plans?"},
-        ]}
+        ], "conversation_id": conversation}
         screenshot(page, "chat.png")
         page.locator(".message.assistant").nth(1).locator(".thumb-down").click()
         screenshot(page, "chat-feedback.png")
@@ -291,11 +292,12 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
         page.click("#new-conversation")
         expect(page.locator(".message")).to_have_count(0)
         assert page.evaluate("sessionStorage.getItem('affinage-history')") is None
+        assert page.evaluate("sessionStorage.getItem('affinage-conversation')") is None  # a new one next time
 
     with agent.store.session() as session:
         interactions = session.scalars(select(Interaction).order_by(Interaction.created_at)).all()
         ratings = [(f.interaction_id, f.rating, f.user) for f in session.scalars(select(Feedback))]
-    assert len(interactions) == 2
+    assert len(interactions) == 2 and {i.conversation_id for i in interactions} == {conversation}
     assert ratings == [(interactions[0].id, "up", "carol")]
     assert page.log.unexpected_console_errors() == []
 

@@ -10,6 +10,8 @@
   const HISTORY_STORAGE = "affinage-history";
   const META_STORAGE = "affinage-answer-meta"; // {historyIndex: {interaction_id, citations, model_version}}
   const CUSTOMER_STORAGE = "affinage-customer"; // the Customer ID of this conversation, sent as OpenAI's `user`
+  // This conversation's id: its turns are logged together and, while a canary runs, answered by one version.
+  const CONVERSATION_STORAGE = "affinage-conversation";
   const MODEL = "default";
 
   const $ = (id) => document.getElementById(id);
@@ -53,10 +55,20 @@
     sessionStorage.setItem(META_STORAGE, JSON.stringify(allMeta));
   }
 
+  function conversationId() {
+    let id = sessionStorage.getItem(CONVERSATION_STORAGE);
+    if (!id) {  // getRandomValues, not randomUUID: the page may be served over plain http on a LAN
+      id = Array.from(crypto.getRandomValues(new Uint8Array(16)), (b) => b.toString(16).padStart(2, "0")).join("");
+      sessionStorage.setItem(CONVERSATION_STORAGE, id);
+    }
+    return id;
+  }
+
   function clearConversation() {
     sessionStorage.removeItem(HISTORY_STORAGE);
     sessionStorage.removeItem(META_STORAGE);
     sessionStorage.removeItem(CUSTOMER_STORAGE);
+    sessionStorage.removeItem(CONVERSATION_STORAGE);
     $("customer").value = "";
   }
 
@@ -393,7 +405,7 @@
 
   // The request body; a Customer ID goes as OpenAI's `user`, so the customer's data can be found and erased later.
   function chatBody(messages) {
-    const body = { model: MODEL, messages, stream: true };
+    const body = { model: MODEL, messages, stream: true, conversation_id: conversationId() };
     const customer = $("customer").value.trim();
     if (customer) body.user = customer;
     return body;
