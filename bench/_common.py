@@ -1,7 +1,9 @@
-"""What every benchmark script shares: the machine it ran on, its command line, and its BENCHMARKS.md section."""
+"""What every benchmark script shares: the machine it ran on, its command line, its BENCHMARKS.md section, and
+the interval of a measured rate."""
 
 from __future__ import annotations
 
+import math
 import os
 import platform
 import re
@@ -12,6 +14,16 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "BENCHMARKS.md"
 HEADER = "# Benchmarks\n\nEvery figure below is written by a script in bench/; do not edit by hand.\n"
+
+
+def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
+    """95% Wilson score interval of a rate: how far the trial count lets the estimate be trusted."""
+    if n == 0:
+        return math.nan, math.nan
+    p = k / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def cpu_model() -> str:

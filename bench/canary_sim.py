@@ -21,14 +21,13 @@ time to promote a better one.
 from __future__ import annotations
 
 import argparse
-import math
 import statistics
 import sys
 import time
 from collections import Counter
 
 import numpy as np
-from _common import ROOT, command_line, cpu_model, load_average, markers, nproc, publish
+from _common import ROOT, command_line, cpu_model, load_average, markers, nproc, publish, wilson
 
 sys.path.insert(0, str(ROOT))
 
@@ -79,16 +78,6 @@ def run_once(run: int, scenario: str, config: dict, horizon: int, every: int, ta
             return {"outcome": decision.action, "at": done, "canary": int(n[1]), "share": share,
                     "signal": worst, "advanced_at": advanced_at}
     return {"outcome": "none", "at": horizon, "canary": int(n[1]), "share": share, "advanced_at": advanced_at}
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a rate."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rate(runs: list[dict], outcome: str) -> tuple[int, int, str]:

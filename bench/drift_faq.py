@@ -30,7 +30,6 @@ for _name, _value in (("HF_HUB_OFFLINE", "1"), ("TRANSFORMERS_OFFLINE", "1"), ("
 import argparse
 import datetime as dt
 import json
-import math
 import shlex
 import subprocess
 import sys
@@ -42,7 +41,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import command_line, cpu_model, load_average, markers, memory_gib, nproc, update_section  # noqa: E402
+from _common import (  # noqa: E402
+    command_line, cpu_model, load_average, markers, memory_gib, nproc, update_section, wilson,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 PARAPHRASES = ROOT / "bench" / "python_faq_questions.jsonl"
@@ -301,16 +302,6 @@ def run_fallback_classifier(vectors: np.ndarray, plans: dict) -> dict:
 
 
 # --------------------------------------------------------------------------- figures
-
-
-def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
-    """95% Wilson score interval of a rate: how far the trial count lets the estimate be trusted."""
-    if n == 0:
-        return math.nan, math.nan
-    p = k / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def rate(flags: list[bool]) -> str:
