@@ -37,11 +37,17 @@ def next_share(settings: Settings, canary: dict | None) -> int:
     return next((step for step in settings.canary_steps if step > share), 100)
 
 
+def advance(settings: Settings, registry: Registry, share: int | None, actor: str) -> dict | None:
+    """Step the running canary up by hand to ``share`` (None: the next of ``canary_steps``; 100: make it active)."""
+    return moves.set_share(registry, share or next_share(settings, moves.current(registry)), actor)
+
+
 def evaluate(settings: Settings, store: Store, canary: dict) -> tuple[sequential.Decision, list]:
     """The test's decision on the conversations since the canary began, and those conversations in order."""
-    seen = conversations(store, datetime.fromisoformat(canary["started_at"]))
+    seen, at_step = conversations(store, datetime.fromisoformat(canary["started_at"]),
+                                  datetime.fromisoformat(canary["step_started_at"]))
     active, candidate = sequential.tally(seen)
-    recent = sequential.tally(conversations(store, datetime.fromisoformat(canary["step_started_at"])))
+    recent = sequential.tally(seen[at_step:])
     decision = sequential.decide(active, candidate, share=canary["share"], steps=settings.canary_steps,
                                  min_conversations=settings.canary_min_conversations,
                                  max_degradation=settings.canary_max_degradation, alpha=settings.canary_alpha,

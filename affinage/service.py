@@ -87,16 +87,13 @@ class CanaryBackend:
         return self._after(lambda: canary_moves.start(self.registry, version_id, share, actor))
 
     def advance(self, share: int | None, actor: str) -> dict:
-        return self._after(lambda: canary_moves.set_share(self.registry, share or self._next_share(), actor))
+        return self._after(lambda: canary.advance(self.settings, self.registry, share, actor))
 
     def stop(self, actor: str, comment: str) -> dict:
         return self._after(lambda: canary_moves.stop(self.registry, actor, comment))
 
     def roll_back(self, actor: str, comment: str) -> dict:
         return self._after(lambda: canary_moves.roll_back(self.registry, actor, comment))
-
-    def _next_share(self) -> int:
-        return canary.next_share(self.settings, canary_moves.current(self.registry))
 
 
 class JobsBackend:

@@ -41,8 +41,7 @@ def cmd_canary(settings: Settings, args: argparse.Namespace) -> int:
     store = shared_store(settings.db_url)
     registry = Registry.open(settings, store)
     if args.action == "advance":
-        share = args.share or canary.next_share(settings, moves.current(registry))
-        moves.set_share(registry, share, _who())
+        canary.advance(settings, registry, args.share, _who())
     elif args.action == "stop":
         moves.stop(registry, _who(), args.comment)
     elif args.action == "rollback":
