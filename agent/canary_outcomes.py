@@ -18,7 +18,7 @@ from affinage.core.timeutil import as_utc
 
 
 def conversations(store: Store, since: datetime,
-                  step_since: datetime | None = None) -> tuple[list[tuple[str, frozenset[str]]], int]:
+                  step_since: datetime) -> tuple[list[tuple[str, frozenset[str]]], int]:
     """``[(arm, bad signals)]`` for every conversation a canary arm answered since ``since``, in the order they began,
     and the index of the first that began at or after ``step_since`` (the conversations at the current share)."""
     query = (select(Interaction.id, Interaction.conversation_id, Interaction.arm, Interaction.signals,
@@ -38,5 +38,4 @@ def conversations(store: Store, since: datetime,
             found.update(s["kind"] for s in signals or () if s.get("kind") in GUARDED)
             if abstained:
                 found.add("abstained")
-    at_step = len(began) if step_since is None else bisect_left(began, as_utc(step_since))
-    return [(arms[key], frozenset(bad[key])) for key in arms], at_step
+    return [(arms[key], frozenset(bad[key])) for key in arms], bisect_left(began, as_utc(step_since))
