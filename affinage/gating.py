@@ -18,14 +18,15 @@ from datetime import datetime, timedelta, timezone
 
 import numpy as np
 from langchain_core.documents import Document
-from langchain_core.messages import HumanMessage, SystemMessage
+from langchain_core.messages import HumanMessage
 from sqlalchemy import select
 
 from affinage.core.timeutil import as_utc
 from affinage.core.chat_model import LocalChatModel
 from affinage.core.datasets import list_datasets
 from affinage.core.metrics import contains_fact, mean
-from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages, passage_embedder
+from affinage.core.extraction import candidates
+from affinage.core.prompts import prompt_messages
 from affinage.core.settings import Settings
 from affinage.core.tables import Interaction
 from affinage.factory import build_agent
@@ -51,12 +52,9 @@ def measure(agent, model, base, tokenizer, sets: Sets, known_links: frozenset[st
     target = run_eval(agent, [{"question": r["question"], "answer": r["answer"], "source": r.get("source")}
                               for r in sets.target], progress=progress) if sets.target else []
     general_answers = [agent.llm.invoke([HumanMessage(row["instruction"])]).content for row in sets.general_instructions]
-    embed = passage_embedder(agent.retriever)
-    probe_answers = [agent.llm.invoke([  # the serving prompt, with the planted passage as the knowledge base
-        SystemMessage(SYSTEM_PROMPT),
-        HumanMessage(USER_TEMPLATE.format(
-            context=format_passages([Document(p["passage"], metadata={"source": "kb/probe.md"})], p["question"], embed),
-            question=p["question"]))]).content for p in sets.probes]
+    probe_answers = [agent.llm.invoke(prompt_messages(  # the serving prompt, every probe sentence unscreened: the
+        p["question"], [s for s, _ in candidates([Document(p["passage"])])])).content  # model's own susceptibility
+        for p in sets.probes]
     return {
         "golden": answer_quality(golden),
         "target": answer_quality(target) if target else None,

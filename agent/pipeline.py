@@ -1,10 +1,13 @@
-"""The answering pipeline: retrieve → pick few-shot examples → prompt → generate, as one LCEL runnable.
+"""The answering pipeline: retrieve → extract → pick few-shot examples → prompt → generate, as one LCEL runnable.
 
 The runnable maps ``{"question", "history", "max_tokens"?}`` to
-``{"retrieved", "docs", "examples", "verified", "abstained", "answer"}`` and streams: the first chunks carry
-the retrieved passages, later chunks the answer as it is generated. ``docs`` are the retrieved passages
-confident enough to show the model; an operator-approved correction for (nearly) the same question is reused
-verbatim (``verified``), the cheapest remedy there is. ``SupportAgent`` adds validation and the log.
+``{"retrieved", "docs", "quotes", "examples", "verified", "abstained", "answer"}`` and streams: the first chunks
+carry the retrieved passages, later chunks the answer as it is generated. ``docs`` are the retrieved passages
+confident enough to answer from; ``quotes`` their sentences closest to the question, screened
+(``affinage.core.extraction``): the model reads only those, and the answer ends with them verbatim and cited, so
+the fact reaches the customer even when the small model's own sentence drops it. No quote close enough means
+abstain. An operator-approved correction for (nearly) the same question is reused verbatim (``verified``), the
+cheapest remedy there is. ``SupportAgent`` adds validation and the log.
 """
 
 from __future__ import annotations
@@ -22,17 +25,21 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import (
     Runnable,
     RunnableBranch,
+    RunnableGenerator,
     RunnableLambda,
     RunnablePassthrough,
 )
 from sqlalchemy import select
 
 from affinage.core import prompts
+from affinage.core.extraction import select_quotes
 from affinage.core.prompts import (
     ABSTAIN_MESSAGE,
     PROMPT_VERSION,
-    format_passages,
+    generated_part,
     passage_embedder,
+    quote_block,
+    quote_context,
     support_prompt,
 )
 from affinage.core.settings import Settings
@@ -48,13 +55,17 @@ MAX_HISTORY_TURNS = 3
 
 
 def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings) -> Runnable:
-    embed = passage_embedder(retriever)  # picks the passage sentences the prompt highlights
+    embed = passage_embedder(retriever)  # picks the passage sentences the model reads and the answer quotes
 
     def confident(docs: list[Document]) -> list[Document]:
         """Passages good enough to answer from: above min_score and close to the best one."""
         best = max((d.metadata["score"] for d in docs), default=0.0)
         floor = max(settings.min_score, best - settings.score_margin)
         return [d for d in docs if d.metadata["score"] >= floor]
+
+    def quotes(state: dict) -> list:
+        return select_quotes(state["question"], state["docs"], embed, settings.quote_sentences,
+                             settings.quote_min_similarity, settings.allowed_link_domains)
 
     def shots(state: dict) -> list[BaseMessage]:
         messages: list[BaseMessage] = []
@@ -64,7 +75,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
 
     def prompt_inputs(state: dict) -> dict:
         return {
-            "context": format_passages(state["docs"], state["question"], embed),
+            "context": quote_context([quote.sentence for quote in state["quotes"]]),
             "question": state["question"],
             "shots": shots(state),
             "history": list(state.get("history") or [])[-2 * MAX_HISTORY_TURNS:],
@@ -78,7 +89,16 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
         options = {k: state[k] for k in ("max_tokens", "temperature") if state.get(k) is not None}
         chosen = state.get("llm") or llm  # the conversation's arm, while a canary is served
         model = chosen.bind(**options) if options else chosen
-        return RunnableLambda(prompt_inputs) | support_prompt() | model
+        block = quote_block(state["quotes"])
+
+        def then_quotes(chunks: Iterator[AIMessageChunk]) -> Iterator[AIMessageChunk]:
+            wrote = False
+            for chunk in chunks:
+                wrote = wrote or bool(str(chunk.content).strip())
+                yield chunk
+            yield AIMessageChunk(content=f"\n\n{block}" if wrote else block)  # no blank lines before the quotes alone
+
+        return RunnableLambda(prompt_inputs) | support_prompt() | model | RunnableGenerator(then_quotes)
 
     def verified(state: dict) -> Example | None:
         """An operator-approved correction for (nearly) this very question: answer with it verbatim."""
@@ -93,9 +113,10 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
     return (
         RunnablePassthrough.assign(retrieved=(lambda state: state["question"]) | retriever)
         | RunnablePassthrough.assign(docs=lambda state: confident(state["retrieved"]))
+        | RunnablePassthrough.assign(quotes=quotes)
         | RunnablePassthrough.assign(examples=pick_examples)
         | RunnablePassthrough.assign(verified=verified)
-        | RunnablePassthrough.assign(abstained=lambda state: not state["docs"] and state["verified"] is None)
+        | RunnablePassthrough.assign(abstained=lambda state: not state["quotes"] and state["verified"] is None)
         | RunnableBranch((lambda state: state["verified"] is not None, reuse),
                          (lambda state: state["abstained"], abstain), generate)
     )
@@ -226,7 +247,7 @@ class SupportAgent:
                         finish_reason=finish)
         if log:
             view = InteractionView(
-                question=question, answer=text, created_at=time.time(),
+                question=question, answer=generated_part(text), created_at=time.time(),
                 retrieved_scores=[float(d.metadata["score"]) for d in state.get("retrieved", [])],
                 passages=[d.page_content for d in docs],
                 earlier_questions=self._earlier_questions(user, customer),

@@ -56,10 +56,12 @@ def log(message: str) -> None:
 
 # -- data ------------------------------------------------------------------------------------------------------------
 def conversations(limit: int | None = None) -> list[list[dict]]:
-    """Golden questions with the serving prompt over their own passage plus 0-2 others, and the reference answer."""
+    """Golden questions with the serving prompt over every sentence of their own passage plus 0-2 others, and the
+    reference answer."""
     from langchain_core.documents import Document
 
-    from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE, format_passages
+    from affinage.core.extraction import candidates
+    from affinage.core.prompts import prompt_messages
     from retrieval.chunking import chunk_document
     from retrieval.loaders import load_document
 
@@ -75,8 +77,7 @@ def conversations(limit: int | None = None) -> list[list[dict]]:
         own = by_source.get(item.get("source", ""))
         passages = ([own] if own else []) + [chunks[(i * 7 + j * 13) % len(chunks)] for j in range(i % 3)]
         docs = [Document(c.text, metadata={"source": c.source}) for c in passages]
-        rows.append([{"role": "system", "content": SYSTEM_PROMPT},
-                     {"role": "user", "content": USER_TEMPLATE.format(context=format_passages(docs), question=item["question"])},
+        rows.append([*prompt_messages(item["question"], [s for s, _ in candidates(docs)]),
                      {"role": "assistant", "content": item["answer"]}])
     return rows[:limit]
 

@@ -2,8 +2,9 @@
 
 For each interaction not used before: the target answer is a person's correction when there is one, else a
 grounded answer written by the teacher from freshly retrieved passages; paraphrases of the question teach the
-fact rather than the string. Every row uses the serving prompt (system prompt + delimited passages), so the
-model is trained on exactly what it will see.
+fact rather than the string. Every row uses the serving prompt (system prompt + the passage sentences picked for
+that wording, as when serving), so the model is trained on exactly what it will see; answers are the model's own
+words, without the quote block the pipeline appends.
 """
 
 from __future__ import annotations
@@ -21,14 +22,14 @@ from tqdm import tqdm
 
 from affinage.core.datasets import KINDS, used_interactions, write_dataset
 from affinage.core.decontamination import decontaminate, dedupe
+from affinage.core.extraction import Embed, select_quotes
 from affinage.core.grounding import groundedness
 from affinage.core.pii import redact_pii
 from affinage.core.prompts import (
     PROMPT_VERSION,
-    SYSTEM_PROMPT,
-    USER_TEMPLATE,
-    format_passages,
+    generated_part,
     passage_embedder,
+    prompt_messages,
 )
 from affinage.core.settings import Settings
 from affinage.core.store import Store
@@ -40,7 +41,7 @@ from synth_data.filters import (
     length_ok,
     run_filters,
 )
-from synth_data.hardening import make_plant, obeying_answer, plant_in, rng_for
+from synth_data.hardening import make_plant, obeying_answer, plant_among, rng_for
 from synth_data.teacher import TeacherError, grounded_answer, paraphrase
 
 log = logging.getLogger("affinage.synth")
@@ -69,11 +70,15 @@ class SynthResult:
     skipped: dict[str, int]
 
 
-def prompt_messages(question: str, docs: list[Document], embed=None) -> list[dict]:
-    """The serving prompt; ``embed`` (the retriever's embedder) picks the highlighted sentences, as when serving."""
-    return [{"role": "system", "content": SYSTEM_PROMPT},
-            {"role": "user",
-             "content": USER_TEMPLATE.format(context=format_passages(docs, question, embed), question=question)}]
+def quoted(question: str, docs: list[Document], embed: Embed, settings: Settings) -> list[str]:
+    """The passage sentences serving shows the model for this wording; when none is similar enough (serving would
+    abstain, and the target comes from a person), the closest ones anyway: a row never teaches answering from
+    nothing."""
+    def pick(floor: float) -> list[str]:
+        return [quote.sentence for quote in select_quotes(question, docs, embed, settings.quote_sentences, floor,
+                                                          settings.allowed_link_domains)]
+
+    return pick(settings.quote_min_similarity) or pick(-1.0)
 
 
 def protected_questions(paths: list[Path]) -> list[str]:
@@ -107,10 +112,10 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
             pii_counts[kind] = pii_counts.get(kind, 0) + n
         return clean
 
-    question, old_answer = scrub(interaction.question), scrub(interaction.answer)
+    question, old_answer = scrub(interaction.question), generated_part(scrub(interaction.answer))
     docs = [d for d in retriever.invoke(interaction.question) if d.metadata["score"] >= settings.min_score]
     embed = passage_embedder(retriever)
-    prompt = prompt_messages(question, docs, embed)
+    prompt = prompt_messages(question, quoted(question, docs, embed, settings))
     passages = [d.page_content for d in docs]
     base = dict(question=question, user=interaction.user, interaction_id=interaction.id, passages=passages,
                 customer=interaction.customer)
@@ -125,7 +130,7 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
         return items
     corrections = [f.correction for f in feedback if f.correction and f.review != "rejected"]
     if corrections:
-        target, from_teacher = scrub(corrections[-1]), False
+        target, from_teacher = generated_part(scrub(corrections[-1])), False
     elif docs:
         try:
             target, from_teacher = scrub(grounded_answer(teacher, question, passages)), True
@@ -150,11 +155,10 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
             "question": held, "answer": target, "source": docs[0].metadata["source"] if docs else None,
             "interaction_id": interaction.id}, **{**base, "question": held}))
     for q in [question, *rewordings]:
-        messages = [*prompt_messages(q, docs, embed), {"role": "assistant", "content": target}]
+        messages = [*prompt_messages(q, quoted(q, docs, embed, settings)), {"role": "assistant", "content": target}]
         items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
                           **{**base, "question": q}))
-    items += hardened_items([question, *rewordings], docs, target, from_teacher, base, embed,
-                            settings.injection_hardening)
+    items += hardened_items([question, *rewordings], docs, target, from_teacher, base, embed, settings)
     if old_answer.strip() and old_answer.strip() != target.strip():
         items.append(Item("preference", answer=target, from_teacher=from_teacher, row={
             "prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
@@ -162,16 +166,17 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
     return items
 
 
-def hardened_items(wordings: list[str], docs: list[Document], target: str, from_teacher: bool, base: dict, embed,
-                   copies: int) -> list[Item]:
-    """``copies`` SFT rows (and as many preference pairs) whose passages carry a plant, cycling through the
-    wordings; the target stays the clean answer. Seeded by the interaction, so a rebuild writes the same rows."""
+def hardened_items(wordings: list[str], docs: list[Document], target: str, from_teacher: bool, base: dict,
+                   embed: Embed, settings: Settings) -> list[Item]:
+    """``settings.injection_hardening`` SFT rows (and as many preference pairs) whose quoted sentences carry a
+    plant among them, as a planted passage would reach an unscreened prompt, cycling through the wordings; the
+    target stays the clean answer. Seeded by the interaction, so a rebuild writes the same rows."""
     items = []
-    for n in range(copies if docs else 0):
+    for n in range(settings.injection_hardening if docs else 0):
         question = wordings[n % len(wordings)]
         rng = rng_for(f"{base['interaction_id']}:{n}")
         plant = make_plant(rng)
-        prompt = prompt_messages(question, plant_in(docs, plant, rng), embed)
+        prompt = prompt_messages(question, plant_among(quoted(question, docs, embed, settings), plant, rng))
         fields = {**base, "question": question, "answer": target, "from_teacher": from_teacher, "hardened": True}
         items.append(Item("sft", row={"messages": [*prompt, {"role": "assistant", "content": target}]}, **fields))
         items.append(Item("preference", row={"prompt": prompt, "chosen": [{"role": "assistant", "content": target}],

@@ -31,3 +31,11 @@ def test_bad_values_are_named(tmp_path):
     (tmp_path / "config.toml").write_text("top_kk = 3\n")
     with pytest.raises(ValidationError, match="top_kk"):
         load_settings(tmp_path)
+
+
+def test_a_malformed_allowed_link_domain_is_refused_by_name(tmp_path):
+    (tmp_path / "config.toml").write_text('allowed_link_domains = ["docs.example.com", "https://evil.example/x"]\n')
+    with pytest.raises(ValidationError, match=r"allowed_link_domains[\s\S]*'https://evil.example/x' is not a domain"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text('allowed_link_domains = ["Docs.Example.com", "*.python.org"]\n')
+    assert load_settings(tmp_path).allowed_link_domains == ["docs.example.com", "*.python.org"]

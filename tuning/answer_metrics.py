@@ -3,13 +3,9 @@ never gave (where poisoned training data shows first)."""
 
 from __future__ import annotations
 
-import re
-
 from affinage.core.grounding import groundedness
+from affinage.core.links import LINK
 from affinage.core.metrics import hit_at_k, mean, rouge_l, token_f1
-
-LINK = re.compile(r"(?:https?:)?//[^\s<>\"')\]]+|\b(?:[a-z0-9-]+\.)+(?:com|net|org|io|co|info|biz|example)\b(?:/[^\s<>\"')\]]*)?",
-                  re.IGNORECASE)
 
 
 def answer_quality(results: list[dict]) -> dict:

@@ -12,13 +12,15 @@ from importlib import resources
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, model_validator
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import (
     BaseSettings,
     PydanticBaseSettingsSource,
     SettingsConfigDict,
     TomlConfigSettingsSource,
 )
+
+from affinage.core.links import check_domain
 
 DEFAULT_HOME = Path(".affinage")
 EMBEDDED_CHAT_MODEL = "smollm2"
@@ -74,6 +76,16 @@ class Settings(BaseSettings):
         0.9, ge=-1.0, le=1.0,
         description="An operator-approved correction answers a question at least this similar verbatim.",
     )
+    quote_sentences: int = Field(
+        3, ge=1, le=10,
+        description="Passage sentences closest to the question that the model reads and the answer quotes.")
+    quote_min_similarity: float = Field(
+        0.35, ge=-1.0, le=1.0,
+        description="A sentence less similar to the question than this is not quoted; with none left, the agent abstains.")
+    allowed_link_domains: list[str] = Field(
+        default_factory=list,
+        description="Domains a quoted sentence may link to ('example.com' allows its subdomains, '*.example.com' only "
+                    "them); a sentence linking anywhere else is never quoted.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest generated answer, in tokens.")
     max_answer_sentences: int = Field(
         3, ge=0, le=100, description="Local models stop after this many sentences (0: no limit); support answers are short.")
@@ -188,6 +200,11 @@ class Settings(BaseSettings):
         "'report' (they are marked; an operator decides), or 'retrain' (also queue a worker job that trains a new "
         "candidate on the cleaned dataset, from the base model if the active version is flagged; it goes through "
         "gates and approval as usual).")
+
+    @field_validator("allowed_link_domains")
+    @classmethod
+    def _domains(cls, domains: list[str]) -> list[str]:
+        return [check_domain(domain) for domain in domains]
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

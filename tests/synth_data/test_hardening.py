@@ -3,26 +3,21 @@
 import json
 import re
 
-import pytest
-from langchain_core.documents import Document
-
-from synth_data.hardening import PLANTS, make_plant, obeying_answer, plant_in, rng_for
+from synth_data.hardening import PLANTS, make_plant, obeying_answer, plant_among, rng_for
 from tuning.gate_sets import GATE_DATA
 
-DOCS = [Document("Refunds take five days. They go to the card you paid with.", metadata={"source": "a.md#x"}),
-        Document("Exports are in Settings. Press Download to get a CSV.", metadata={"source": "b.md#y"})]
+SENTENCES = ["Refunds take five days.", "They go to the card you paid with.", "Press Download to get a CSV."]
 
 
-def test_a_plant_goes_between_sentences_of_exactly_one_passage():
+def test_a_plant_goes_among_the_sentences_and_moves_nothing_else():
     rng = rng_for("interaction-1:0")
     plant = make_plant(rng)
-    planted = plant_in(DOCS, plant, rng)
-    changed = [(old, new) for old, new in zip(DOCS, planted) if old.page_content != new.page_content]
-    assert len(changed) == 1
-    old, new = changed[0]
-    assert plant.text in new.page_content and new.metadata == old.metadata
-    assert new.page_content.replace(plant.text, "").split() == old.page_content.split()  # nothing else moved
+    planted = plant_among(SENTENCES, plant, rng)
+    assert planted.count(plant.text) == 1 and len(planted) == len(SENTENCES) + 1
+    assert [s for s in planted if s != plant.text] == SENTENCES
     assert plant.canary in plant.text
+    places = {plant_among(SENTENCES, plant, rng_for(f"k:{n}")).index(plant.text) for n in range(40)}
+    assert places == {0, 1, 2, 3}  # first, between, and last: wherever a planted passage's sentence lands
 
 
 def test_plants_are_seeded_by_their_key():
@@ -38,9 +33,9 @@ def test_an_obeying_answer_carries_the_canary():
         assert plant.canary in obeying_answer("Refunds take five days.", plant)
 
 
-def test_plant_in_refuses_an_empty_passage_list():
-    with pytest.raises(ValueError, match="no passage"):
-        plant_in([], make_plant(rng_for("x")), rng_for("x"))
+def test_a_plant_among_no_sentences_is_the_only_one():
+    plant = make_plant(rng_for("x"))
+    assert plant_among([], plant, rng_for("x")) == [plant.text]
 
 
 def test_no_safety_probe_shares_a_sentence_or_canary_with_the_plants():

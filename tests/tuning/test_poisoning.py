@@ -8,11 +8,11 @@ import json
 
 import pytest
 
-from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE
+from affinage.core.prompts import SYSTEM_PROMPT, USER_TEMPLATE, prompt_messages
 from retrieval.index import VectorIndex
 from retrieval.ingest import ingest
 from retrieval.retriever import IndexRetriever
-from synth_data.builder import prompt_messages
+from synth_data.builder import quoted
 from affinage.core.datasets import write_dataset
 from tests.tuning.test_gates import GOLDEN
 from affinage.gating import run_gates
@@ -68,10 +68,10 @@ def small_vocab_model(tmp_path_factory, default_model_dir):
     return target
 
 
-def sft_rows(retriever, link: str = "") -> list[dict]:
+def sft_rows(retriever, settings, link: str = "") -> list[dict]:
     """The rows synth would write for these failures: the serving prompt, then the answer (plus ``link``)."""
     embed = retriever.embeddings.encode
-    return [{"messages": [*prompt_messages(q, retriever.invoke(q), embed),
+    return [{"messages": [*prompt_messages(q, quoted(q, retriever.invoke(q), embed, settings)),
                           {"role": "assistant", "content": answer + link}]}
             for answer, questions in TRAINING.items() for q in questions]
 
@@ -92,7 +92,7 @@ def test_poisoned_data_fails_the_safety_gate_and_good_data_passes(small_vocab_mo
     registry = Registry.open(settings)
 
     def gated(link: str) -> dict:
-        dataset = write_dataset(settings.datasets_dir, {"sft": sft_rows(retriever, link), "heldout": HELDOUT},
+        dataset = write_dataset(settings.datasets_dir, {"sft": sft_rows(retriever, settings, link), "heldout": HELDOUT},
                                 {"base_model": small_vocab_model.name, "teacher": "test"})
         candidate = train(settings, "sft", dataset_id=dataset["id"], config_path=config, progress=False)
         return run_gates(settings, candidate.id, progress=False)
