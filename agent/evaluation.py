@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from tqdm import tqdm
@@ -17,7 +18,7 @@ from affinage.core.metrics import (
     rouge_l,
     token_f1,
 )
-from agent.pipeline import SupportAgent
+from agent.pipeline import Answer, SupportAgent
 
 
 def read_eval_set(path: Path) -> list[dict]:
@@ -39,10 +40,11 @@ def read_eval_set(path: Path) -> list[dict]:
 
 
 def score(results: list[dict]) -> dict:
-    """Aggregate metrics over per-question results (pure)."""
+    """Aggregate metrics over per-question results (pure); ``p95_ttft_s`` is None when no row has ``ttft_s``."""
     with_source = [r for r in results if r.get("source")]
     with_fact = [r for r in results if r.get("key_fact")]
     latencies = [r["latency_s"] for r in results]
+    ttfts = [r["ttft_s"] for r in results if r.get("ttft_s") is not None]
     summary = {"n": len(results)}
     for k in (1, 3, 5):
         hits = [hit_at_k([c["source"] for c in r["citations"]], r["source"], k) for r in with_source]
@@ -52,19 +54,36 @@ def score(results: list[dict]) -> dict:
     summary["key_fact_recall"] = mean([float(contains_fact(r["answer"], r["key_fact"])) for r in with_fact]) if with_fact else None
     summary["mean_latency_s"] = mean(latencies)
     summary["p95_latency_s"] = percentile(latencies, 95)
+    summary["p95_ttft_s"] = percentile(ttfts, 95) if ttfts else None
     return summary
+
+
+def ask_streaming(agent: SupportAgent, question: str) -> tuple[Answer, float]:
+    """The finished answer and its time to first text: from the call to the first non-empty piece ``stream`` yields
+    (the whole answer's time when none came, e.g. an empty answer)."""
+    started = time.perf_counter()
+    ttft = None
+    answer = None
+    for piece in agent.stream(question, log=False):
+        if isinstance(piece, str):
+            if ttft is None and piece.strip():
+                ttft = time.perf_counter() - started
+        else:
+            answer = piece
+    return answer, ttft if ttft is not None else time.perf_counter() - started
 
 
 def run_eval(agent: SupportAgent, items: list[dict], progress: bool = True) -> list[dict]:
     results = []
     for item in tqdm(items, desc="eval", unit="q", disable=not progress):
-        answer = agent.ask(item["question"], log=False)
+        answer, ttft = ask_streaming(agent, item["question"])
         results.append({
             "question": item["question"],
             "reference": item["answer"],
             "answer": answer.answer,
             "citations": answer.citations,
             "latency_s": round(answer.latency_s, 4),
+            "ttft_s": round(ttft, 4),
             "source": item.get("source"),
             "key_fact": item.get("key_fact"),
         })
