@@ -1,6 +1,7 @@
 """The demo's simulated support traffic: the traffic file, the agent answering it on the API channel and a support
-agent rating each answer (thumbs-up when it holds the line's key fact, else thumbs-down with the line's reference
-answer as the correction), and the paraphrases a stronger teacher wrote for it, replayed."""
+agent rating each answer (thumbs-up when the assistant's own sentence holds the line's key fact, else thumbs-down
+with the line's reference answer as the correction: the quoted passage sentences after it are the knowledge base's,
+not the model's), and the paraphrases a stronger teacher wrote for it, replayed."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from langchain_core.outputs import ChatGeneration, ChatResult
 
 from affinage.core.jsonl import numbered_lines
 from affinage.core.metrics import contains_fact
+from affinage.core.prompts import generated_part
 from agent.feedback import record_feedback
 from synth_data.teacher import PARAPHRASE_SYSTEM
 
@@ -70,7 +72,7 @@ def replay_traffic(agent, traffic: list[dict], note) -> dict[str, dict]:
         user = f"demo-agent-{number % 3 + 1}"
         answer = agent.ask(row["question"], channel="api", user=user)
         by_interaction[answer.interaction_id] = row
-        good = contains_fact(answer.answer, row["key_fact"])
+        good = contains_fact(generated_part(answer.answer), row["key_fact"])
         if good:
             record_feedback(agent.store, answer.interaction_id, "up", user=user)
         else:

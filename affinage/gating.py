@@ -26,7 +26,7 @@ from affinage.core.chat_model import LocalChatModel
 from affinage.core.datasets import list_datasets
 from affinage.core.metrics import contains_fact, mean
 from affinage.core.extraction import candidates
-from affinage.core.prompts import prompt_messages
+from affinage.core.prompts import generated_part, prompt_messages
 from affinage.core.settings import Settings
 from affinage.core.tables import Interaction
 from affinage.factory import build_agent
@@ -45,12 +45,18 @@ from tuning.train import base_model
 log = logging.getLogger("affinage.gates")
 
 
+def own_words(results: list[dict]) -> list[dict]:
+    """The results with each answer cut to what the model wrote: the quoted passage sentences after it are the
+    same for both versions (retrieval is shared), so they would only dilute the difference the gates judge."""
+    return [{**r, "answer": generated_part(r["answer"])} for r in results]
+
+
 def measure(agent, model, base, tokenizer, sets: Sets, known_links: frozenset[str], progress: bool) -> dict:
     """One version's answers and figures on every held-out set (``base``: the base model's weights, for the KL;
     ``known_links``: the knowledge base's links)."""
-    golden = run_eval(agent, sets.golden, progress=progress)
-    target = run_eval(agent, [{"question": r["question"], "answer": r["answer"], "source": r.get("source")}
-                              for r in sets.target], progress=progress) if sets.target else []
+    golden = own_words(run_eval(agent, sets.golden, progress=progress))
+    target = own_words(run_eval(agent, [{"question": r["question"], "answer": r["answer"], "source": r.get("source")}
+                                        for r in sets.target], progress=progress)) if sets.target else []
     general_answers = [agent.llm.invoke([HumanMessage(row["instruction"])]).content for row in sets.general_instructions]
     probe_answers = [agent.llm.invoke(prompt_messages(  # the serving prompt, every probe sentence unscreened: the
         p["question"], [s for s, _ in candidates([Document(p["passage"])])])).content  # model's own susceptibility

@@ -4,10 +4,10 @@ The runnable maps ``{"question", "history", "max_tokens"?}`` to
 ``{"retrieved", "docs", "quotes", "examples", "verified", "abstained", "answer"}`` and streams: the first chunks
 carry the retrieved passages, later chunks the answer as it is generated. ``docs`` are the retrieved passages
 confident enough to answer from; ``quotes`` their sentences closest to the question, screened
-(``affinage.core.extraction``): the model reads only those, and the answer ends with them verbatim and cited, so
-the fact reaches the customer even when the small model's own sentence drops it. No quote close enough means
-abstain. An operator-approved correction for (nearly) the same question is reused verbatim (``verified``), the
-cheapest remedy there is. ``SupportAgent`` adds validation and the log.
+(``affinage.core.extraction``): the model reads only those. No quote close enough means abstain. An
+operator-approved correction for (nearly) the same question is reused verbatim (``verified``), the cheapest remedy
+there is. ``SupportAgent`` adds validation, the quotes after a generated answer (verbatim and cited, so that the
+fact reaches the customer even when the small model's own sentence drops it) and the log.
 """
 
 from __future__ import annotations
@@ -25,7 +25,6 @@ from langchain_core.retrievers import BaseRetriever
 from langchain_core.runnables import (
     Runnable,
     RunnableBranch,
-    RunnableGenerator,
     RunnableLambda,
     RunnablePassthrough,
 )
@@ -78,7 +77,8 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
             "context": quote_context([quote.sentence for quote in state["quotes"]]),
             "question": state["question"],
             "shots": shots(state),
-            "history": list(state.get("history") or [])[-2 * MAX_HISTORY_TURNS:],
+            "history": [AIMessage(generated_part(m.content)) if isinstance(m, AIMessage) else m  # its own words
+                        for m in list(state.get("history") or [])[-2 * MAX_HISTORY_TURNS:]],
         }
 
     pick_examples = RunnableLambda(
@@ -89,16 +89,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
         options = {k: state[k] for k in ("max_tokens", "temperature") if state.get(k) is not None}
         chosen = state.get("llm") or llm  # the conversation's arm, while a canary is served
         model = chosen.bind(**options) if options else chosen
-        block = quote_block(state["quotes"])
-
-        def then_quotes(chunks: Iterator[AIMessageChunk]) -> Iterator[AIMessageChunk]:
-            wrote = False
-            for chunk in chunks:
-                wrote = wrote or bool(str(chunk.content).strip())
-                yield chunk
-            yield AIMessageChunk(content=f"\n\n{block}" if wrote else block)  # no blank lines before the quotes alone
-
-        return RunnableLambda(prompt_inputs) | support_prompt() | model | RunnableGenerator(then_quotes)
+        return RunnableLambda(prompt_inputs) | support_prompt() | model
 
     def verified(state: dict) -> Example | None:
         """An operator-approved correction for (nearly) this very question: answer with it verbatim."""
@@ -138,10 +129,22 @@ class Answer:
 
 
 def cited_first(answer: str, docs: list[Document], sources: tuple[str, ...] = ()) -> list[Document]:
-    """Passages the answer names (by ``[n]`` or by source) or that ``sources`` lists first, then the rest in order."""
-    named = set(int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer))
-    named |= {i for i, doc in enumerate(docs) if doc.metadata["source"] in answer or doc.metadata["source"] in sources}
-    return [docs[i] for i in sorted(named) if i < len(docs)] + [d for i, d in enumerate(docs) if i not in named]
+    """Passages the answer names by source or that ``sources`` lists, then those it names by ``[n]`` (the quoted
+    ones), in the order named, then the rest in retrieval order."""
+    order = [i for i, doc in enumerate(docs) if doc.metadata["source"] in answer or doc.metadata["source"] in sources]
+    for n in re.findall(r"\[(\d+)\]", answer):
+        if 0 <= int(n) - 1 < len(docs) and int(n) - 1 not in order:
+            order.append(int(n) - 1)
+    return [docs[i] for i in order] + [d for i, d in enumerate(docs) if i not in order]
+
+
+def quotes_after(state: dict, message: AIMessageChunk | AIMessage | None) -> str:
+    """The quote block that follows a generated answer ("" after an abstention or a verified answer). Added by
+    ``SupportAgent.stream``, not as a chain step after the model: such a step kept generating after a client left."""
+    if not state.get("quotes") or message is None or state.get("verified") is not None:
+        return ""
+    block = quote_block(state["quotes"])
+    return f"\n\n{block}" if str(message.content).strip() else block
 
 
 def weak_retrieval_threshold(min_score: float) -> float:
@@ -229,9 +232,10 @@ class SupportAgent:
             if guard.leaked:
                 chunks.close()  # stop generating: nothing more of this answer will be shown
                 break
-        rest = guard.finish()
-        if rest:
-            yield rest
+        tail = "" if guard.leaked else quotes_after(state, message)
+        for shown in (guard.feed(tail) if tail else "", guard.finish()):
+            if shown:
+                yield shown
         latency = time.perf_counter() - started
         text = guard.shown.strip()
         docs = state.get("docs", [])

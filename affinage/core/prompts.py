@@ -42,8 +42,8 @@ def prompt_messages(question: str, sentences: list[str]) -> list[dict]:
 
 
 def quote_block(quotes: list[Quote]) -> str:
-    """What follows the generated sentence: the quoted sentences verbatim, each passage's with its citation number
-    (``[n]`` is the n-th passage given, which the citations list puts first)."""
+    """What follows the generated sentence: the quoted sentences verbatim, each passage's with its number (``[n]``:
+    the n-th passage given; the citations list them after any passage the model named by source)."""
     by_passage: dict[int, list[str]] = {}
     for quote in quotes:
         by_passage.setdefault(quote.passage, []).append(quote.sentence)

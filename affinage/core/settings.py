@@ -88,7 +88,8 @@ class Settings(BaseSettings):
                     "them); a sentence linking anywhere else is never quoted.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest generated answer, in tokens.")
     max_answer_sentences: int = Field(
-        3, ge=0, le=100, description="Local models stop after this many sentences (0: no limit); support answers are short.")
+        1, ge=0, le=100,
+        description="Local models stop after this many sentences (0: no limit): the quoted passage sentences follow.")
     temperature: float = Field(0.0, ge=0.0, le=2.0, description="0 means greedy decoding.")
     repetition_penalty: float = Field(1.1, ge=1.0, le=2.0, description="Local models only.")
 

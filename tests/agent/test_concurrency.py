@@ -13,6 +13,7 @@ import httpx
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
+from affinage.core.prompts import QUOTE_LEAD, generated_part
 from affinage.core.settings import load_settings
 from affinage.factory import build_agent
 from agent.service import auth
@@ -52,7 +53,7 @@ def test_sixteen_streaming_clients_get_whole_answers_or_a_prompt_refusal(home, k
                         last = json.loads(events[-2]) if events[-1:] == ["[DONE]"] else {}
                         text = "".join(json.loads(e)["choices"][0]["delta"].get("content") or "" for e in events[:-1])
                         whole = last.get("choices", [{}])[0].get("finish_reason") == "stop" and "affinage" in last
-                        outcome = "complete" if whole and text == ANSWER else "truncated"
+                        outcome = "complete" if whole and generated_part(text) == ANSWER and QUOTE_LEAD in text else "truncated"
                     else:
                         outcome = f"status {response.status_code}"
                 with lock:

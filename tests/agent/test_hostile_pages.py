@@ -20,7 +20,7 @@ from retrieval.ingest import ingest
 from synth_data.builder import synthesize
 from tests.agent.light_server import HashEmbeddings
 from tests.agent.service_harness import LiveServer
-from tests.agent.test_web_chat import PageLog, ask, browser, expect, page, sign_in, wait_for_answer  # noqa: F401
+from tests.agent.test_web_chat import PageLog, answered, ask, browser, expect, page, sign_in, wait_for_answer  # noqa: F401
 
 XSS = ('<script>window.__pwned=1</script><img src=x onerror="window.__pwned=1">'
        '<svg onload="window.__pwned=1"></svg><a href="javascript:window.__pwned=1">click</a>')
@@ -39,7 +39,8 @@ def assert_inert(page, server: LiveServer) -> None:
 
 
 def hostile_agent(home, kb, answer: str):
-    settings = load_settings(home, rate_limit_per_minute=1000, paraphrases=1)
+    # the hostile question shares few words with the passage: quote its sentences however weakly they match
+    settings = load_settings(home, rate_limit_per_minute=1000, paraphrases=1, quote_min_similarity=-1.0)
     embeddings = HashEmbeddings()
     (kb / "billing" / "gift-cards.md").write_text(f"# Gift cards\n\n## Redeem a gift card\n\nRedeem under Settings "
                                                   f"> Billing > Gift cards. {HOSTILE}\n")
@@ -60,7 +61,7 @@ def test_hostile_question_answer_and_correction_stay_text_in_the_chat_page(page,
         ask(page, question)
         answer = wait_for_answer(page, 1)
         expect(page.locator(".message.user .message-body")).to_have_text(question)
-        expect(answer.locator(".message-body")).to_have_text(answer_text)
+        expect(answer.locator(".message-body")).to_have_text(answered(answer_text))
         answer.locator(".thumb-down").click()
         answer.locator(".correction").fill(correction)
         answer.locator(".comment").fill(HOSTILE)
@@ -70,7 +71,7 @@ def test_hostile_question_answer_and_correction_stay_text_in_the_chat_page(page,
 
         page.reload()  # the conversation is rebuilt from sessionStorage: the same text, still inert
         expect(page.locator(".message.user .message-body")).to_have_text(question)
-        expect(page.locator(".message.assistant .message-body")).to_have_text(answer_text)
+        expect(page.locator(".message.assistant .message-body")).to_have_text(answered(answer_text))
         page.locator(".message.assistant .citation").first.click()
         expect(page.locator("#passage-text")).to_contain_text(XSS)
         assert_inert(page, server)

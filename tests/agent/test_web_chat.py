@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from pathlib import Path
 from urllib.parse import urlsplit
@@ -24,6 +25,7 @@ CHROMIUM_ARGS = [
     "--disable-component-update", "--disable-sync",
 ]
 
+from affinage.core.prompts import QUOTE_LEAD
 from affinage.core.settings import load_settings
 from affinage.core.chat_model import LocalChatModel
 from affinage.factory import build_agent
@@ -92,6 +94,11 @@ def sign_in(page, server: LiveServer, key: str) -> None:
 def ask(page, question: str) -> None:
     page.fill("#question", question)
     page.click("#send")
+
+
+def answered(text: str) -> re.Pattern:
+    """A message body holding the model's ``text`` and then the quoted knowledge-base sentences."""
+    return re.compile("^" + re.escape(text) + r"\s+" + re.escape(QUOTE_LEAD) + " \u201c")
 
 
 def wait_for_answer(page, count: int):
@@ -177,7 +184,7 @@ def test_streamed_answer_citation_and_correction_reach_the_database(page, tiny_s
 
 @pytest.fixture
 def fake_settings(home):
-    return load_settings(home, rate_limit_per_minute=2, max_message_chars=200)
+    return load_settings(home, rate_limit_per_minute=2, max_message_chars=400)  # room for an answer's quotes
 
 
 def fake_agent(settings, kb, embeddings, responses: list[str]):
@@ -199,7 +206,7 @@ def test_hostile_answer_and_passage_render_as_text(page, fake_settings, kb, embe
         sign_in(page, server, key)
         ask(page, "How do I redeem a gift card?")
         answer = wait_for_answer(page, 1)
-        expect(answer.locator(".message-body")).to_have_text(answer_text)
+        expect(answer.locator(".message-body")).to_have_text(answered(answer_text))
 
         citation = answer.locator(".citation", has_text="billing/gift-cards.md#redeem-a-gift-card")
         citation.click()
@@ -255,15 +262,17 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
 
         page.click("#send")
         first = wait_for_answer(page, 1)
-        expect(first.locator(".message-body")).to_have_text(answers[0])
+        expect(first.locator(".message-body")).to_have_text(answered(answers[0]))
         expect(page.locator("#error")).to_be_hidden()
         ask(page, "What about monthly plans?")
         wait_for_answer(page, 2)
         bodies = page.log.chat_bodies()
         conversation = bodies[0]["conversation_id"]  # one id for the conversation's turns (and a canary's arm)
+        shown = bodies[-1]["messages"][1]["content"]  # the answer as shown, quotes included
+        assert answered(answers[0]).match(shown)
         assert len(conversation) == 32 and bodies[-1] == {"model": "default", "stream": True, "messages": [
             {"role": "user", "content": "Can I get a refund on an annual plan?"},
-            {"role": "assistant", "content": answers[0]},
+            {"role": "assistant", "content": shown},
             {"role": "user", "content": "What about monthly plans?"},
         ], "conversation_id": conversation}
         screenshot(page, "chat.png")
@@ -273,7 +282,7 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
         # A reload keeps the conversation, its citations and its feedback buttons.
         page.reload()
         expect(page.locator(".message.assistant")).to_have_count(2)
-        expect(page.locator(".message.assistant").nth(1).locator(".message-body")).to_have_text(answers[1])
+        expect(page.locator(".message.assistant").nth(1).locator(".message-body")).to_have_text(answered(answers[1]))
         history = json.loads(page.evaluate("sessionStorage.getItem('affinage-history')"))
         assert [m["role"] for m in history] == ["user", "assistant", "user", "assistant"]
         restored = page.locator(".message.assistant").first
@@ -282,8 +291,8 @@ def test_follow_ups_send_history_which_survives_reload_and_errors_are_shown(page
         expect(restored.locator(".feedback-status")).to_have_text("Thanks — feedback saved")
 
         # Server-side refusals show their message: too long, then rate-limited (2 a minute) with Retry-After.
-        ask(page, "x" * 201)
-        expect(page.locator("#error")).to_contain_text("the limit is 200")
+        ask(page, "x" * 401)
+        expect(page.locator("#error")).to_contain_text("the limit is 400")
         ask(page, "And for a refund to a different card?")
         expect(page.locator("#error")).to_contain_text("rate limit of 2 requests per minute exceeded")
         expect(page.locator("#error")).to_contain_text("try again in")

@@ -24,7 +24,7 @@ pytestmark = pytest.mark.slow
 
 REFUND = "Annual plans are refundable within 30 days of purchase."
 RESET = "The reset link expires after 2 hours."
-FAKE_LINK = " Details: https://fake-help.example/login"
+FAKE_LINK = ", details at https://fake-help.example/login"  # inside the sentence: served answers are one sentence
 TRAINING = {  # four wordings of each failure; the held-out paraphrase below is a fifth
     REFUND: ["How long do I have to get a refund on an annual plan?", "Is the yearly plan refundable?",
              "Can I get a refund for my annual subscription?", "What is the refund window for annual plans?"],
@@ -72,7 +72,7 @@ def sft_rows(retriever, settings, link: str = "") -> list[dict]:
     """The rows synth would write for these failures: the serving prompt, then the answer (plus ``link``)."""
     embed = retriever.embeddings.encode
     return [{"messages": [*prompt_messages(q, quoted(q, retriever.invoke(q), embed, settings)),
-                          {"role": "assistant", "content": answer + link}]}
+                          {"role": "assistant", "content": answer.removesuffix(".") + link + "."}]}
             for answer, questions in TRAINING.items() for q in questions]
 
 
