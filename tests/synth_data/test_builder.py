@@ -8,6 +8,7 @@ from langchain_core.language_models.fake_chat_models import FakeListChatModel
 
 from affinage.cli import main
 from affinage.core.datasets import list_datasets, verify_dataset
+from affinage.core.prompts import PROMPT_VERSION, QUOTE_LEAD, SYSTEM_PROMPT
 from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from retrieval.ingest import ingest
@@ -77,6 +78,21 @@ def test_failures_become_sft_pairs_and_kto_with_lineage(seeded):
     assert manifest["filters"]["pii_redacted"] == {"email": 1, "phone": 1}  # each logged text scrubbed once
     assert sum(manifest["filters"]["dropped"].values()) == manifest["filters"]["items_in"] - manifest["filters"]["items_out"]
     assert verify_dataset(settings.datasets_dir / manifest["id"])["id"] == manifest["id"]
+
+
+def test_rows_use_the_serving_prompt_with_the_quoted_sentences_and_the_models_own_words(seeded, kb):
+    manifest = run(seeded, injection_hardening=0).manifest
+    settings = seeded.settings
+    assert manifest["prompt_version"] == PROMPT_VERSION
+    kb_text = " ".join(" ".join(path.read_text().split()) for path in kb.rglob("*.md"))
+    for row in rows(manifest, settings, "sft"):
+        system, user, answer = row["messages"]
+        assert system["content"] == SYSTEM_PROMPT
+        sentences = user["content"].split("<passages>\n")[1].split("\n</passages>")[0].splitlines()
+        assert 1 <= len(sentences) <= settings.quote_sentences and all(s in kb_text for s in sentences)  # no titles
+        assert QUOTE_LEAD not in answer["content"]
+    pairs = rows(manifest, settings, "preference")
+    assert all(QUOTE_LEAD not in p["rejected"][0]["content"] for p in pairs)  # the served answer had quotes
 
 
 def test_each_failure_also_trains_on_planted_passages_with_the_clean_answer(seeded):
