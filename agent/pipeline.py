@@ -129,13 +129,10 @@ class Answer:
 
 
 def cited_first(answer: str, docs: list[Document], sources: tuple[str, ...] = ()) -> list[Document]:
-    """Passages the answer names by source or that ``sources`` lists, then those it names by ``[n]`` (the quoted
-    ones), in the order named, then the rest in retrieval order."""
-    order = [i for i, doc in enumerate(docs) if doc.metadata["source"] in answer or doc.metadata["source"] in sources]
-    for n in re.findall(r"\[(\d+)\]", answer):
-        if 0 <= int(n) - 1 < len(docs) and int(n) - 1 not in order:
-            order.append(int(n) - 1)
-    return [docs[i] for i in order] + [d for i, d in enumerate(docs) if i not in order]
+    """Passages the answer names (by ``[n]`` or by source) or that ``sources`` lists first, then the rest in order."""
+    named = set(int(n) - 1 for n in re.findall(r"\[(\d+)\]", answer))
+    named |= {i for i, doc in enumerate(docs) if doc.metadata["source"] in answer or doc.metadata["source"] in sources}
+    return [docs[i] for i in sorted(named) if i < len(docs)] + [d for i, d in enumerate(docs) if i not in named]
 
 
 def quotes_after(state: dict, message: AIMessageChunk | AIMessage | None) -> str:
@@ -241,7 +238,7 @@ class SupportAgent:
         docs = state.get("docs", [])
         citations = [
             {"source": d.metadata["source"], "score": round(float(d.metadata["score"]), 4), "text": d.page_content}
-            for d in cited_first(text, docs, (state["verified"].source,) if state.get("verified") else ())
+            for d in cited_first(generated_part(text), docs, (state["verified"].source,) if state.get("verified") else ())
         ]
         usage = dict(getattr(message, "usage_metadata", None) or {})
         metadata = getattr(message, "response_metadata", None) or {}

@@ -43,7 +43,7 @@ def prompt_messages(question: str, sentences: list[str]) -> list[dict]:
 
 def quote_block(quotes: list[Quote]) -> str:
     """What follows the generated sentence: the quoted sentences verbatim, each passage's with its number (``[n]``:
-    the n-th passage given; the citations list them after any passage the model named by source)."""
+    the n-th passage given, which is the n-th citation unless the model's sentence names a passage)."""
     by_passage: dict[int, list[str]] = {}
     for quote in quotes:
         by_passage.setdefault(quote.passage, []).append(quote.sentence)
