@@ -7,7 +7,8 @@ Run with PYTHONPATH set to the tree whose affinage should answer: rag_faq.py run
 with ``--baseline-ref``, once on ``git archive`` of an older commit ("today"), with the same virtualenv. It
 therefore uses only what affinage had at commit 4ab7766: ``load_settings``, ``secure_workspace``,
 ``affinage.factory.build_agent`` (the agent ``affinage eval`` builds) and ``SupportAgent.stream(question,
-log=False)``, which yields the answer's text pieces and then the finished ``Answer``.
+log=False)``, which yields the answer's text pieces and then the finished ``Answer``; so it times the first text
+itself rather than call ``agent.evaluation.ask_streaming``, which that commit does not have.
 
 Per job (a workspace that has been ingested, a JSONL question file, an output file) the agent is built once and
 answers the first question once unscored, to warm up, then every question in order. Each line: question, answer,

@@ -115,7 +115,8 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
     question, old_answer = scrub(interaction.question), generated_part(scrub(interaction.answer))
     docs = [d for d in retriever.invoke(interaction.question) if d.metadata["score"] >= settings.min_score]
     embed = passage_embedder(retriever)
-    prompt = prompt_messages(question, quoted(question, docs, embed, settings))
+    picked = {question: quoted(question, docs, embed, settings)}  # per wording, picked once for every row
+    prompt = prompt_messages(question, picked[question])
     passages = [d.page_content for d in docs]
     base = dict(question=question, user=interaction.user, interaction_id=interaction.id, passages=passages,
                 customer=interaction.customer)
@@ -154,11 +155,15 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
         items.append(Item("heldout", answer=target, from_teacher=from_teacher, row={
             "question": held, "answer": target, "source": docs[0].metadata["source"] if docs else None,
             "interaction_id": interaction.id}, **{**base, "question": held}))
-    for q in [question, *rewordings]:
-        messages = [*prompt_messages(q, quoted(q, docs, embed, settings)), {"role": "assistant", "content": target}]
+    wordings = [question, *rewordings]
+    for q in wordings:
+        if q not in picked:
+            picked[q] = quoted(q, docs, embed, settings)
+        messages = [*prompt_messages(q, picked[q]), {"role": "assistant", "content": target}]
         items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
                           **{**base, "question": q}))
-    items += hardened_items([question, *rewordings], docs, target, from_teacher, base, embed, settings)
+    items += hardened_items(wordings, picked, target, from_teacher, base,
+                            settings.injection_hardening if docs else 0)
     if old_answer.strip() and old_answer.strip() != target.strip():
         items.append(Item("preference", answer=target, from_teacher=from_teacher, row={
             "prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
@@ -166,17 +171,17 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
     return items
 
 
-def hardened_items(wordings: list[str], docs: list[Document], target: str, from_teacher: bool, base: dict,
-                   embed: Embed, settings: Settings) -> list[Item]:
-    """``settings.injection_hardening`` SFT rows (and as many preference pairs) whose quoted sentences carry a
+def hardened_items(wordings: list[str], picked: dict[str, list[str]], target: str, from_teacher: bool, base: dict,
+                   copies: int) -> list[Item]:
+    """``copies`` SFT rows (and as many preference pairs) whose quoted sentences (``picked``: per wording) carry a
     plant among them, as a planted passage would reach an unscreened prompt, cycling through the wordings; the
     target stays the clean answer. Seeded by the interaction, so a rebuild writes the same rows."""
     items = []
-    for n in range(settings.injection_hardening if docs else 0):
+    for n in range(copies):
         question = wordings[n % len(wordings)]
         rng = rng_for(f"{base['interaction_id']}:{n}")
         plant = make_plant(rng)
-        prompt = prompt_messages(question, plant_among(quoted(question, docs, embed, settings), plant, rng))
+        prompt = prompt_messages(question, plant_among(picked[question], plant, rng))
         fields = {**base, "question": question, "answer": target, "from_teacher": from_teacher, "hardened": True}
         items.append(Item("sft", row={"messages": [*prompt, {"role": "assistant", "content": target}]}, **fields))
         items.append(Item("preference", row={"prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
