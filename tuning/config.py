@@ -9,7 +9,7 @@ from pathlib import Path
 from types import UnionType
 from typing import get_args, get_origin, get_type_hints
 
-from affinage.core.settings import METHODS
+from affinage.core.settings_loop import METHODS
 
 PACKABLE = ("sft", "partial", "full", "qlora")  # methods that train on plain conversations
 SCHEDULERS = ("linear", "cosine", "constant", "constant_with_warmup", "cosine_with_restarts", "polynomial")

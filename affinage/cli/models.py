@@ -7,7 +7,8 @@ import getpass
 import json
 from pathlib import Path
 
-from affinage.core.settings import METHODS, Settings
+from affinage.core.settings import Settings
+from affinage.core.settings_loop import METHODS
 
 
 def _fmt(value) -> str:

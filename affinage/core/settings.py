@@ -21,6 +21,7 @@ from pydantic_settings import (
 )
 
 from affinage.core.links import check_domain
+from affinage.core.settings_loop import LoopSettings
 
 DEFAULT_HOME = Path(".affinage")
 EMBEDDED_CHAT_MODEL = "smollm2"
@@ -32,10 +33,7 @@ def resolve_home(home: str | os.PathLike | None = None) -> Path:
     return Path(home or os.environ.get("AFFINAGE_HOME") or DEFAULT_HOME)
 
 
-# The training recipes (tuning.recipes), named here so the worker setting can be checked without loading them.
-METHODS = ("sft", "dpo", "kto", "partial", "full", "qlora")
-
-class Settings(BaseSettings):
+class Settings(LoopSettings):
     model_config = SettingsConfigDict(env_prefix="AFFINAGE_", extra="forbid", validate_default=True)
 
     home: Path = Field(DEFAULT_HOME, description="Workspace: everything affinage writes lives here.")
@@ -138,69 +136,6 @@ class Settings(BaseSettings):
     shutdown_grace_seconds: int = Field(
         60, ge=1, le=3600, description="`affinage serve` on SIGTERM: requests still open after this long (a long "
         "stream, a client that never finishes its body) are cancelled; below systemd's 90 s stop timeout.")
-    gate_tolerance: float = Field(
-        0.02, ge=0.0, le=1.0, description="Golden-set token-F1, ROUGE-L, citation accuracy and groundedness may drop "
-        "at most this much for a candidate to pass.")
-    gate_target_margin: float = Field(
-        0.05, ge=0.0, le=1.0, description="Token-F1 gain a candidate must show on held-out paraphrases of its failures.")
-    gate_max_perplexity_increase: float = Field(
-        0.10, ge=0.0, description="Largest relative rise of general-text perplexity over the active version.")
-    gate_max_kl: float = Field(0.5, ge=0.0, description="Largest mean KL divergence from the base model (nats/token).")
-    gate_golden_limit: int = Field(40, ge=0, description="Golden questions the gates ask each version (0: all).")
-    drift_permutations: int = Field(500, ge=10, le=100_000, description="Permutations of the MMD drift test.")
-    drift_window_days: float = Field(
-        7.0, gt=0, description="Recent traffic: questions from this many days before a candidate was trained on.")
-    stale_threshold: float = Field(
-        0.5, ge=-1.0, le=1.0, description="A training question with no recent question this similar is stale.")
-    registry_poll_seconds: float = Field(
-        2.0, gt=0, le=3600, description="How often the service checks the registry for a promotion or rollback.")
-    worker_poll_seconds: float = Field(
-        30.0, gt=0, le=86_400, description="How often `affinage worker` checks its triggers and the job queue.")
-    worker_min_failures: int = Field(
-        20, ge=0, description="Start a cycle once this many failures were logged since the last cycle began (0: off).")
-    worker_drift_check_seconds: float = Field(
-        3600.0, ge=0, description="How often the worker tests recent traffic for input drift (as `affinage drift` "
-        "over drift_window_days); drift starts a cycle unless one began within that window (0: off).")
-    worker_schedule_hours: float = Field(
-        0.0, ge=0, description="Start a cycle this long after the last one began, failures or not (0: off).")
-    worker_lease_seconds: float = Field(
-        300.0, ge=3, le=86_400, description="A running job's lease, renewed every third of it: a worker silent for "
-        "longer (killed, frozen) loses the job to the next worker, which resumes it.")
-    worker_max_attempts: int = Field(
-        3, ge=1, le=100, description="Claims of one job before it is failed because its workers keep dying.")
-    worker_method: Literal[METHODS] = Field(
-        "sft", description="How the worker trains candidates (a method of `affinage train`).")
-    worker_train_config: Path | None = Field(
-        None, description="Run config (TOML or JSON) for the worker's training; default: the method's defaults.")
-    auto_promote: Literal["off", "gates_pass_by_margin"] = Field(
-        "off", description="Promote a candidate without an operator: 'off', or 'gates_pass_by_margin' (every gate "
-        "check clears its bound by auto_promote_margin). Logged as actor policy:<name>.")
-    auto_promote_margin: float = Field(
-        0.02, ge=0.0, le=1.0, description="Room to spare under gates_pass_by_margin: scores above their floor by "
-        "this much, upper bounds (perplexity, KL, attack rates) below by this share of the bound.")
-    canary_steps: list[int] = Field(
-        [10, 50], description="Shares of new conversations (percent, rising, each in 1..99) a canary serves in turn; "
-        "after the last, enough evidence of no harm makes it the active version.")
-    canary_auto_advance: bool = Field(
-        True, description="The worker steps a healthy canary up through canary_steps and promotes it at the end; "
-        "off: only an operator advances it (a canary that does harm is still rolled back at once).")
-    canary_min_conversations: int = Field(
-        200, ge=1, description="Conversations each arm must have had before the worker advances or promotes a canary.")
-    canary_max_degradation: float = Field(
-        0.05, gt=0.0, le=1.0, description="Worst tolerated rise of a bad-outcome rate (thumbs-down, correction, "
-        "rephrase, escalation, abstention, output guard) in the canary arm, absolute: promotion needs evidence that "
-        "every rate rose by less.")
-    canary_check_seconds: float = Field(
-        10.0, gt=0, le=3600, description="How often `affinage worker` compares a running canary's arms (on its own "
-        "thread, so a training job does not delay a rollback).")
-    canary_alpha: float = Field(
-        0.05, gt=0.0, lt=0.5, description="Error rate of the canary's sequential test (mSPRT), shared by all its "
-        "signals: the chance of rolling back a canary that is no worse, however often it is checked.")
-    erasure_followup: Literal["report", "retrain"] = Field(
-        "report", description="What follows when an erasure flags model versions as trained on erased data: "
-        "'report' (they are marked; an operator decides), or 'retrain' (also queue a worker job that trains a new "
-        "candidate on the cleaned dataset, from the base model if the active version is flagged; it goes through "
-        "gates and approval as usual).")
 
     @field_validator("allowed_link_domains")
     @classmethod
@@ -223,10 +158,6 @@ class Settings(BaseSettings):
             if not self.remote_registry_dir.startswith("/"):
                 raise ValueError(f"remote_registry_dir must be an absolute path on the vLLM server "
                                  f"(got {self.remote_registry_dir!r})")
-        steps = self.canary_steps
-        if not steps or any(not 0 < share < 100 for share in steps) or steps != sorted(set(steps)):
-            raise ValueError(f"canary_steps must be rising shares between 1 and 99 percent, e.g. [10, 50] "
-                             f"(got {steps})")
         return self
 
     @classmethod
