@@ -101,7 +101,7 @@ def curated_only(agent):
             return [e for e in super().all() if e.origin != "correction"]
 
     return SupportAgent(agent.settings, agent.retriever, agent.llm, agent.store,
-                        CuratedBank(agent.store, agent.retriever.embeddings))
+                        CuratedBank(agent.store, agent.retriever.embeddings), link_domains=agent.link_domains)
 
 
 def measure(agent, heldout: list[dict], corrections: set[str], progress: bool) -> dict:

@@ -1,10 +1,13 @@
-"""Compose the agent from Settings: index, embedder, example bank, chat model, log."""
+"""Compose the agent from Settings: index, embedder, example bank, chat model, log, and the link policy (by default
+the hosts the ingested knowledge base links to, read once here: a new ingest takes effect when the agent is built
+again, as the index itself does)."""
 
 from __future__ import annotations
 
 from langchain_core.language_models import BaseChatModel
 
 from affinage.core.chat_model import load_chat_model
+from affinage.core.links import allowed_domains
 from affinage.core.settings import Settings
 from affinage.core.store import Store
 from agent.example_bank import ExampleBank
@@ -30,7 +33,8 @@ def build_agent(settings: Settings, llm: BaseChatModel | None = None, embeddings
     if llm is None:
         llm = load_chat_model(settings)
         watcher = follow_registry(settings, llm)
-    agent = SupportAgent(settings, retriever, llm, store, ExampleBank(store, embeddings))
+    policy = allowed_domains(settings.allowed_link_domains, (chunk.text for chunk in index.chunks) if index else ())
+    agent = SupportAgent(settings, retriever, llm, store, ExampleBank(store, embeddings), link_domains=policy)
     agent.watcher = watcher
     agent.router = watcher  # while a canary runs, it picks each conversation's model (agent.arms.ArmRouter)
     return agent

@@ -19,7 +19,8 @@ from affinage.core.validate import number, open_unit, unit
 Similarity = Callable[[str, str], float]
 
 # Kinds in the order detect_all reports them: explicit feedback first, then automatic signals.
-KINDS = ("thumbs_down", "correction_submitted", "weak_retrieval", "ungrounded", "refusal", "rephrase", "human_request")
+KINDS = ("thumbs_down", "correction_submitted", "weak_retrieval", "ungrounded", "refusal", "rephrase", "human_request",
+         "output_guard")
 
 
 @dataclass(frozen=True)
@@ -162,6 +163,19 @@ def human_request(question: str) -> Signal | None:
     return None
 
 
+# --- what the customer was not shown ----------------------------------------------------------------------------
+
+GUARD_REASON = "removed before it was shown: "  # then what was removed: the console lists it after this
+
+
+def output_guard(removed: Sequence[str]) -> Signal | None:
+    """The output guards (``agent.link_guard``) changed the served answer: an off-policy link removed, or the answer
+    withheld for giving the system prompt away. What they removed is the reason; strength 1, the model misbehaved."""
+    if not removed:
+        return None
+    return Signal("output_guard", GUARD_REASON + ", ".join(dict.fromkeys(r[:120] for r in removed)), 1.0)
+
+
 # --- all together -----------------------------------------------------------------------------------------------
 
 @dataclass(frozen=True)
@@ -176,6 +190,7 @@ class InteractionView:
     ratings: Sequence[str] = ()  # "up" | "down", one per feedback row
     corrections: Sequence[str | None] = ()
     earlier_questions: Sequence[tuple[str, float]] = ()  # the same user's other questions: (question, unix seconds)
+    guarded: Sequence[str] = ()  # what the output guards removed from the served answer (links, "system prompt")
 
 
 @dataclass(frozen=True)
@@ -212,5 +227,6 @@ def detect_all(view: InteractionView, config: DetectorConfig = DetectorConfig())
         rephrase(view.question, view.earlier_questions, view.created_at, config.rephrase_window_s,
                  config.similarity, config.rephrase_threshold),
         human_request(view.question),
+        output_guard(view.guarded),
     )
     return [signal for signal in signals if signal is not None]

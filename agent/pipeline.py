@@ -32,6 +32,7 @@ from sqlalchemy import select
 
 from affinage.core import prompts
 from affinage.core.extraction import select_quotes
+from affinage.core.links import allowed_domains
 from affinage.core.prompts import (
     ABSTAIN_MESSAGE,
     PROMPT_VERSION,
@@ -48,12 +49,14 @@ from affinage.core.timeutil import utcnow
 from agent.arms import ArmRouter, Choice, choose, model_version, served_versions
 from agent.detectors import DetectorConfig, InteractionView, detect_all
 from agent.example_bank import ExampleBank
-from agent.guard import PromptLeakGuard
+from agent.link_guard import OutputGuard
 
 MAX_HISTORY_TURNS = 3
 
 
-def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings) -> Runnable:
+def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings,
+                link_domains: tuple[str, ...] = ()) -> Runnable:
+    """``link_domains``: the link policy in force (``affinage.core.links.allowed_domains``), for the quote screen."""
     embed = passage_embedder(retriever)  # picks the passage sentences the model reads and the answer quotes
 
     def confident(docs: list[Document]) -> list[Document]:
@@ -64,7 +67,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
 
     def quotes(state: dict) -> list:
         return select_quotes(state["question"], state["docs"], embed, settings.quote_sentences,
-                             settings.quote_min_similarity, settings.allowed_link_domains)
+                             settings.quote_min_similarity, link_domains)
 
     def shots(state: dict) -> list[BaseMessage]:
         messages: list[BaseMessage] = []
@@ -151,19 +154,21 @@ def weak_retrieval_threshold(min_score: float) -> float:
 
 
 class SupportAgent:
-    """Answers questions with the chain and logs every answer."""
+    """Answers questions with the chain and logs every answer. ``link_domains``: the link policy in force (the factory
+    resolves it against the index: ``affinage.core.links.allowed_domains``); by default the setting, or no links."""
 
     watcher = None  # follows registry promotions when the model is local (set by the factory)
     router: ArmRouter | None = None  # picks each conversation's model while a canary runs (the factory: the watcher)
 
     def __init__(self, settings: Settings, retriever: BaseRetriever, llm: BaseChatModel, store: Store,
-                 examples: ExampleBank | None = None):
+                 examples: ExampleBank | None = None, link_domains: tuple[str, ...] | None = None):
         self.settings = settings
+        self.link_domains = allowed_domains(settings.allowed_link_domains, ()) if link_domains is None else link_domains
         self.retriever = retriever
         self.llm = llm
         self.store = store
         self.examples = examples
-        self.chain = build_chain(retriever, examples, llm, settings)
+        self.chain = build_chain(retriever, examples, llm, settings, self.link_domains)
         self.detectors = DetectorConfig(retrieval_threshold=weak_retrieval_threshold(settings.min_score))
 
     def _earlier_questions(self, user: str | None, customer: str | None = None) -> list[tuple[str, float]]:
@@ -213,7 +218,7 @@ class SupportAgent:
         started = time.perf_counter()
         state: dict = {}
         message: AIMessageChunk | AIMessage | None = None
-        guard = PromptLeakGuard(prompts.SYSTEM_PROMPT, question)
+        guard = OutputGuard(prompts.SYSTEM_PROMPT, question, self.link_domains)
         llm, arm = choice or self.choose(conversation_id)
         chunks = self.chain.stream({"question": question, "history": history or [], "max_tokens": max_tokens,
                                     "temperature": temperature, "llm": llm})
@@ -243,7 +248,7 @@ class SupportAgent:
         usage = dict(getattr(message, "usage_metadata", None) or {})
         metadata = getattr(message, "response_metadata", None) or {}
         answered_by = metadata.get("model_name") or model_version(llm)
-        finish = "content_filter" if guard.leaked else metadata.get("finish_reason") or "stop"
+        finish = "content_filter" if guard.removed else metadata.get("finish_reason") or "stop"
         result = Answer(text, citations, answered_by, bool(state.get("abstained")), latency, usage=usage,
                         finish_reason=finish)
         if log:
@@ -251,7 +256,7 @@ class SupportAgent:
                 question=question, answer=generated_part(text), created_at=time.time(),
                 retrieved_scores=[float(d.metadata["score"]) for d in state.get("retrieved", [])],
                 passages=[d.page_content for d in docs],
-                earlier_questions=self._earlier_questions(user, customer),
+                earlier_questions=self._earlier_questions(user, customer), guarded=guard.removed,
             )
             row = self.store.add(Interaction(
                 question=question,

@@ -2,7 +2,15 @@
 
 import pytest
 
-from affinage.core.links import check_domain, domain_allowed, host_of, links_in, off_policy_links
+from affinage.core.links import (
+    allowed_domains,
+    check_domain,
+    domain_allowed,
+    host_of,
+    link_domains,
+    links_in,
+    off_policy_links,
+)
 
 
 def test_links_are_found_without_trailing_punctuation():
@@ -52,3 +60,22 @@ def test_check_domain_names_a_malformed_domain(bad):
 def test_check_domain_folds_case():
     assert check_domain(" Docs.Python.ORG ") == "docs.python.org"
     assert check_domain("*.example.com") == "*.example.com"
+
+
+def test_the_knowledge_base_s_link_domains_are_its_hosts_once_each_in_order():
+    texts = ["Status: https://Status.Lumendesk.com/x and www.lumendesk.com/legal.",
+             "Mail abuse@lumendesk-mail.com or see https://status.lumendesk.com.", "No links here."]
+    assert link_domains(texts) == ("lumendesk-mail.com", "lumendesk.com", "status.lumendesk.com")
+    assert link_domains([]) == ()
+
+
+def test_the_operator_s_list_wins_and_an_empty_one_allows_nothing():
+    kb = ["See https://docs.example.com/a."]
+    assert allowed_domains(None, kb) == ("docs.example.com",)  # unset: the knowledge base's own links
+    assert allowed_domains([], kb) == ()  # []: no links at all
+    assert allowed_domains(["python.org"], kb) == ("python.org",)
+
+
+def test_an_unresolved_policy_allows_nothing():
+    assert not domain_allowed("example.com", None)
+    assert off_policy_links("see example.com", None) == ["example.com"]

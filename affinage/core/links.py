@@ -1,12 +1,15 @@
 """Links in text, and the link policy: which domains an answer may send a customer to.
 
-One pattern finds links everywhere (answer metrics, the quote screen); a domain allows itself and its subdomains,
-``*.example.com`` only the subdomains. Pure functions, so the policy is tested apart from what applies it.
+One pattern finds links everywhere (answer metrics, the quote screen, the streaming link guard); a domain allows
+itself and its subdomains, ``*.example.com`` only the subdomains. The policy is the operator's list when one is set,
+else the hosts the knowledge base itself links to (``allowed_domains``): an answer may send a customer where the
+documentation does, nowhere else. Pure functions, so the policy is tested apart from what applies it.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 
 LINK = re.compile(r"(?:https?:)?//[^\s<>\"')\]]+|\b(?:[a-z0-9-]+\.)+(?:com|net|org|io|co|info|biz|example)\b(?:/[^\s<>\"')\]]*)?",
                   re.IGNORECASE)
@@ -32,10 +35,11 @@ def check_domain(domain: str) -> str:
     return folded
 
 
-def domain_allowed(host: str, allowed: list[str] | tuple[str, ...]) -> bool:
-    """Whether ``host`` is one of ``allowed`` or under one; ``*.d`` allows d's subdomains but not d itself."""
+def domain_allowed(host: str, allowed: list[str] | tuple[str, ...] | None) -> bool:
+    """Whether ``host`` is one of ``allowed`` or under one; ``*.d`` allows d's subdomains but not d itself. ``None``
+    (a setting not yet resolved against a knowledge base by ``allowed_domains``) allows nothing: the strict side."""
     host = host.lower().removeprefix("www.")
-    for domain in allowed:
+    for domain in allowed or ():
         if domain.startswith("*."):
             if host.endswith(domain[1:]):
                 return True
@@ -44,6 +48,17 @@ def domain_allowed(host: str, allowed: list[str] | tuple[str, ...]) -> bool:
     return False
 
 
-def off_policy_links(text: str, allowed: list[str] | tuple[str, ...]) -> list[str]:
+def link_domains(texts: Iterable[str]) -> tuple[str, ...]:
+    """The hosts ``texts`` link to, sorted and without repeats: the default policy from the knowledge base's chunks."""
+    return tuple(sorted({host for text in texts for host in map(host_of, links_in(text)) if host}))
+
+
+def allowed_domains(configured: list[str] | None, kb_texts: Iterable[str]) -> tuple[str, ...]:
+    """The link policy in force: the operator's domains when set (``[]``: no links at all), else (``None``) the hosts
+    the knowledge base links to."""
+    return tuple(configured) if configured is not None else link_domains(kb_texts)
+
+
+def off_policy_links(text: str, allowed: list[str] | tuple[str, ...] | None) -> list[str]:
     """The links in ``text`` whose host the policy does not allow."""
     return [link for link in links_in(text) if not domain_allowed(host_of(link), allowed)]

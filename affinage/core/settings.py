@@ -80,10 +80,12 @@ class Settings(LoopSettings):
     quote_min_similarity: float = Field(
         0.35, ge=-1.0, le=1.0,
         description="A sentence less similar to the question than this is not quoted; with none left, the agent abstains.")
-    allowed_link_domains: list[str] = Field(
-        default_factory=list,
-        description="Domains a quoted sentence may link to ('example.com' allows its subdomains, '*.example.com' only "
-                    "them); a sentence linking anywhere else is never quoted.")
+    allowed_link_domains: list[str] | None = Field(
+        None,
+        description="Domains an answer may link to ('example.com' allows its subdomains, '*.example.com' only them). "
+                    "Unset: the hosts the ingested knowledge base links to; [] : no links at all. A passage sentence "
+                    "linking elsewhere is never quoted, and the streaming output guard removes any other link before "
+                    "the customer sees it.")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest generated answer, in tokens.")
     max_answer_sentences: int = Field(
         1, ge=0, le=100,
@@ -139,8 +141,8 @@ class Settings(LoopSettings):
 
     @field_validator("allowed_link_domains")
     @classmethod
-    def _domains(cls, domains: list[str]) -> list[str]:
-        return [check_domain(domain) for domain in domains]
+    def _domains(cls, domains: list[str] | None) -> list[str] | None:
+        return None if domains is None else [check_domain(domain) for domain in domains]
 
     @model_validator(mode="after")
     def _check(self) -> "Settings":

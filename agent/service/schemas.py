@@ -122,3 +122,13 @@ class ForgetRequest(BaseModel):
     matching: str | None = Field(None, max_length=200, description="An email address or a name, matched "
                                  "case-insensitively in questions, answers, corrections and the example bank.")
     check: bool = False
+
+
+class GuardEvent(BaseModel):
+    """An answer the output guards changed before the customer saw it (its ``output_guard`` signal)."""
+
+    at: str
+    interaction_id: str
+    model_version: str = Field(description="The version that answered.")
+    removed: str = Field(description="What the customer was not shown: off-policy links, or 'system prompt'.")
+    question: str

@@ -8,6 +8,7 @@ from agent.detectors import (
     correction_submitted,
     detect_all,
     human_request,
+    output_guard,
     refusal,
     rephrase,
     thumbs_down,
@@ -201,6 +202,12 @@ def test_not_human_requests(question):
     assert human_request(question) is None
 
 
+def test_output_guard_names_what_the_customer_was_not_shown_once_each():
+    assert output_guard([]) is None
+    signal = output_guard(["system prompt", "https://evil.example/x", "https://evil.example/x"])
+    assert signal == Signal("output_guard", "removed before it was shown: system prompt, https://evil.example/x", 1.0)
+
+
 def test_detect_all_reports_every_signal_in_kind_order():
     view = InteractionView(
         question="Can I talk to a human? How can I reset the password",
@@ -211,6 +218,7 @@ def test_detect_all_reports_every_signal_in_kind_order():
         ratings=["down"],
         corrections=["Click Forgot password on the sign-in page."],
         earlier_questions=[("How do I reset my password? Can I talk to a human?", 950.0)],
+        guarded=["https://evil.example/reset"],
     )
     signals = detect_all(view, DetectorConfig(retrieval_threshold=0.4))
     assert [s.kind for s in signals] == list(KINDS)

@@ -80,8 +80,8 @@ def test_hostile_question_answer_and_correction_stay_text_in_the_chat_page(page,
         assert session.scalars(select(Feedback.correction)).one() == correction
 
 
-def test_hostile_topics_contributors_and_reviewers_stay_text_in_the_operator_console(browser, home, kb):  # noqa: F811
-    settings, agent = hostile_agent(home, kb, f"Press Redeem. {HOSTILE}")
+def test_hostile_topics_contributors_reviewers_and_guard_events_stay_text_in_the_operator_console(browser, home, kb):  # noqa: F811
+    settings, agent = hostile_agent(home, kb, f"Press Redeem. {HOSTILE} Or https://evil.example/steal.")
     user = f"mallory {XSS}"
     reviewer = f"op {XSS}"
     keys = {name: create_key(agent.store, name, role) for name, role in ((user, "agent"), (reviewer, "operator"))}
@@ -106,5 +106,9 @@ def test_hostile_topics_contributors_and_reviewers_stay_text_in_the_operator_con
         expect(console.locator("[data-testid=datasets]")).to_contain_text(f"{user}")
         expect(console.locator("[data-testid=audit]")).to_contain_text(reviewer)
         expect(console.locator("#topics")).to_contain_text("gift card")
+        guarded = console.locator("[data-testid=guard-events]")  # the off-policy link, removed; the question as text
+        expect(guarded.locator("tbody tr")).to_have_count(4)
+        expect(guarded).to_contain_text("https://evil.example/steal")
+        expect(guarded).to_contain_text(f"gift card redeem broken 3 {XSS}")
         assert_inert(console, server)
     context.close()

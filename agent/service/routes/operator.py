@@ -1,5 +1,5 @@
 """Operator routes: corrections to review, failure topics, datasets, candidates and their gate reports, decisions,
-promotion, rollback, the worker's jobs and their logs, and the audit log. Registry and job rules live behind the
+promotion, rollback, the worker's jobs and their logs, the output guard's events, and the audit log. Registry and job rules live behind the
 handed-in backends (``agent.service.backends``); these routes only turn them into HTTP."""
 
 from __future__ import annotations
@@ -8,16 +8,18 @@ import logging
 from datetime import datetime, timedelta, timezone
 from typing import Literal
 
-from fastapi import APIRouter
+from fastapi import APIRouter, Query
 from fastapi.responses import HTMLResponse
 from pydantic import BaseModel, Field
-from sqlalchemy import select
+from sqlalchemy import String, cast, select
 
-from affinage.core.tables import Feedback
+from affinage.core.tables import Feedback, Interaction
+from affinage.core.timeutil import as_utc
 from agent.corrections import UnknownCorrection, correction_info, pending_corrections, review_correction
 from agent.service.deps import AgentDep, BackendsDep, OperatorCaller, SettingsDep, StoreDep
 from agent.service.errors import APIError
-from agent.service.schemas import CorrectionInfo, ReviewResult
+from agent.detectors import GUARD_REASON
+from agent.service.schemas import CorrectionInfo, GuardEvent, ReviewResult
 
 log = logging.getLogger("affinage.service")
 router = APIRouter(prefix="/api/operator", tags=["operator"])
@@ -138,3 +140,25 @@ def audit(_: OperatorCaller, store: StoreDep, backends: BackendsDep) -> list[dic
             events.append({"at": f.reviewed_at.isoformat(), "actor": f.reviewed_by, "action": f"correction {f.review}",
                            "subject": f.id, "detail": ""})
     return sorted(events, key=lambda e: e["at"], reverse=True)
+
+
+@router.get("/guard-events", response_model=list[GuardEvent])
+def guard_events(_: OperatorCaller, store: StoreDep, limit: int = Query(50, ge=1, le=500),
+                 before: datetime | None = None) -> list[dict]:
+    """Answers the output guards changed before the customer saw them (a link off the policy, the system prompt),
+    newest first: ``limit`` of them, older than ``before`` (the last one's ``at``, for the next page)."""
+    query = (select(Interaction.id, Interaction.created_at, Interaction.model_version, Interaction.question,
+                    Interaction.signals)
+             .where(cast(Interaction.signals, String).contains("output_guard"))  # a cheap pre-filter, checked below
+             .order_by(Interaction.created_at.desc(), Interaction.id.desc()))
+    if before is not None:
+        query = query.where(Interaction.created_at < as_utc(before))
+    events: list[dict] = []
+    with store.session() as session:
+        for row in session.execute(query.execution_options(yield_per=200)):
+            events += [{"at": row.created_at.isoformat(), "interaction_id": row.id, "model_version": row.model_version,
+                        "removed": s["reason"].removeprefix(GUARD_REASON), "question": row.question}
+                       for s in row.signals or () if s.get("kind") == "output_guard"]
+            if len(events) >= limit:
+                break
+    return events[:limit]

@@ -262,9 +262,10 @@
   }
 
   async function refresh() {
-    const [models, topics, datasets, audit, jobs, canary] = await Promise.all([
+    const [models, topics, datasets, audit, jobs, canary, guarded] = await Promise.all([
       call("GET", "/api/operator/models"), call("GET", "/api/operator/topics"), call("GET", "/api/operator/datasets"),
-      call("GET", "/api/operator/audit"), call("GET", "/api/operator/jobs"), call("GET", "/api/operator/canary")]);
+      call("GET", "/api/operator/audit"), call("GET", "/api/operator/jobs"), call("GET", "/api/operator/canary"),
+      call("GET", "/api/operator/guard-events?limit=50")]);
     drawCanary(canary);
     $("active-version").textContent = "active: " + models.active;
     fill("versions", models.versions.map((v) => {
@@ -283,6 +284,9 @@
     fill("jobs", jobs.map(jobRow), "No jobs yet: affinage worker runs them.");
     fill("topics", topics.map((t) => row([t.label, t.count, t.remedy + ": " + t.why])),
          "No failures in the last 30 days.");
+    fill("guard-events", guarded.map((e) => row([e.at.slice(0, 19).replace("T", " "), e.interaction_id,
+                                                 e.model_version, e.removed, e.question])),
+         "No answer changed by the output guard.");
     fill("datasets", datasets.map((d) => row([d.id, (d.created_at || "").slice(0, 19),
       Object.entries(d.counts || {}).map(([k, n]) => `${k} ${n}`).join(", "), (d.contributors || []).join(", "),
       capText(d.per_user_cap)])),
@@ -354,7 +358,7 @@
     $("sign-out").addEventListener("click", (event) => {
       event.preventDefault();
       sessionStorage.removeItem(KEY);
-      for (const id of ["versions", "jobs", "topics", "datasets", "audit"]) $(id).replaceChildren();
+      for (const id of ["versions", "jobs", "topics", "guard-events", "datasets", "audit"]) $(id).replaceChildren();
       $("job-log").textContent = "";
       $("job-log-panel").hidden = true;
       $("active-version").textContent = "";
