@@ -125,7 +125,7 @@ class Answer:
     latency_s: float
     interaction_id: str | None = None
     usage: dict = field(default_factory=dict)
-    finish_reason: str = "stop"  # OpenAI's: stop | length | content_filter (the output guard cut the answer)
+    finish_reason: str = "stop"  # OpenAI's: stop | length | content_filter (an output guard changed the answer)
 
     def to_json(self) -> dict:
         return {"answer": self.answer, "citations": self.citations, "interaction_id": self.interaction_id, "model": self.model}

@@ -39,3 +39,9 @@ def test_a_malformed_allowed_link_domain_is_refused_by_name(tmp_path):
         load_settings(tmp_path)
     (tmp_path / "config.toml").write_text('allowed_link_domains = ["Docs.Example.com", "*.python.org"]\n')
     assert load_settings(tmp_path).allowed_link_domains == ["docs.example.com", "*.python.org"]
+
+
+def test_unset_allowed_link_domains_is_the_default_policy_and_an_empty_list_allows_no_links(tmp_path):
+    assert load_settings(tmp_path).allowed_link_domains is None  # the knowledge base's own link hosts
+    (tmp_path / "config.toml").write_text("allowed_link_domains = []\n")
+    assert load_settings(tmp_path).allowed_link_domains == []
