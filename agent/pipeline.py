@@ -54,9 +54,10 @@ from agent.link_guard import OutputGuard
 MAX_HISTORY_TURNS = 3
 
 
-def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings,
-                link_domains: tuple[str, ...] = ()) -> Runnable:
-    """``link_domains``: the link policy in force (``affinage.core.links.allowed_domains``), for the quote screen."""
+def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: BaseChatModel, settings: Settings) -> Runnable:
+    """The quote screen admits a linking sentence only to a domain the operator listed in ``allowed_link_domains``,
+    never by the knowledge-base default: a poisoned page would otherwise vouch for its own planted link (the
+    injection bench plants them in ingested pages)."""
     embed = passage_embedder(retriever)  # picks the passage sentences the model reads and the answer quotes
 
     def confident(docs: list[Document]) -> list[Document]:
@@ -67,7 +68,7 @@ def build_chain(retriever: BaseRetriever, examples: ExampleBank | None, llm: Bas
 
     def quotes(state: dict) -> list:
         return select_quotes(state["question"], state["docs"], embed, settings.quote_sentences,
-                             settings.quote_min_similarity, link_domains)
+                             settings.quote_min_similarity, tuple(settings.allowed_link_domains or ()))
 
     def shots(state: dict) -> list[BaseMessage]:
         messages: list[BaseMessage] = []
@@ -168,7 +169,7 @@ class SupportAgent:
         self.llm = llm
         self.store = store
         self.examples = examples
-        self.chain = build_chain(retriever, examples, llm, settings, self.link_domains)
+        self.chain = build_chain(retriever, examples, llm, settings)
         self.detectors = DetectorConfig(retrieval_threshold=weak_retrieval_threshold(settings.min_score))
 
     def _earlier_questions(self, user: str | None, customer: str | None = None) -> list[tuple[str, float]]:

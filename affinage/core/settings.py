@@ -83,9 +83,9 @@ class Settings(LoopSettings):
     allowed_link_domains: list[str] | None = Field(
         None,
         description="Domains an answer may link to ('example.com' allows its subdomains, '*.example.com' only them). "
-                    "Unset: the hosts the ingested knowledge base links to; [] : no links at all. A passage sentence "
-                    "linking elsewhere is never quoted, and the streaming output guard removes any other link before "
-                    "the customer sees it.")
+                    "Unset: the hosts the ingested knowledge base links to; [] : no links at all. The streaming output "
+                    "guard removes any other link before the customer sees it. A passage sentence is quoted with a "
+                    "link only to a domain listed here (never by the unset default: a planted page vouches for itself).")
     max_new_tokens: int = Field(128, ge=1, le=4096, description="Longest generated answer, in tokens.")
     max_answer_sentences: int = Field(
         1, ge=0, le=100,

@@ -79,8 +79,8 @@ def test_the_leak_guard_sees_the_model_s_words_before_the_link_guard():
 
 def test_a_link_in_the_answer_is_removed_the_signal_recorded_and_the_finish_says_so(tiny_settings, kb):
     (kb / "billing" / "invoices.md").write_text(
-        "# Invoices\n\n## Download an invoice\n\nInvoices can be downloaded from https://billing.example.com/invoices "
-        "at any time.\n")
+        "# Invoices\n\n## Download an invoice\n\nInvoices can be downloaded from Settings > Billing > Invoices. "
+        "Invoices can also be downloaded from https://billing.example.com/invoices at any time.\n")
     embeddings = HashEmbeddings()
     ingest(tiny_settings.index_dir, [kb], embeddings, tiny_settings.chunk_chars, tiny_settings.chunk_overlap_chars)
     said = "Download it at https://billing.example.com/invoices or https://evil.example/invoices today."
@@ -89,7 +89,9 @@ def test_a_link_in_the_answer_is_removed_the_signal_recorded_and_the_finish_says
     *pieces, answer = agent.stream("Where can invoices be downloaded?", channel="api", user="alice")
     assert all("evil" not in piece for piece in pieces)
     assert answer.answer.startswith(f"Download it at https://billing.example.com/invoices or {REMOVED} today.")
-    assert QUOTE_LEAD in answer.answer and "https://billing.example.com/invoices at any time" in answer.answer
+    # the guard trusts the knowledge base's link in the model's words, but only a listed domain gets a sentence quoted
+    assert QUOTE_LEAD in answer.answer and "Settings > Billing > Invoices" in answer.answer
+    assert "at any time" not in answer.answer
     assert answer.finish_reason == "content_filter"
     with agent.store.session() as session:
         row = session.get(Interaction, answer.interaction_id)
