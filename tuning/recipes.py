@@ -101,7 +101,8 @@ def arguments(args_class, job: Job, **method_specific):
         per_device_train_batch_size=c.batch_size,
         per_device_eval_batch_size=c.batch_size,
         gradient_accumulation_steps=c.grad_accum,
-        activation_checkpointing=c.activation_checkpointing,
+        activation_checkpointing=(not torch.cuda.is_available() if c.activation_checkpointing is None
+                                  else c.activation_checkpointing),
         dataloader_pin_memory=torch.cuda.is_available(),
         seed=c.seed,
         data_seed=c.seed,

@@ -190,11 +190,15 @@ def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quic
             assert torch.allclose(packed[row:row + 1, a:b], alone, atol=1e-5)
 
 
-@pytest.mark.parametrize("packing", [False, True])
-def test_the_cpu_answer_loss_is_trls_loss(tiny_settings, dataset, quick_config, packing):
-    """Projecting only the answer positions gives TRL's fused-head loss and gradients, padded or packed."""
+@pytest.mark.parametrize("packing,chunk", [(False, 256), (True, 256), (True, 5)])
+def test_the_cpu_answer_loss_is_trls_loss(tiny_settings, dataset, quick_config, packing, chunk, monkeypatch):
+    """Projecting only the answer positions, a chunk at a time, gives TRL's fused-head loss, gradients and logged
+    metrics, padded or packed."""
     from trl import SFTTrainer
 
+    import tuning.answer_loss
+
+    monkeypatch.setattr(tuning.answer_loss, "CHUNK", chunk)
     from tuning.recipes import load_base, lora, sft_trainer
 
     config = load_config(quick_config(packing=packing, batch_size=4, val_fraction=0.0), "sft")
@@ -212,6 +216,9 @@ def test_the_cpu_answer_loss_is_trls_loss(tiny_settings, dataset, quick_config, 
         return loss.detach(), [p.grad.clone() for p in trainer.model.parameters() if p.requires_grad]
 
     ours, trls = loss_and_grads(type(trainer).compute_loss), loss_and_grads(SFTTrainer.compute_loss)
+    metrics = {k: v[-2:] for k, v in trainer._metrics["eval"].items() if k in ("entropy", "mean_token_accuracy")}
+    assert all(a == pytest.approx(b, rel=1e-4) for a, b in metrics.values()) and len(metrics) == 2
+    assert chunk > 100 or (batch["labels"] != -100).sum() > 2 * chunk  # the small chunk does split the answer
     assert type(trainer) is not SFTTrainer and 0 < ours[0] and torch.allclose(ours[0], trls[0], atol=1e-5)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(ours[1], trls[1]))
     assert any(a.abs().sum() > 0 for a in ours[1])
