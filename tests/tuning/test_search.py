@@ -3,6 +3,7 @@ replaced by fakes whose figures are set here (the tiny model runs a real search 
 K candidates registered, the best passing one proposed, the rest superseded, and a resumed search that trains and
 gates nothing twice."""
 
+import json
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -11,6 +12,7 @@ from pydantic import ValidationError
 import affinage.search as search
 from affinage.core.settings import load_settings
 from affinage.core.timeutil import utcnow
+from retrieval.ingest import ingest
 from tuning.checks import improves, not_higher
 from tuning.config import RunConfig, load_config
 from tuning.registry import Registry
@@ -200,3 +202,30 @@ def test_field_values_recipes_and_the_held_out_gain():
     assert held_out_gain({"checks": checks}) == -0.25  # no measures: the check's own figures
     nothing = {"measures": {"active": {"target": None}, "candidate": {"target": None}}, "checks": []}
     assert held_out_gain(nothing) is None
+
+
+@pytest.mark.slow
+def test_a_search_on_the_tiny_model_proposes_the_best_passing_candidate(tiny_settings, dataset, quick_config, kb,
+                                                                        embeddings, tmp_path):
+    golden = tmp_path / "golden.jsonl"
+    golden.write_text(json.dumps({"question": "How long is a password reset link valid?", "answer": "2 hours.",
+                                  "source": "account/passwords.md#reset-your-password"}) + "\n")
+    # bounds loose enough that the random model's candidates can pass: what is tested is the choice among them
+    settings = tiny_settings.model_copy(update={
+        "golden_set": golden, "drift_permutations": 20, "worker_train_config": quick_config(max_steps=2),
+        "search_space": space(tmp_path, "learning_rate = {choices = [1e-2, 3e-3, 1e-3]}\n"), "search_candidates": 3,
+        "gate_target_margin": 0.0, "gate_tolerance": 1.0, "gate_max_perplexity_increase": 100.0, "gate_max_kl": 100.0})
+    ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
+    notes = []
+    record = search.search_stage(settings, dataset["id"], utcnow().isoformat(), notes.append, False)
+    versions = {v.id: v for v in Registry.open(settings).list()}
+    assert sorted(v.manifest["config"]["learning_rate"] for v in versions.values()) == [1e-3, 3e-3, 1e-2]
+    assert sorted(c["candidate"] for c in record["candidates"]) == sorted(versions)
+    assert all((v.path / "report.json").is_file() for v in versions.values())
+    passing = [c for c in record["candidates"] if c["passed"]]
+    assert passing, [(c["gain"], c["failed"]) for c in record["candidates"]]
+    best = max(passing, key=lambda c: c["gain"])["candidate"]
+    assert record["candidate"] == best and record["passed"]
+    assert {i: v.state for i, v in versions.items()} == {i: "gated-passed" if i == best else "superseded"
+                                                         for i in versions}
+    print("trial seconds on the tiny model:", [c["seconds"] for c in record["candidates"]])
