@@ -11,8 +11,13 @@ from pydantic import ValidationError
 
 import affinage.search as search
 from affinage.core.settings import load_settings
+from affinage.factory import build_agent
+from affinage.service import create_app
+from agent.service.auth import create_key
 from affinage.core.timeutil import utcnow
 from retrieval.ingest import ingest
+from tests.agent.service_harness import LiveServer
+from tests.agent.test_web_chat import browser, expect  # noqa: F401 - fixtures
 from tuning.checks import improves, not_higher
 from tuning.config import RunConfig, load_config
 from tuning.registry import Registry
@@ -229,3 +234,33 @@ def test_a_search_on_the_tiny_model_proposes_the_best_passing_candidate(tiny_set
     assert {i: v.state for i, v in versions.items()} == {i: "gated-passed" if i == best else "superseded"
                                                          for i in versions}
     print("trial seconds on the tiny model:", [c["seconds"] for c in record["candidates"]])
+
+
+def test_the_console_shows_a_searchs_candidates_side_by_side(browser, tiny_settings, kb, embeddings):  # noqa: F811
+    settings = tiny_settings.model_copy(update={"registry_poll_seconds": 3600})
+    ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
+    fakes, hostile = Fakes(settings), '<img src=x onerror="window.__pwned=1">'
+    registry = Registry.open(settings)
+    ids = {}
+    for lr, modules in ((1e-3, "all-linear"), (2e-3, [hostile])):
+        config = space(settings.home, f"learning_rate = {lr}\nmax_steps = 4\ntarget_modules = {json.dumps(modules)}\n",
+                       f"run-{lr}.toml")
+        ids[lr] = fakes.train(settings, "sft", "ds-1", config).id
+        fakes.run_gates(settings, ids[lr])
+    registry.supersede(ids[1e-3], by=ids[2e-3], actor="search")
+    agent = build_agent(settings, embeddings=embeddings)
+    key = create_key(agent.store, "test-operator", "operator")
+    page = browser.new_context(viewport={"width": 1400, "height": 900}).new_page()
+    with LiveServer(create_app(settings, agent=agent)) as server:
+        page.goto(server.url + "/operator")
+        page.fill("#key-input", key)
+        page.click("[data-testid=key-save]")
+        best, other = (page.locator(f"[data-testid='version-{ids[lr]}']") for lr in (2e-3, 1e-3))
+        expect(best.locator(".state")).to_have_text("gated-passed")
+        expect(other.locator(".state")).to_have_text("superseded")
+        expect(best).to_contain_text(f"lr 0.002, steps 4, rank 16, modules {hostile}")  # the config, as text
+        expect(best).to_contain_text("+0.050")
+        expect(other).to_contain_text("lr 0.001, steps 4, rank 16, modules all-linear")
+        expect(other).to_contain_text("+0.020")
+        assert page.evaluate("window.__pwned") is None
+        assert not other.get_by_role("button", name="Approve").count()  # superseded: never approved
