@@ -264,3 +264,15 @@ def test_the_console_shows_a_searchs_candidates_side_by_side(browser, tiny_setti
         expect(other).to_contain_text("+0.020")
         assert page.evaluate("window.__pwned") is None
         assert not other.get_by_role("button", name="Approve").count()  # superseded: never approved
+
+
+@pytest.mark.slow  # two trainings, about 20 s
+def test_dpo_continues_a_named_sft_version_that_is_not_active(tiny_settings, dataset, quick_config):
+    from tuning.train import train
+
+    sft = train(tiny_settings, "sft", config_path=quick_config(), progress=False)
+    dpo = train(tiny_settings, "dpo", config_path=quick_config(start_from=sft.id), progress=False)
+    assert dpo.manifest["start_from"] == sft.id and Registry.open(tiny_settings).active_id() is None
+    with pytest.raises(ValueError, match="no version 'sft-nope'"):
+        train(tiny_settings, "dpo", config_path=quick_config(start_from="sft-nope"), progress=False)
+    assert len(Registry.open(tiny_settings).list()) == 2
