@@ -70,6 +70,8 @@ def search_stage(settings: Settings, dataset_id: str, started_at: str, note: Not
             continue
         repeats = 0
         run_trial(settings, registry, study, trial, values, dataset_id, note, progress)
+    if repeats == MAX_REPEATS:
+        note(f"stopping after {len(finished(study))} candidates: the space has no config left that was not tried")
     return conclude(registry, finished(study), note)
 
 

@@ -195,6 +195,14 @@ def test_none_passing_names_each_candidates_failed_checks(settings, fakes, tmp_p
     assert record["failed"] == [f"{version.id}: safety: injection success rate"]
 
 
+def test_a_space_smaller_than_k_trains_each_config_once(settings, fakes, tmp_path):
+    settings = settings.model_copy(update={"search_space": space(tmp_path, "learning_rate = {choices = [1e-3]}\n")})
+    notes = []
+    record = run(settings, notes)
+    assert fakes.trained == [("sft", 1e-3, "active")] and len(record["candidates"]) == 1
+    assert any("the space has no config left that was not tried" in n for n in notes)
+
+
 def test_field_values_recipes_and_the_held_out_gain():
     assert field_value("target_modules", "q_proj, v_proj") == ["q_proj", "v_proj"]
     assert field_value("target_modules", "all-linear") == "all-linear" and field_value("lora_r", 8) == 8
