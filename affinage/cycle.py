@@ -1,10 +1,11 @@
 """One improvement cycle, orchestrated once for `affinage worker` and `affinage demo`: triage -> immediate remedies
--> synth -> train -> gates -> promotion, each stage a function here, run in order by ``run_cycle``.
+-> synth -> search (K candidates, each trained and gated: ``affinage.search``) -> promotion, each stage a function
+here, run in order by ``run_cycle``.
 
 Each stage returns a small JSON record of what it did and may run again after a crash without doing its work
-twice: synth and train adopt what an interrupted attempt already wrote (training itself resumes from its last
-checkpoint), the gates run again only on an ungated candidate. ``run_cycle`` skips the stages whose records it is
-given and stops after a synth that found nothing to train on. What differs between callers goes in its ``Hooks``
+twice: synth adopts the dataset an interrupted attempt wrote, the search continues its study (finished trials are
+neither trained nor gated again, and training resumes from its last checkpoint). ``run_cycle`` skips the stages
+whose records it is given and stops after a synth that found nothing to train on. What differs between callers goes in its ``Hooks``
 (the worker keeps every record on a durable job and checks its lease; the demo times the stages and acts as the
 operator) and in its ``Cycle`` (the demo lends synth its loaded agent and a recorded teacher, and approves every
 candidate that passed its gates instead of following the ``auto_promote`` policy).
@@ -12,33 +13,27 @@ candidate that passed its gates instead of following the ``auto_promote`` policy
 
 from __future__ import annotations
 
-import json
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 from typing import Any, Callable
 
-from affinage.core.atomic import atomic_write_text
 from affinage.core.datasets import list_datasets, used_interactions
 from affinage.core.settings import Settings
 from affinage.core.store import Store
 from affinage.core.timeutil import utcnow
 from affinage.factory import build_agent
-from affinage.gating import run_gates
+from affinage.search import search_stage
 from agent.corrections import pending_corrections
 from agent.pipeline import model_version
 from agent.triage import triage
 from synth_data.builder import SynthResult, pending, synthesize
-from synth_data.erasure import current_dataset
 from synth_data.teacher import load_teacher
-from tuning.config import read_config_file
 from tuning.decisions import passes_by_margin
 from tuning.registry import Registry
-from tuning.train import CONTINUES, train
 
 Note = Callable[[str], None]
-STAGES = ("triage", "remedies", "synth", "train", "gate", "promote")
+STAGES = ("triage", "remedies", "synth", "search", "promote")
 TRIAGE_DAYS = 30  # the window of `affinage failures` and the console's topics
 MAX_TOPICS = 20  # topics kept on a job record
 MAX_DOC_QUESTIONS = 5  # questions per knowledge gap kept on a job record
@@ -90,6 +85,7 @@ def run_cycle(cycle: Cycle, hooks: Hooks, outputs: dict | None = None) -> dict:
     """Run, in order, the stages that have no record in ``outputs`` (an earlier attempt did those), stopping after
     a synth that found nothing to train on; returns every record, with the last ``outcome`` a stage named."""
     outputs = dict(outputs or {})
+    outputs.setdefault("cycle_started_at", utcnow().isoformat())  # what cycle_budget_minutes counts from
     for number, stage in enumerate(STAGES):
         if stage in outputs:
             continue  # done by an earlier attempt
@@ -119,11 +115,9 @@ def run_stage(cycle: Cycle, hooks: Hooks, stage: str, outputs: dict) -> dict:
             hooks.save(outputs)
         return synth_stage(settings, store, outputs["synth_started_at"], note, cycle.load_embeddings(), progress,
                            cycle.agent, cycle.teacher)
-    if stage == "train":
-        return train_stage(settings, outputs["synth"]["dataset"], note, progress)
-    if stage == "gate":
-        return gate_stage(settings, outputs["train"]["candidate"], note, progress)
-    return promote_stage(settings, outputs["train"]["candidate"], outputs["gate"], note, cycle.approver)
+    if stage == "search":
+        return search_stage(settings, outputs["synth"]["dataset"], outputs["cycle_started_at"], note, progress)
+    return promote_stage(settings, outputs["search"]["candidate"], outputs["search"], note, cycle.approver)
 
 
 def build_dataset(settings: Settings, progress: bool = True, embeddings=None, agent=None, teacher=None) -> SynthResult:
@@ -171,59 +165,6 @@ def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, e
     manifest = build_dataset(settings, progress, embeddings, agent, teacher).manifest
     note(f"dataset {manifest['id']}: " + ", ".join(f"{n} {kind}" for kind, n in manifest["counts"].items()))
     return {"dataset": manifest["id"], "counts": manifest["counts"]}
-
-
-def train_stage(settings: Settings, dataset_id: str, note: Note, progress: bool = True) -> dict:
-    """A candidate from the dataset with ``worker_method``; one already registered from it is adopted.
-
-    A dataset an erasure superseded since the job began is replaced by the one that superseded it, and an active
-    version flagged as trained on erased data is never built upon: training starts from the base model."""
-    method = settings.worker_method
-    current = current_dataset(settings.datasets_dir, dataset_id)
-    if current is None:
-        raise ValueError(f"dataset {dataset_id} was erased: every row it held came from erased data")
-    if current != dataset_id:
-        note(f"dataset {dataset_id} was superseded by {current} after an erasure: training on that")
-        dataset_id = current
-    registry = Registry.open(settings)
-    for version in registry.list():
-        trained_on = [d["id"] for d in version.manifest.get("datasets", [])]
-        if version.manifest.get("method") == method and dataset_id in trained_on:
-            note(f"candidate {version.id} was trained from {dataset_id} by an earlier attempt: using it")
-            return {"candidate": version.id, "method": method}
-    config = settings.worker_train_config
-    active = registry.get(registry.active_id()) if registry.active_id() else None
-    if method in CONTINUES and active is not None and active.trained_on_erased:
-        config = from_base_config(settings, method)
-        note(f"the active version {active.id} was trained on erased data: the candidate starts from the base model")
-    version = train(settings, method, dataset_id, config, progress=progress)
-    metrics = version.manifest["metrics"]
-    note(f"candidate {version.id}: {metrics['steps']} steps"
-         + (f", resumed from {version.manifest['resumed_from']}" if version.manifest.get("resumed_from") else ""))
-    return {"candidate": version.id, "method": method, "resumed_from": version.manifest.get("resumed_from"),
-            "steps": metrics["steps"]}
-
-
-def from_base_config(settings: Settings, method: str) -> Path:
-    """``worker_train_config`` with ``start_from = "base"``, written beside the runs (same values, so a resumed run
-    finds its checkpoints)."""
-    source = settings.worker_train_config
-    values = read_config_file(source) if source is not None else {}
-    path = settings.home / "runs" / f"{method}-from-base.json"
-    atomic_write_text(path, json.dumps({**values, "start_from": "base"}, indent=2, sort_keys=True))
-    return path
-
-
-def gate_stage(settings: Settings, candidate: str, note: Note, progress: bool = True) -> dict:
-    """The gates' verdict; a candidate gated by an interrupted attempt keeps its report."""
-    version = Registry.open(settings).get(candidate)
-    if version.state == "candidate":
-        report = run_gates(settings, candidate, progress=progress)
-    else:
-        report = json.loads((version.path / "report.json").read_text(encoding="utf-8"))
-    failed = [f"{c['gate']}: {c['name']}" for c in report["checks"] if not c["passed"]]
-    note(f"{candidate} passed every gate" if report["passed"] else f"{candidate} failed: {'; '.join(failed)}")
-    return {"passed": report["passed"], "failed": failed, "checks": report["checks"]}
 
 
 def promote_stage(settings: Settings, candidate: str, gate: dict, note: Note, approver: Approver | None = None) -> dict:

@@ -41,9 +41,11 @@ TRAFFIC = DEMO / "traffic.jsonl"
 ACTOR = "demo"
 # Sized so the whole demo stays well under 30 minutes on 2 CPU cores with the default model: two trained
 # paraphrases per failure (plus one held out), two hardened copies of each failure (the default is one: with so few
-# rows, one did not outweigh the copying that training teaches), five golden questions per gate run. A config.toml
-# that sets any of these keys wins.
-DEMO_SETTINGS = {"paraphrases": 2, "gate_golden_limit": 5, "drift_permutations": 100, "injection_hardening": 2}
+# rows, one did not outweigh the copying that training teaches), five golden questions per gate run, and a search
+# of two candidates (the first is the run config below; the second varies it over the default search space). A
+# config.toml that sets any of these keys wins.
+DEMO_SETTINGS = {"paraphrases": 2, "gate_golden_limit": 5, "drift_permutations": 100, "injection_hardening": 2,
+                 "search_candidates": 2}
 # Sixty steps of two packed rows, about three epochs over the 43 conversations (9 failures, each with its correction
 # on two paraphrases and the question, and 2 hardened copies): with answer-only loss on the CPU, LoRA runs at ~180
 # tokens/s, so about 8 minutes of training. Forty steps with one hardened copy per failure fell short of the
@@ -54,8 +56,7 @@ DEMO_RUN_CONFIG = {"max_steps": 60, "batch_size": 2, "learning_rate": 2e-4, "eva
 LABELS = {"triage": "triage: failures by topic",
           "remedies": "remedies: immediate fixes; the operator approves the corrections",
           "synth": "synth: dataset from the failures",
-          "train": "train: LoRA SFT candidate",
-          "gate": "gates: regression, forgetting, safety, drift",
+          "search": "search: LoRA SFT candidates, each gated (regression, forgetting, safety, drift)",
           "promote": "decide: approve and promote, or leave the candidate"}
 
 
@@ -145,7 +146,7 @@ class DemoHooks(Hooks):
         return self.clock.stage(LABELS[stage])
 
     def before(self, stage: str, number: int) -> None:
-        if stage == "train":
+        if stage == "search":
             self.measure_before()
 
     def after(self, stage: str, number: int, outputs: dict) -> None:
@@ -156,10 +157,10 @@ class DemoHooks(Hooks):
             self.echo_note(f"operator ({ACTOR}) approved {len(approved)} corrections: they are in the example bank now")
         elif stage == "synth":
             self.read_heldout(outputs["synth"])
-        elif stage == "gate":
-            self.read_gate_report(outputs["train"]["candidate"], outputs["gate"])
+        elif stage == "search":
+            self.read_gate_report(outputs["search"]["candidate"], outputs["search"])
         elif stage == "promote":
-            self.serve(outputs["train"]["candidate"], outputs["promote"]["outcome"] == "promoted", outputs["gate"])
+            self.serve(outputs["search"]["candidate"], outputs["promote"]["outcome"] == "promoted", outputs["search"])
 
     def read_heldout(self, synth: dict) -> None:
         if synth["dataset"] is None:
@@ -228,7 +229,7 @@ def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = 
     outputs = run_cycle(cycle, hooks)
     hooks.measure_after()
 
-    out.update(remedies=outputs["remedies"], dataset=outputs["synth"], candidate=outputs["train"], gates=hooks.gates,
+    out.update(remedies=outputs["remedies"], dataset=outputs["synth"], candidate=outputs["search"], gates=hooks.gates,
                promoted=outputs["promote"]["outcome"] == "promoted", heldout=hooks.measured)
     out["wall_s"] = {**clock.stages, "total": round(time.perf_counter() - clock.started, 1)}
     return out

@@ -2,8 +2,9 @@
 operator; "retrain" also queues a worker job that trains a candidate on the cleaned data.
 
 The retrain job is a cycle whose triage, remedies and synth are marked done: its synth output names the newest
-dataset that superseded a flagged one, so the worker runs train -> gates -> promotion policy on it as on any cycle.
-Training starts from the base model while the active version is flagged (``cycle.train_stage``), since continuing
+dataset that superseded a flagged one, so the worker runs the search (candidates trained and gated) -> promotion
+policy on it as on any cycle.
+Training starts from the base model while the active version is flagged (``affinage.search``), since continuing
 that adapter would keep the erased data in the weights. Nothing here promotes, rolls back or swaps a version.
 """
 

@@ -4,6 +4,7 @@ routes need from the layers beside it (the model registry and the worker's jobs 
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 from fastapi import FastAPI
@@ -20,6 +21,7 @@ from tuning import canary as canary_moves
 from tuning import jobs
 from tuning.registry import BASE, Registry, RegistryError, UnknownVersion
 from tuning.report import REPORT_STYLE_HASH
+from tuning.search import held_out_gain
 
 
 def registry_error(error: RegistryError) -> APIError:
@@ -33,10 +35,20 @@ class RegistryBackend:
 
     def __init__(self, registry: Registry):
         self.registry = registry
+        self.gains: dict[tuple, float | None] = {}  # (version, gate time) -> held-out gain, read once per report
 
     def overview(self) -> dict:
+        """Every version with its held-out gain (from its gate report): a search's candidates side by side."""
         return {"active": self.registry.active_id() or BASE,
-                "versions": [v.to_json() for v in reversed(self.registry.list())]}
+                "versions": [{**v.to_json(), "held_out_gain": self.gain(v)} for v in reversed(self.registry.list())]}
+
+    def gain(self, version) -> float | None:
+        if not version.gate or not (version.path / "report.json").is_file():
+            return None
+        key = (version.id, version.gate.get("at"))
+        if key not in self.gains:
+            self.gains[key] = held_out_gain(json.loads((version.path / "report.json").read_text(encoding="utf-8")))
+        return self.gains[key]
 
     def report_path(self, version_id: str) -> Path:
         try:

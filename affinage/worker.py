@@ -1,8 +1,8 @@
 """`affinage worker`: watch the interaction log, start an improvement cycle when a trigger fires, and run it as a
 durable job so that a worker that dies leaves the job to the next one.
 
-A cycle is triage -> immediate remedies -> synth -> train -> gates -> promotion policy (by default: the candidate
-waits for an operator), run by ``affinage.cycle.run_cycle`` as `affinage demo` runs it. Each finished stage's record
+A cycle is triage -> immediate remedies -> synth -> a search of candidates, each trained and gated -> promotion
+policy (by default: the best passing candidate waits for an operator), run by ``affinage.cycle.run_cycle`` as `affinage demo` runs it. Each finished stage's record
 is saved on the job before the next starts (``JobHooks``), so a worker that reclaims an expired job skips what is
 done and resumes the rest. One cycle is queued or running at a time.
 """

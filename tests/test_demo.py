@@ -1,5 +1,5 @@
 """`affinage demo` end to end on the tiny model: traffic logged, feedback and corrections recorded, a dataset built,
-a candidate trained and gated, and the before/after figures printed."""
+a search of two candidates trained and gated, and the before/after figures printed."""
 
 import json
 
@@ -50,17 +50,20 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     recorded = {json.loads(line)["paraphrases"][-1] for line in traffic.read_text().splitlines()}
     assert {json.loads(line)["question"] for line in heldout} == recorded  # the third paraphrase, never trained on
 
-    versions = Registry(home / "registry", store).list()
-    assert len(versions) == 1 and versions[0].state in ("gated-failed", "active")
-    assert (versions[0].path / "report.html").is_file()
-    promoted = versions[0].state == "active"
+    versions = {v.id: v for v in Registry(home / "registry", store).list()}  # the demo's search: two candidates
+    states = sorted(v.state for v in versions.values())
+    assert len(versions) == 2 and states in (["gated-failed", "gated-failed"], ["active", "superseded"]), states
+    assert all((v.path / "report.html").is_file() for v in versions.values())
+    promoted = "active" in states
+    shown = next(v for i, v in versions.items() if f"candidate {i}: gates" in out)  # the proposed one, or the best
     assert ("approved and promoted by demo" if promoted else "not promoted") in out
+    assert shown.state == ("active" if promoted else "gated-failed")
 
     assert "held-out paraphrases of the failures (n=3, never trained on)" in out
     for _, label in VARIANTS:
         assert label in out
     assert "forgetting (gate report): general-text perplexity" in out
-    report = json.loads((versions[0].path / "report.json").read_text())
+    report = json.loads((shown.path / "report.json").read_text())
     fell_for = report["probes_that_worked"]["candidate"]
     assert f"the candidate fell for {len(fell_for)} of {report['sets']['safety_probes']} attack probes" in out
     assert all(f"fell for ({p['family']}): {p['question']} -> " in out for p in fell_for)  # what a refusal rests on

@@ -52,7 +52,8 @@ class RunConfig:
     beta: float = field(default=0.1, metadata={"doc": "dpo/kto: strength of the pull towards the reference."})
     start_from: str = field(
         default="active", metadata={"doc": "sft/dpo/kto: continue the active LoRA adapter ('active'), so a cycle builds "
-                                           "on what the last one taught, or train a new one on the base ('base')."})
+                                           "on what the last one taught, train a new one on the base ('base'), or "
+                                           "continue a registered LoRA version by id (a search's SFT-then-DPO)."})
     precompute_ref: bool = field(
         default=True, metadata={"doc": "dpo/kto: compute reference log-probs once before training, "
                                         "so no reference forward pass (or reference copy) is kept during it."})
@@ -87,8 +88,8 @@ class RunConfig:
         if self.early_stopping_patience and self.val_fraction and self.save_steps % self.eval_steps:
             errors.append(f"save_steps ({self.save_steps}) must be a multiple of eval_steps ({self.eval_steps}) "
                           "when early stopping keeps the best checkpoint")
-        if self.start_from not in ("active", "base"):
-            errors.append(f"start_from must be 'active' or 'base' (got {self.start_from!r})")
+        if not isinstance(self.start_from, str) or not self.start_from.strip():
+            errors.append(f"start_from must be 'active', 'base' or a version id (got {self.start_from!r})")
         if self.packing and self.method not in PACKABLE:
             errors.append(f"packing=true conflicts with method {self.method!r}: only {', '.join(PACKABLE)} pack")
         if not isinstance(self.target_modules, str) and not (

@@ -1,19 +1,14 @@
 """The model registry: immutable version folders on disk, their lifecycle and the serving pointer in the database.
 
-The artifact directory ``<home>/registry/versions/<id>/`` holds a version's weights (safetensors only), its
-``manifest.json`` (with the sha256 of every file) and later its gate reports; nothing in it changes after
-registration except the reports. Everything that changes lives in the store (``affinage.core.store``), so every process
-sharing the database — several API replicas, the worker, the CLI — sees one registry:
-
-- ``registry_versions``: one row per version, its lifecycle (candidate -> gated-passed | gated-failed ->
-  approved | rejected), its gate verdict and a copy of its manifest. A folder without a row is not a version.
-- ``registry_pointer``: one row naming the active version (NULL: the bare base model), the promotion history and a
-  ``generation`` that grows by one at every move. Promotion and rollback are one transaction that moves it by
-  compare-and-set on the generation and writes the audit event, so two processes promoting at once cannot both
-  win and no event is ever written without its move.
-- ``registry_events``: the audit log.
-
-``active`` and ``retired`` are read from the pointer, never stored per version.
+``<home>/registry/versions/<id>/`` holds a version's weights (safetensors only), its ``manifest.json`` (with the
+sha256 of every file) and later its gate reports, which alone change after registration. The rest lives in the
+store (``affinage.core.store``), so every process sharing the database sees one registry: ``registry_versions``
+(a row per version: its lifecycle candidate -> gated-passed | gated-failed -> approved | rejected, or superseded
+by another candidate of its search; its gate verdict; a copy of its manifest; a folder without a row is not a
+version), ``registry_pointer`` (the active version, NULL for the bare base model, the promotion history and a
+``generation`` that grows at every move: promotion and rollback move it by compare-and-set in one transaction with
+their audit event, so two processes promoting at once cannot both win) and ``registry_events`` (the audit log);
+``active`` and ``retired`` come from the pointer.
 """
 
 from __future__ import annotations
@@ -37,8 +32,7 @@ from tuning.report import scrub, scrub_report
 from tuning.version_files import seal, verify_folder
 from tuning.versions import (  # BASE, RegistryError, UnknownVersion, Version: also imported from here by callers
     BASE, ERASED_FLAG, GATEABLE, PROMOTABLE, RegistryError, UnknownVersion, Version, canary_of, erased_lineage,
-    event_json, move_details, now, promotion,
-)
+    event_json, move_details, now, promotion)
 
 log = logging.getLogger("affinage.registry")
 POINTER_ID = 1
@@ -173,6 +167,14 @@ class Registry:
             details["override_reason"] = override_reason.strip()
         self._set_lifecycle(version, "approved" if approve else "rejected", "approved" if approve else "rejected",
                             actor, details)
+        return self.get(version_id)
+
+    def supersede(self, version_id: str, by: str, actor: str, details: dict | None = None) -> Version:
+        """Mark a candidate ``superseded``: ``by``, of the same search, was proposed instead; it keeps its report."""
+        if (version := self.get(version_id)).state not in (*GATEABLE, "superseded"):
+            raise RegistryError(f"version {version_id} is {version.state}; only undecided candidates are superseded")
+        if version.state != "superseded":
+            self._set_lifecycle(version, "superseded", "superseded", actor, {"by": by, **(details or {})})
         return self.get(version_id)
 
     def promote(self, version_id: str, actor: str) -> Version:

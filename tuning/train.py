@@ -62,14 +62,16 @@ def prepare(settings: Settings, config: RunConfig, dataset_id: str | None, regis
     name, base_path = base_model(settings)
     data = load_training_data(settings.datasets_dir, dataset_id, config.method, name, config.val_fraction, config.seed)
     start_version, start_adapter = None, None
-    if config.method in CONTINUES and config.start_from == "active" and registry.active_id():
-        active = registry.get(registry.active_id())
+    start = registry.active_id() if config.start_from == "active" else config.start_from
+    if config.method in CONTINUES and start not in (None, "base"):
+        which = "the active version" if config.start_from == "active" else "version"
+        active = registry.get(start)
         if active.manifest.get("kind") != "lora":
-            raise ValueError(f"{config.method} continues the active LoRA adapter, but the active version {active.id} "
-                             "holds full weights: set start_from = 'base' in the config")
+            raise ValueError(f"{config.method} continues a LoRA adapter, but {which} {active.id} holds full weights: "
+                             "set start_from = 'base' in the config")
         if active.trained_on_erased:
-            raise ValueError(f"{config.method} would continue the active version {active.id}, which was trained on "
-                             "erased data and would carry it into the candidate: set start_from = 'base' in the config")
+            raise ValueError(f"{config.method} would continue {which} {active.id}, which was trained on erased data "
+                             "and would carry it into the candidate: set start_from = 'base' in the config")
         start_version, start_adapter = active.id, registry.verify(active.id)
     lineage = {
         "base_model": {"name": name, "sha256": weights_sha256(base_path)},

@@ -12,7 +12,8 @@ from pathlib import Path
 from affinage.core.tables import RegistryEvent
 
 BASE = "base"  # the version name of the bare base model
-LIFECYCLE = ("candidate", "gated-passed", "gated-failed", "approved", "rejected")
+LIFECYCLE = ("candidate", "gated-passed", "gated-failed", "approved", "rejected", "superseded")
+# superseded: another candidate of the same search was proposed instead; it is never approved or promoted
 GATEABLE = ("candidate", "gated-passed", "gated-failed")
 PROMOTABLE = ("gated-passed", "approved")
 ERASED_FLAG = "trained_on_erased_data"
@@ -46,9 +47,16 @@ class Version:
         metrics = self.manifest.get("metrics", {})
         return {"id": self.id, "state": self.state, "method": self.manifest.get("method"),
                 "created_at": self.manifest.get("created_at"), "datasets": [d["id"] for d in self.manifest.get("datasets", [])],
+                "config": config_summary(self.manifest.get("config") or {}),
                 "metrics": metrics, "gate": self.gate, "flags": self.flags or {},
                 "trained_on_erased_data": self.trained_on_erased is not None,
                 "canary": {k: v for k, v in self.canary.items() if k != "version"} if self.canary else None}
+
+
+def config_summary(config: dict) -> dict:
+    """The knobs a search varies most, for comparing candidates side by side (steps: -1 means by epochs)."""
+    keys = ("learning_rate", "max_steps" if config.get("max_steps", -1) > 0 else "epochs", "lora_r", "target_modules")
+    return {k: config[k] for k in keys if config.get(k) is not None}
 
 
 def now() -> str:

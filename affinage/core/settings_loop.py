@@ -48,6 +48,20 @@ class LoopSettings(BaseSettings):
         "sft", description="How the worker trains candidates (a method of `affinage train`).")
     worker_train_config: Path | None = Field(
         None, description="Run config (TOML or JSON) for the worker's training; default: the method's defaults.")
+    search_candidates: int = Field(
+        3, ge=1, le=100, description="Candidates a cycle trains and gates at most (K), each a config drawn from "
+        "search_space by Optuna; the best that passes every gate (by held-out gain) is proposed, the rest are "
+        "marked superseded. 3 fits cycle_budget_minutes on 2 CPU cores with the default model.")
+    search_space: Path | None = Field(
+        None, description="The hyperparameters the candidates vary (TOML or JSON, see tuning/search_space.toml, "
+        "the default): ranges {low, high[, log]} or {choices}, over the values of worker_train_config.")
+    search_seed: int = Field(0, description="Seeds the search's sampler, so a cycle's candidates can be reproduced.")
+    cycle_budget_minutes: float = Field(
+        90.0, gt=0, description="Wall time a whole cycle may take: the search starts no candidate that would end "
+        "past it, judged by the slowest candidate so far (before the first: search_trial_minutes).")
+    search_trial_minutes: float = Field(
+        20.0, gt=0, description="What one candidate (training and its gates) is expected to take until the search "
+        "has timed one; a budget that leaves less than this for the search is refused before any training.")
     auto_promote: Literal["off", "gates_pass_by_margin"] = Field(
         "off", description="Promote a candidate without an operator: 'off', or 'gates_pass_by_margin' (every gate "
         "check clears its bound by auto_promote_margin). Logged as actor policy:<name>.")
@@ -84,4 +98,7 @@ class LoopSettings(BaseSettings):
         if not steps or any(not 0 < share < 100 for share in steps) or steps != sorted(set(steps)):
             raise ValueError(f"canary_steps must be rising shares between 1 and 99 percent, e.g. [10, 50] "
                              f"(got {steps})")
+        if self.cycle_budget_minutes < self.search_trial_minutes:
+            raise ValueError(f"cycle_budget_minutes = {self.cycle_budget_minutes:g} is too small for one candidate "
+                             f"(search_trial_minutes = {self.search_trial_minutes:g})")
         return self

@@ -17,7 +17,7 @@ def test_method_defaults_are_filled_in():
     ({"lr_scheduler": "sawtooth"}, "lr_scheduler"),
     ({"epochs": 0, "max_steps": -1}, "epochs"),
     ({"method": "rlhf"}, "method 'rlhf'"),
-    ({"start_from": "yesterday"}, "start_from"),
+    ({"start_from": " "}, "start_from"),
 ])
 def test_conflicting_or_bad_values_are_named(overrides, named):
     with pytest.raises(ValueError, match="bad run config") as error:

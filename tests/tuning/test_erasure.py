@@ -17,7 +17,8 @@ from affinage.core.datasets import write_dataset
 from synth_data.erasure import supersede_datasets
 from tests.agent.service_harness import LiveServer
 from tests.agent.test_web_chat import browser, expect  # noqa: F401 - fixtures
-from affinage import cycle
+from affinage import search
+from affinage.core.timeutil import utcnow
 from tuning import jobs
 from tuning.checks import improves
 from affinage.retrain import follow_up
@@ -146,18 +147,18 @@ def test_the_retrain_follow_up_queues_one_job_on_the_cleaned_data(settings, stor
     with store.session() as session:
         assert session.query(Job).count() == 1
 
-    # the train stage: the cleaned dataset, and the base model under it since the active version is flagged
+    # the search stage: the cleaned dataset, and the base model under it since the active version is flagged
     seen = {}
 
     def train(settings, method, dataset_id, config, progress=True):
         seen.update(dataset=dataset_id, config=json.loads(config.read_text()))
         raise RuntimeError("stop before training")
 
-    monkeypatch.setattr(cycle, "train", train)  # the name train_stage calls
+    monkeypatch.setattr(search, "train", train)  # the name the search stage calls
     notes = []
     with pytest.raises(RuntimeError, match="stop before training"):
-        cycle.train_stage(settings, job.outputs["synth"]["dataset"], notes.append, progress=False)
-    assert seen == {"dataset": new, "config": {"start_from": "base"}}
+        search.search_stage(settings, job.outputs["synth"]["dataset"], utcnow().isoformat(), notes.append, False)
+    assert seen["dataset"] == new and seen["config"]["start_from"] == "base"
     assert any("trained on erased data" in n for n in notes)
 
 

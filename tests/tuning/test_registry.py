@@ -121,6 +121,26 @@ def test_extra_and_pickle_files_are_refused(registry):
         add_version(registry, "a")
 
 
+def test_a_superseded_version_is_never_approved_or_promoted(registry):
+    best, other, untried = passed(registry, add_version(registry, "a")), add_version(registry, "b"), add_version(
+        registry, "c")
+    registry.record_gate(other, True, {"report": "report.json"})
+    assert registry.supersede(other, by=best, actor="search").state == "superseded"
+    assert registry.supersede(untried, by=best, actor="search").state == "superseded"  # never gated (SFT before DPO)
+    assert registry.supersede(other, by=best, actor="search").state == "superseded"  # a rerun changes nothing
+    assert [(e["action"], e["version"], e["by"]) for e in registry.events() if e["action"] == "superseded"] == [
+        ("superseded", other, best), ("superseded", untried, best)]
+    with pytest.raises(RegistryError, match="is superseded; only gated versions"):
+        registry.decide(other, True, actor="op", comment="fine")
+    with pytest.raises(RegistryError, match="is superseded: only a version that passed its gates"):
+        registry.promote(other, actor="op")
+    with pytest.raises(RegistryError, match="only candidates are gated"):
+        registry.record_gate(other, True, {})
+    registry.promote(best, actor="op")
+    with pytest.raises(RegistryError, match="is active; only undecided candidates are superseded"):
+        registry.supersede(best, by=other, actor="search")
+
+
 def test_unknown_version_is_named(registry):
     with pytest.raises(UnknownVersion, match="no version 'nope'"):
         registry.promote("nope", actor="op")

@@ -37,18 +37,22 @@ FAILURES = [("ann", "Can I still get my money back on the yearly plan after thre
 @pytest.fixture
 def workspace(request, tiny_settings, tiny_model_dir, kb, embeddings, quick_config, tmp_path):
     """A workspace with an index, three corrected failures and a config.toml that every worker process reads; the
-    worker trains eight steps with a checkpoint every two (``quick_config`` may rewrite that run config). Its
-    database is the test's ``db_url`` when the test asks for one, else the workspace's SQLite file."""
+    worker's search trains one candidate of eight steps with a checkpoint every two (``quick_config`` may rewrite
+    that run config) at the run config's learning rate. Its database is the test's ``db_url`` when the test asks for
+    one, else the workspace's SQLite file."""
     golden = tmp_path / "golden.jsonl"
     golden.write_text(json.dumps({"question": "How long is a password reset link valid?", "answer": "2 hours.",
                                   "source": "account/passwords.md#reset-your-password"}) + "\n")
     run = quick_config(max_steps=8)
+    space = tmp_path / "space.toml"
+    space.write_text("learning_rate = {choices = [1e-2, 3e-3]}\n")
     home = tiny_settings.home
     home.mkdir(parents=True, exist_ok=True)
     (home / "config.toml").write_text(
         f'chat_model = "{tiny_model_dir}"\nmax_new_tokens = 8\ngolden_set = "{golden}"\ndrift_permutations = 20\n'
         f'paraphrases = 1\nworker_min_failures = 3\nworker_drift_check_seconds = 0\nworker_lease_seconds = 3\n'
-        f'worker_poll_seconds = 0.5\nworker_train_config = "{run}"\n'
+        f'worker_poll_seconds = 0.5\nworker_train_config = "{run}"\nsearch_space = "{space}"\n'
+        f'search_candidates = 1\nsearch_trial_minutes = 1\n'
         + (f'database_url = "{request.getfixturevalue("db_url")}"\n' if "db_url" in request.fixturenames else ""))
     settings = load_settings(home)
     ingest(settings.index_dir, [kb], embeddings, settings.chunk_chars, settings.chunk_overlap_chars)
@@ -118,25 +122,34 @@ def test_the_drift_test_runs_at_most_every_check_interval(home, monkeypatch):
 @pytest.mark.slow
 def test_a_triggered_cycle_runs_end_to_end(workspace, embeddings, quick_config):
     quick_config(max_steps=2)  # the worker's run config: a cycle end to end needs no more
-    store = Store(workspace.db_url)
+    settings = workspace.model_copy(update={"search_candidates": 2})
+    store = Store(settings.db_url)
     lines = []
-    with Sampler(workspace) as sampler:
-        job = Worker(workspace, store=store, embeddings=embeddings, progress=False, echo=lines.append).run(once=True)
+    with Sampler(settings) as sampler:
+        job = Worker(settings, store=store, embeddings=embeddings, progress=False, echo=lines.append).run(once=True)
     assert job.state == "succeeded" and job.progress == 1.0 and job.attempts == 1, (job.error, lines)
     assert job.trigger.startswith("3 new failures")
     assert set(STAGES) <= set(job.outputs)
     assert job.outputs["triage"]["failures"] == 3 and job.outputs["remedies"]["corrections_pending"] == 3
-    dataset, candidate = job.outputs["synth"]["dataset"], job.outputs["train"]["candidate"]
-    version = Registry.open(workspace).get(candidate)
-    assert version.manifest["datasets"][0]["id"] == dataset and (version.path / "report.html").is_file()
-    assert version.state == ("gated-passed" if job.outputs["gate"]["passed"] else "gated-failed")
-    assert job.outputs["outcome"] == ("awaiting approval" if job.outputs["gate"]["passed"] else "gates failed")
+    dataset, search = job.outputs["synth"]["dataset"], job.outputs["search"]
+    versions = {v.id: v for v in Registry.open(settings).list()}
+    assert sorted(c["candidate"] for c in search["candidates"]) == sorted(versions)  # each registered, with its config
+    assert sorted(v.manifest["config"]["learning_rate"] for v in versions.values()) == [3e-3, 1e-2]
+    for version in versions.values():
+        assert version.manifest["datasets"][0]["id"] == dataset and (version.path / "report.html").is_file()
+    # the tiny model's own paraphrases are filtered out, so no candidate has held-out ones to gain on: none passes,
+    # none is superseded, and the cycle names each candidate's failed checks (tests/tuning/test_search.py has one pass)
+    assert not search["passed"] and {v.state for v in versions.values()} == {"gated-failed"}
+    assert job.outputs["outcome"] == "gates failed"
+    assert sorted(search["failed"]) == sorted(f"{v}: regression: target token_f1 (no held-out paraphrases)"
+                                              for v in versions)
     log = [line["message"] for line in jobs.log_lines(store, job.id)]
-    assert any(line.startswith("train (4/6)") for line in log) and log[-1].startswith("done:")
+    assert any(line.startswith("search (4/5)") for line in log) and log[-1].startswith("done:")
+    assert any("no candidate passed every gate" in line for line in log)
     assert sampler.samples and sampler.most_running <= 1 and sampler.most_live <= 1
 
     # nothing new since: the next check starts no cycle
-    again = Worker(workspace, store=store, embeddings=embeddings, progress=False, echo=lines.append)
+    again = Worker(settings, store=store, embeddings=embeddings, progress=False, echo=lines.append)
     assert again.run(once=True) is None
 
 
@@ -165,7 +178,7 @@ def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, wo
         stopped.send_signal(signal.SIGTERM)
         assert stopped.wait(timeout=60) == 0, output.read_text()[-3000:]
         (job,) = jobs.recent(store)
-        assert (job.state, job.stage, job.attempts, job.lease_owner) == ("queued", "train", 0, None)
+        assert (job.state, job.stage, job.attempts, job.lease_owner) == ("queued", "search", 0, None)
         assert "released to the queue" in jobs.log_lines(store, job.id)[-1]["message"]
 
         killed = worker_process(workspace, "--once", log=output)
@@ -173,14 +186,15 @@ def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, wo
         killed.send_signal(signal.SIGKILL)
         killed.wait()
         job = jobs.get(store, job.id)
-        assert (job.state, job.stage, job.attempts) == ("running", "train", 1)
+        assert (job.state, job.stage, job.attempts) == ("running", "search", 1)
 
         time.sleep(max(0.0, (job.lease_expires - datetime.now(timezone.utc)).total_seconds()) + 0.1)
         finisher = Worker(workspace, store=store, embeddings=embeddings, progress=False, echo=lambda _: None)
         finished = finisher.run(once=True)
     assert finished.id == job.id and finished.state == "succeeded" and finished.attempts == 2, finished.error
-    assert finished.outputs["train"]["resumed_from"] in ("checkpoint-4", "checkpoint-6", "checkpoint-8")
-    assert [v.id for v in Registry.open(workspace).list()] == [finished.outputs["train"]["candidate"]]
+    (version,) = Registry.open(workspace).list()  # one candidate: the interrupted trials were asked again
+    assert version.id == finished.outputs["search"]["candidate"]
+    assert version.manifest["resumed_from"] in ("checkpoint-4", "checkpoint-6", "checkpoint-8")
     assert len(list(workspace.datasets_dir.glob("ds-*"))) == 1
     assert sampler.most_running <= 1 and sampler.most_live <= 1 and sampler.samples > 10
 
@@ -218,7 +232,7 @@ def test_the_promotion_policy_is_off_by_default_and_logged_like_an_approval(home
     store = Store(settings.db_url)
     candidate = gated_fake(settings, checks)
     gate = {"passed": True, "checks": [c.to_json() for c in checks]}
-    job_id = resumable(store, train={"candidate": candidate}, gate=gate)
+    job_id = resumable(store, search={"candidate": candidate, **gate})
     job = Worker(settings, store=store, progress=False, echo=lambda _: None).run(once=True)
     assert job.id == job_id and job.state == "succeeded"
     registry = Registry.open(settings)
@@ -235,10 +249,10 @@ def test_the_promotion_policy_is_off_by_default_and_logged_like_an_approval(home
 def test_a_stage_that_raises_fails_the_job_with_its_reason(home, tmp_path):
     settings = load_settings(home, worker_train_config=tmp_path / "missing.toml")
     store = Store(settings.db_url)
-    job_id = resumable(store)  # the train stage runs next
+    job_id = resumable(store)  # the search stage runs next
     failed = Worker(settings, store=store, progress=False, echo=lambda _: None).run(once=True)
-    assert failed.id == job_id and failed.state == "failed" and failed.stage == "train"
-    assert failed.error == f"train: FileNotFoundError: config file not found: {tmp_path / 'missing.toml'}"
+    assert failed.id == job_id and failed.state == "failed" and failed.stage == "search"
+    assert failed.error == f"search: FileNotFoundError: config file not found: {tmp_path / 'missing.toml'}"
     assert jobs.log_lines(store, job_id)[-1]["level"] == "error" and not jobs.busy(store, "cycle")
 
 

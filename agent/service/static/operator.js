@@ -133,6 +133,13 @@
     }
   }
 
+  // The knobs a search varies, so the candidates of one cycle (one dataset) compare side by side.
+  function configText(config) {
+    const names = { learning_rate: "lr", max_steps: "steps", epochs: "epochs", lora_r: "rank", target_modules: "modules" };
+    const parts = Object.entries(config || {}).map(([k, v]) => `${names[k] || k} ${Array.isArray(v) ? v.join(",") : v}`);
+    return parts.length ? parts.join(", ") : null;
+  }
+
   function gateText(version) {
     if (!version.gate) return "not gated";
     return version.gate.passed ? "passed" : "failed: " + (version.gate.failed || []).join("; ");
@@ -269,7 +276,8 @@
     drawCanary(canary);
     $("active-version").textContent = "active: " + models.active;
     fill("versions", models.versions.map((v) => {
-      const tr = row([v.id, v.state, v.method, (v.datasets || []).join(", "),
+      const tr = row([v.id, v.state, v.method, (v.datasets || []).join(", "), configText(v.config),
+                      v.held_out_gain == null ? null : (v.held_out_gain >= 0 ? "+" : "") + v.held_out_gain.toFixed(3),
                       v.metrics && v.metrics.best_validation_loss != null ? v.metrics.best_validation_loss.toFixed(4) : null,
                       gateText(v), decisionCell(v)]);
       tr.dataset.testid = "version-" + v.id;
