@@ -84,17 +84,17 @@ def thumbs_up_rows(store: Store, taken: set[str], limit: int) -> list[dict]:
 def knowledge_base_rows(passages: list[Passage], teacher: BaseChatModel, taken: set[str], n: int,
                         seed: int) -> list[dict]:
     """Up to ``n`` questions the teacher writes, each from one quotable sentence of a sampled passage (the
-    reference); sentences in ``taken`` are skipped, and a passage the teacher fails on is passed over."""
+    reference); sentences in ``taken`` are skipped, and a passage the teacher fails on is passed over. At most
+    ``2n`` passages are tried: a teacher that cannot write questions must not walk a large knowledge base."""
     rng = random.Random(seed)
-    order = rng.sample(passages, len(passages))
-    rows = []
-    for passage in order:
-        if len(rows) >= n:
+    rows, tried = [], 0
+    for passage in rng.sample(passages, len(passages)):
+        if len(rows) >= n or tried >= 2 * n:
             break
         sentences = [s for s, _ in candidates([Document(passage.text)]) if quotable(s) and s not in taken]
         if not sentences:
             continue
-        sentence = rng.choice(sentences)
+        sentence, tried = rng.choice(sentences), tried + 1
         try:
             question = question_for(teacher, sentence)
         except TeacherError as error:

@@ -121,3 +121,11 @@ def test_a_teacher_reply_without_a_question_is_an_error():
     assert question_for(teacher, "The reset link stays valid for sixty minutes.") == "How long is the link valid?"
     with pytest.raises(TeacherError, match="no question"):
         question_for(teacher, "The reset link stays valid for sixty minutes.")
+
+
+def test_a_teacher_that_writes_no_questions_is_asked_a_bounded_number_of_times(workspace):
+    settings, store = workspace
+    teacher = FakeListChatModel(responses=["Sure thing."] * 100)
+    many = [Passage(f"page{n}.md", f"Page {n}\nThis page explains setting number {n} in detail.") for n in range(50)]
+    built = build_workspace_golden(settings.model_copy(update={"golden_kb_questions": 3}), store, many, teacher)
+    assert built["knowledge_base"] == 0 and teacher.i == 6  # 2 x golden_kb_questions tries, then it stops
