@@ -116,9 +116,14 @@ def build_workspace_golden(settings: Settings, store: Store, passages: list[Pass
                            embed: Embed | None = None) -> dict:
     """Extend ``settings.workspace_golden_path`` up to ``golden_thumbs_up`` thumbs-up rows and
     ``golden_kb_questions`` teacher rows, drop every row near a question any dataset trains on, and write it
-    atomically; returns what it holds. Idempotent: the same log, knowledge base and datasets give the same file."""
+    atomically; returns what it holds. Idempotent: the same log, knowledge base and datasets give the same file;
+    a thumbs-up row whose interaction was erased since is dropped."""
     path = settings.workspace_golden_path
     kept = read_rows(path)
+    ids = [r["interaction_id"] for r in kept if r.get("origin") == THUMBS_UP]
+    with store.session() as session:  # an erasure deleted the interaction: its question and answer go too
+        logged = set(session.scalars(select(Interaction.id).where(Interaction.id.in_(ids)))) if ids else set()
+    kept = [r for r in kept if r.get("origin") != THUMBS_UP or r["interaction_id"] in logged]
     up = [r for r in kept if r.get("origin") == THUMBS_UP]
     kb = [r for r in kept if r.get("origin") == KNOWLEDGE_BASE]
     new = thumbs_up_rows(store, {r["interaction_id"] for r in up}, settings.golden_thumbs_up - len(up))

@@ -5,6 +5,7 @@ import json
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
+from sqlalchemy import delete
 
 from affinage.core.datasets import write_dataset
 from affinage.core.prompts import prompt_messages
@@ -69,6 +70,11 @@ def test_thumbs_up_answers_and_teacher_questions_make_the_workspace_set(workspac
                for r in kb)
     again = build_workspace_golden(settings, store, PASSAGES, Teacher(responses=["unused"]))
     assert golden_rows(settings) == rows and again["added"] == 0  # a resumed job writes the same set
+    with store.session() as session:  # what an erasure does to the interaction
+        session.execute(delete(Feedback).where(Feedback.interaction_id == "i0"))
+        session.execute(delete(Interaction).where(Interaction.id == "i0"))
+    build_workspace_golden(settings, store, PASSAGES, Teacher(responses=["unused"]))
+    assert [r for r in golden_rows(settings) if r["origin"] == "thumbs-up"] == up[1:]
 
 
 def test_a_question_any_dataset_trains_on_leaves_the_set_and_synth_protects_the_rest(workspace):
