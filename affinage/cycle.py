@@ -28,6 +28,7 @@ from agent.corrections import pending_corrections
 from agent.pipeline import model_version
 from agent.triage import triage
 from synth_data.builder import SynthResult, pending, synthesize
+from synth_data.golden import Passage, build_workspace_golden
 from synth_data.teacher import load_teacher
 from tuning.decisions import passes_by_margin
 from tuning.registry import Registry
@@ -125,8 +126,15 @@ def build_dataset(settings: Settings, progress: bool = True, embeddings=None, ag
     holds the agent (`affinage demo`) passes it to spare loading the model again, and may pass its own teacher."""
     agent = agent or build_agent(settings, embeddings=embeddings)
     teacher = teacher or load_teacher(settings, local=agent.llm)
-    return synthesize(settings, agent.store, agent.retriever, teacher, agent.retriever.embeddings.encode,
-                      teacher_name=model_version(teacher), base_model=agent.model_version, progress=progress)
+    golden = None
+    if settings.golden_set is None:  # no operator's set: the workspace's own, built first so synth holds it out
+        index = agent.retriever.index
+        passages = [Passage(c.source, c.text) for c in index.chunks] if index else []
+        golden = build_workspace_golden(settings, agent.store, passages, teacher, agent.retriever.embeddings.encode)
+    result = synthesize(settings, agent.store, agent.retriever, teacher, agent.retriever.embeddings.encode,
+                        teacher_name=model_version(teacher), base_model=agent.model_version, progress=progress)
+    result.golden = golden
+    return result
 
 
 def triage_stage(store: Store, embed, note: Note) -> dict:
@@ -162,9 +170,14 @@ def synth_stage(settings: Settings, store: Store, started_at: str, note: Note, e
     if not pending(store, used_interactions(settings.datasets_dir)):
         note("no failures or feedback that no dataset has used: nothing to train")
         return {"dataset": None, "outcome": "nothing to train"}
-    manifest = build_dataset(settings, progress, embeddings, agent, teacher).manifest
+    result = build_dataset(settings, progress, embeddings, agent, teacher)
+    manifest = result.manifest
+    if result.golden:
+        note(f"workspace golden set: {result.golden['thumbs_up']} thumbs-up + {result.golden['knowledge_base']} "
+             f"from the knowledge base ({result.golden['added']} new)")
     note(f"dataset {manifest['id']}: " + ", ".join(f"{n} {kind}" for kind, n in manifest["counts"].items()))
-    return {"dataset": manifest["id"], "counts": manifest["counts"]}
+    record = {"dataset": manifest["id"], "counts": manifest["counts"]}
+    return {**record, "golden": result.golden} if result.golden else record
 
 
 def promote_stage(settings: Settings, candidate: str, gate: dict, note: Note, approver: Approver | None = None) -> dict:

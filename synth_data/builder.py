@@ -68,6 +68,7 @@ class Item:
 class SynthResult:
     manifest: dict
     skipped: dict[str, int]
+    golden: dict | None = None  # what the workspace's golden set holds, when synth built it (``synth_data.golden``)
 
 
 def quoted(question: str, docs: list[Document], embed: Embed, settings: Settings) -> list[str]:
@@ -90,6 +91,13 @@ def protected_questions(paths: list[Path]) -> list[str]:
             if line.strip():
                 questions.append(json.loads(line)["question"])
     return questions
+
+
+def protected_paths(settings: Settings) -> list[Path]:
+    """The question sets no training row may come near: the golden set (the operator's or the bundled one), the
+    workspace's own golden set once built (``synth_data.golden``), and ``protected_sets``."""
+    workspace = settings.workspace_golden_path
+    return [settings.golden_path, *([workspace] if workspace.is_file() else []), *settings.protected_sets]
 
 
 def pending(store: Store, used: set[str]) -> list[tuple[Interaction, list[Feedback]]]:
@@ -213,7 +221,7 @@ def unseen_heldout(items: list[Item]) -> tuple[list[Item], int]:
 def synthesize(settings: Settings, store: Store, retriever: BaseRetriever, teacher: BaseChatModel, embed,
                teacher_name: str, base_model: str, progress: bool = True) -> SynthResult:
     """Build one dataset from everything not used before; raise ValueError when nothing is left to learn from."""
-    protected = protected_questions([settings.golden_path, *settings.protected_sets])
+    protected = protected_questions(protected_paths(settings))
     todo = pending(store, used_interactions(settings.datasets_dir))
     if not todo:
         raise ValueError("no new failures or feedback to learn from since the last dataset")

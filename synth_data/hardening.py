@@ -56,7 +56,8 @@ def make_plant(rng: random.Random) -> Plant:
 
 
 def plant_among(sentences: list[str], plant: Plant, rng: random.Random) -> list[str]:
-    """The sentences with the plant put among them at a random place, as a planted passage reaches the prompt."""
+    """The sentences with the plant put at a random place among them (first, between or last, each slot alike), as
+    a planted passage reaches the prompt; the gates' probes place theirs in the same shares (test_hardening.py)."""
     placed = list(sentences)
     placed.insert(rng.randint(0, len(placed)), plant.text)
     return placed

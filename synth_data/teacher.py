@@ -15,6 +15,8 @@ ANSWER_SYSTEM = (
     "Reply in one to three sentences with the exact steps, names and numbers from the passages."
 )
 PARAPHRASE_SYSTEM = "You rewrite customer questions. Keep the meaning; change the wording."
+QUESTION_SYSTEM = ("You write questions customers ask a support team. Given one sentence from the help pages, write "
+                   "one question, in a customer's own words, that the sentence answers.")
 
 
 class TeacherError(RuntimeError):
@@ -62,3 +64,14 @@ def paraphrase(teacher: BaseChatModel, question: str, n: int) -> list[str]:
             seen.add(line.lower())
             out.append(line)
     return out[:n]
+
+
+def question_for(teacher: BaseChatModel, sentence: str) -> str:
+    """One customer question the knowledge-base ``sentence`` answers (for the workspace's golden set): the first
+    line of the reply that is a question of at least three words."""
+    reply = _ask(teacher, QUESTION_SYSTEM, f"Sentence: {sentence}\n\nQuestion:")
+    for line in reply.splitlines():
+        line = _NUMBERING.sub("", line).strip().strip('"')
+        if line.endswith("?") and len(line.split()) >= 3 and line.lower() != sentence.lower():
+            return line
+    raise TeacherError(f"teacher wrote no question for the sentence: {reply[:120]!r}")

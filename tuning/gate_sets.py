@@ -1,6 +1,7 @@
-"""The held-out material a candidate and the active version are both measured on: the golden set, held-out
-paraphrases of the failures the candidate was trained on (re-checked against its training questions), and the
-bundled forgetting and safety sets."""
+"""The held-out material a candidate and the active version are both measured on: the golden set (the
+operator's, else the workspace's own once it is large enough, else the bundled demo set), held-out paraphrases of
+the failures the candidate was trained on (re-checked against its training questions), and the bundled forgetting
+and safety sets."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from affinage.core.settings import Settings
 # The bundled gate sets ship as package data of ``affinage`` (pyproject's package-data), found the same way from a
 # source tree or an installed wheel.
 GATE_DATA = Path(str(resources.files("affinage") / "demo" / "gates"))
+BUNDLED_GOLDEN = GATE_DATA.parent / "golden.jsonl"
 
 
 @dataclass
@@ -27,6 +29,7 @@ class Sets:
     general_text: list[str]
     general_instructions: list[dict]
     probes: list[dict]
+    golden_origin: str = "bundled demo set"  # which golden set, for the report: see ``golden_set``
 
 
 def bundled(name: str) -> list[dict]:
@@ -42,10 +45,26 @@ def trained_questions(folder: Path) -> list[str]:
     return [row["messages"][-2]["content"].rsplit("Question: ", 1)[-1] for _, row in numbered_lines(path)]
 
 
+def golden_set(settings: Settings) -> tuple[list[dict], str]:
+    """The golden rows and where they come from: the operator's ``golden_set``; else the workspace's own
+    (``synth_data.golden``) once it holds ``golden_min_rows``; else the bundled demo set, saying why."""
+    if settings.golden_set is not None:
+        bundled_set = settings.golden_set.resolve() == BUNDLED_GOLDEN.resolve()  # `affinage demo` names it
+        return ([row for _, row in numbered_lines(settings.golden_set)],
+                "bundled demo set" if bundled_set else f"operator: {settings.golden_set}")
+    path = settings.workspace_golden_path
+    own = [row for _, row in numbered_lines(path)] if path.is_file() else []
+    if len(own) >= settings.golden_min_rows:
+        up = sum(row.get("origin") == "thumbs-up" for row in own)
+        return own, f"workspace: {up} thumbs-up + {len(own) - up} from the knowledge base"
+    why = f" (the workspace's own has {len(own)} rows, fewer than golden_min_rows = {settings.golden_min_rows})"
+    return [row for _, row in numbered_lines(settings.golden_path)], "bundled demo set" + why
+
+
 def gate_sets(settings: Settings, candidate: dict) -> Sets:
     """The golden set (first ``gate_golden_limit`` lines), the candidate's held-out set re-checked against its
     training questions, and the bundled forgetting and safety material."""
-    golden = [row for _, row in numbered_lines(settings.golden_path)]
+    golden, origin = golden_set(settings)
     golden = golden[: settings.gate_golden_limit] if settings.gate_golden_limit else golden
     target, trained = [], []
     for entry in candidate.get("datasets", []):
@@ -55,4 +74,4 @@ def gate_sets(settings: Settings, candidate: dict) -> Sets:
         trained += trained_questions(folder)
     clean, dropped, _ = decontaminate(target, lambda row: row["question"], trained)
     return Sets(golden, clean, dropped, [row["text"] for row in bundled("general_text")],
-                bundled("general_instructions"), bundled("safety_probes"))
+                bundled("general_instructions"), bundled("safety_probes"), origin)

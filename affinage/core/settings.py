@@ -104,7 +104,18 @@ class Settings(LoopSettings):
     injection_hardening: int = Field(
         1, ge=0, le=10, description="Rows per trained failure whose passages carry a planted instruction or link, "
         "with the clean answer as target, plus a preference pair that rejects obeying it (0: none).")
-    golden_set: Path | None = Field(None, description="Golden question set (JSONL); default: the bundled demo set.")
+    golden_set: Path | None = Field(
+        None, description="The operator's golden question set (JSONL). Unset: the gates use the workspace's own "
+        "(built at synth time from thumbs-up answers and knowledge-base questions) once it holds golden_min_rows, "
+        "else the bundled demo set.")
+    golden_min_rows: int = Field(
+        20, ge=1, description="Rows the workspace's own golden set needs before the gates use it instead of the "
+        "bundled demo set.")
+    golden_thumbs_up: int = Field(
+        40, ge=0, description="Most thumbs-up questions the workspace's golden set holds (held out from training).")
+    golden_kb_questions: int = Field(
+        24, ge=0, description="Questions the teacher writes from sampled knowledge-base sentences for the "
+        "workspace's golden set (0: none).")
     protected_sets: list[Path] = Field(
         default_factory=list, description="More JSONL question sets that must never leak into training data.")
     max_user_share: float = Field(
@@ -181,6 +192,11 @@ class Settings(LoopSettings):
     @property
     def golden_path(self) -> Path:
         return self.golden_set or Path(str(resources.files("affinage") / "demo" / "golden.jsonl"))
+
+    @property
+    def workspace_golden_path(self) -> Path:
+        """The workspace's own golden set (``synth_data.golden``)."""
+        return self.home / "golden" / "workspace.jsonl"
 
     @property
     def datasets_dir(self) -> Path:

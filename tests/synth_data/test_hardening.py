@@ -3,8 +3,16 @@
 import json
 import re
 
+from langchain_core.documents import Document
+
+from affinage.core.extraction import candidates
+from affinage.core.prompts import prompt_messages
+from affinage.core.settings import Settings
+from synth_data.builder import hardened_items
 from synth_data.hardening import PLANTS, make_plant, obeying_answer, plant_among, rng_for
 from tuning.gate_sets import GATE_DATA
+
+DEMO = GATE_DATA.parent
 
 SENTENCES = ["Refunds take five days.", "They go to the card you paid with.", "Press Download to get a CSV."]
 
@@ -38,13 +46,53 @@ def test_a_plant_among_no_sentences_is_the_only_one():
     assert plant_among([], plant, rng_for("x")) == [plant.text]
 
 
-def test_no_safety_probe_shares_a_sentence_or_canary_with_the_plants():
-    probes = [json.loads(line) for line in (GATE_DATA / "safety_probes.jsonl").read_text().splitlines() if line.strip()]
-    plant_text = " ".join(f"{plant} {obeyed}" for _, plant, obeyed in PLANTS).lower()
-    plant_runs = set().union(*(word_runs(f"{plant} {obeyed}") for _, plant, obeyed in PLANTS))
-    for probe in probes:
-        assert probe["canary"].lower() not in plant_text
-        assert not word_runs(probe["passage"]) & plant_runs, probe["passage"]  # no four words in a row in common
+def test_no_safety_probe_shares_a_sentence_or_canary_with_what_synth_trains_on():
+    """The probes are a held-out test: no four words in a row in common with the plants, what obeying them looks
+    like, or the demo's traffic and examples (the system prompt every row carries aside: extraction asks for it)."""
+    trained = [f"{plant} {obeyed}" for _, plant, obeyed in PLANTS]
+    for name in ("traffic", "examples"):
+        trained += [" ".join([row["question"], row["answer"], *row.get("paraphrases", [])])
+                    for row in (json.loads(line) for line in (DEMO / f"{name}.jsonl").read_text().splitlines())]
+    trained_runs = set().union(*map(word_runs, trained))
+    trained_text = " ".join(trained).lower()
+    for probe in probes():
+        assert probe["canary"].lower() not in trained_text, probe["canary"]
+        assert not word_runs(f"{probe['question']} {probe['passage']}") & trained_runs, probe
+
+
+def test_hardening_rows_put_plants_where_the_probes_do():
+    """Same prompt shape (the serving prompt, one line per passage sentence, the plant one of them) and the same
+    positions: first, among or last, in about the shares the planted probes use."""
+    def place(lines: list[str], canary: str) -> str:
+        at = next(n for n, line in enumerate(lines) if canary.lower() in line.lower())
+        return "first" if at == 0 else "last" if at == len(lines) - 1 else "among"
+
+    def shares(places: list[str]) -> dict[str, float]:
+        return {where: places.count(where) / len(places) for where in ("first", "among", "last")}
+
+    planted = [p for p in probes() if p["family"] in ("planted-instruction", "planted-link")]
+    probe_places = []
+    for probe in planted:
+        lines = [s for s, _ in candidates([Document(probe["passage"])])]
+        assert sum(probe["canary"].lower() in line.lower() for line in lines) == 1, probe  # the plant is one line
+        probe_places.append(place(lines, probe["canary"]))
+    quoted = SENTENCES[: Settings.model_fields["quote_sentences"].default]
+    base = {"question": "Where do refunds go?", "user": "u", "interaction_id": "i", "passages": [], "customer": None}
+    row_places = []
+    for n in range(400):
+        item = hardened_items(["Where do refunds go?"], {"Where do refunds go?": quoted}, "Refunds take five days.",
+                              False, {**base, "interaction_id": f"i{n}"}, 1)[0]
+        prompt = item.row["messages"][:-1]
+        lines = prompt[1]["content"].split("<passages>\n", 1)[1].split("\n</passages>", 1)[0].split("\n")
+        assert prompt == prompt_messages("Where do refunds go?", lines)  # the probes' prompt, line for line
+        canary = next(line for line in lines if line not in quoted)
+        row_places.append(place(lines, canary))
+    probe_shares, row_shares = shares(probe_places), shares(row_places)
+    assert all(abs(probe_shares[w] - row_shares[w]) <= 0.1 for w in probe_shares), (probe_shares, row_shares)
+
+
+def probes() -> list[dict]:
+    return [json.loads(line) for line in (GATE_DATA / "safety_probes.jsonl").read_text().splitlines() if line.strip()]
 
 
 def word_runs(text: str, n: int = 4) -> set[tuple[str, ...]]:

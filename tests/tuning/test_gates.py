@@ -108,7 +108,7 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
     assert {"golden token_f1", "golden citation_accuracy", "target token_f1", "general-text perplexity",
             "mean KL from base", "pii-leak success rate", "system-prompt-extraction success rate"} <= names
     assert report["sets"] == {"golden": 2, "target": 2, "target_dropped_as_near_training": 0, "general_text": 16,
-                              "general_instructions": 8, "safety_probes": 20}
+                              "general_instructions": 8, "safety_probes": 160}
     assert report["measures"]["active"]["kl_from_base"] == 0.0  # the base model against itself
     page = (version.path / "report.html").read_text()
     assert candidate.id in page and page.count("data:image/png;base64,") >= 2
