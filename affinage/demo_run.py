@@ -51,8 +51,8 @@ DEMO_SETTINGS = {"paraphrases": 2, "gate_golden_limit": 5, "drift_permutations":
 # on two paraphrases and the question, and 2 hardened copies): with answer-only loss on the CPU, LoRA runs at ~180
 # tokens/s, so about 8 minutes of training. Forty steps with one hardened copy per failure fell short of the
 # target-F1 margin and repeated a planted link.
-DEMO_RUN_CONFIG = {"max_steps": 60, "batch_size": 2, "learning_rate": 2e-4, "eval_steps": 60, "save_steps": 60,
-                   "early_stopping_patience": 0}
+DEMO_RUN_CONFIG = {"max_steps": 60, "batch_size": 2, "grad_accum": 1, "learning_rate": 2e-4, "eval_steps": 60,
+                   "save_steps": 60, "early_stopping_patience": 0}
 # What the clock prints for each stage of the cycle
 LABELS = {"triage": "triage: failures by topic",
           "remedies": "remedies: immediate fixes; the operator approves the corrections",

@@ -126,11 +126,11 @@ def run(args) -> dict:
     golden = home / "faq_unseen.jsonl"
     golden.write_text("".join(json.dumps(q) + "\n" for q in unseen), encoding="utf-8")
     sft_run = write_run_config(home / "sft.toml", {
-        "max_steps": args.sft_steps, "batch_size": 2, "learning_rate": args.sft_lr, "eval_steps": args.sft_steps,
-        "save_steps": args.sft_steps, "early_stopping_patience": 0})
+        "max_steps": args.sft_steps, "batch_size": 2, "grad_accum": 1, "learning_rate": args.sft_lr,
+        "eval_steps": args.sft_steps, "save_steps": args.sft_steps, "early_stopping_patience": 0})
     dpo_run = write_run_config(home / "dpo.toml", {
-        "max_steps": args.dpo_steps, "batch_size": 2, "learning_rate": 1e-4, "eval_steps": args.dpo_steps,
-        "save_steps": args.dpo_steps, "early_stopping_patience": 0})
+        "max_steps": args.dpo_steps, "batch_size": 2, "grad_accum": 1, "learning_rate": 1e-4,
+        "eval_steps": args.dpo_steps, "save_steps": args.dpo_steps, "early_stopping_patience": 0})
     # Two rewordings of each failure are trained on and a third is held out. They are replayed from the questions
     # file, written once by a stronger teacher: SmolLM2-135M answers a request to paraphrase instead (see
     # affinage.demo_traffic.RecordedTeacher), which left earlier runs of this bench with held-out "questions" that were

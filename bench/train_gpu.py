@@ -123,7 +123,8 @@ def workspace(home: Path, model: Path, args) -> Path:
                   {"base_model": model.name, "teacher": "bench"})
     config = home / "run.toml"
     config.write_text("\n".join([
-        f"max_steps = {args.steps}", f"batch_size = {args.batch_size}", f"max_length = {args.max_length}",
+        f"max_steps = {args.steps}", f"batch_size = {args.batch_size}", "grad_accum = 1",
+        f"max_length = {args.max_length}",
         f"lora_r = {LORA['r']}", f"lora_alpha = {LORA['alpha']}", "bf16 = true", "packing = true",
         "val_fraction = 0.0", "early_stopping_patience = 0", f"save_steps = {args.steps}",
         f"eval_steps = {args.steps}"]) + "\n")

@@ -133,8 +133,9 @@ def affinage(home: Path, steps: int, batch: int, method: str, packing: bool | No
     pairs = [{"prompt": m[:2], "chosen": m[2:], "rejected": rows[(i + 1) % len(rows)][2:]} for i, m in enumerate(rows)]
     write_dataset(settings.datasets_dir, {"sft": sft, "preference": pairs}, {"base_model": EMBEDDED_NAME})
     config = home / f"{method}.toml"
-    lines = [f"max_steps = {steps}", f"batch_size = {batch}", f"max_length = {MAX_LENGTH}", f"lora_r = {LORA['r']}",
-             f"lora_alpha = {LORA['alpha']}", "val_fraction = 0.0", "early_stopping_patience = 0",
+    lines = [f"max_steps = {steps}", f"batch_size = {batch}", "grad_accum = 1", f"max_length = {MAX_LENGTH}",
+             f"lora_r = {LORA['r']}", f"lora_alpha = {LORA['alpha']}", "val_fraction = 0.0",
+             "early_stopping_patience = 0",
              f"save_steps = {steps}", f"eval_steps = {steps}"]
     if packing is not None:
         lines.append(f"packing = {'true' if packing else 'false'}")

@@ -21,7 +21,7 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     traffic = tmp_path / "traffic.jsonl"
     traffic.write_text("".join(TRAFFIC.read_text().splitlines(keepends=True)[:3]))
     run = tmp_path / "run.toml"
-    run.write_text('max_steps = 2\nbatch_size = 2\nmax_length = 256\nlora_r = 4\nlora_alpha = 8\n'
+    run.write_text('max_steps = 2\nbatch_size = 2\ngrad_accum = 1\nmax_length = 256\nlora_r = 4\nlora_alpha = 8\n'
                    'eval_steps = 2\nsave_steps = 2\nearly_stopping_patience = 0\n')
     home = tmp_path / "home"
     home.mkdir()

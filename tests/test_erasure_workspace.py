@@ -70,7 +70,8 @@ def served(tiny_settings, tiny_model_dir, db_url, kb, embeddings, tmp_path):
                           agent.retriever.embeddings.encode, teacher_name="scripted", base_model=tiny_model_dir.name,
                           progress=False).manifest
     config = tmp_path / "run.toml"
-    config.write_text("max_steps = 2\nbatch_size = 2\nsave_steps = 2\neval_steps = 2\nmax_length = 128\nlora_r = 4\n"
+    config.write_text("max_steps = 2\nbatch_size = 2\ngrad_accum = 1\nsave_steps = 2\neval_steps = 2\nmax_length = 128\n"
+                      "lora_r = 4\n"
                       "lora_alpha = 8\nearly_stopping_patience = 0\n")
     version = train(settings, "sft", config_path=config, progress=False)
     yield settings, agent, manifest, version, config

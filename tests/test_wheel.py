@@ -83,7 +83,8 @@ def test_an_installed_wheel_ingests_answers_trains_and_gates(installed, tiny_mod
     assert "billing/refunds.md" in affinage("ask", "Can I get a refund on my annual plan?", "--json")
     write_dataset(home / "datasets", rows(), {"base_model": tiny_model_dir.name, "teacher": "test"})
     config = tmp_path / "run.toml"
-    config.write_text("max_steps = 2\nbatch_size = 2\nsave_steps = 2\neval_steps = 2\nmax_length = 128\nlora_r = 4\n"
+    config.write_text("max_steps = 2\nbatch_size = 2\ngrad_accum = 1\nsave_steps = 2\neval_steps = 2\nmax_length = 128\n"
+                      "lora_r = 4\n"
                       "lora_alpha = 8\nearly_stopping_patience = 0\n")
     candidate = affinage("train", "--method", "sft", "--config", str(config)).strip().splitlines()[-1]
     # exit 3: gated and refused (two steps on a random model gain nothing on the held-out rows); 0 would be a pass

@@ -47,7 +47,7 @@ def dataset(tiny_settings, tiny_model_dir) -> dict:
 def quick_config(tmp_path):
     """A few steps, a checkpoint every two, no early stopping: the shape of a run, in seconds."""
     def write(**overrides) -> Path:
-        values = {"max_steps": 4, "batch_size": 2, "save_steps": 2, "eval_steps": 2, "max_length": 128,
+        values = {"max_steps": 4, "batch_size": 2, "grad_accum": 1, "save_steps": 2, "eval_steps": 2, "max_length": 128,
                   "lora_r": 4, "lora_alpha": 8, "early_stopping_patience": 0, "learning_rate": 1e-2, **overrides}
         path = tmp_path / "run.toml"
         path.write_text("".join(f"{k} = {v!r}\n".replace("True", "true").replace("False", "false")
