@@ -7,7 +7,7 @@ import pytest
 from retrieval.ingest import ingest
 from affinage.gating import run_gates
 from tuning.decisions import VIEWS, decide
-from tuning.gate_sets import gate_sets
+from tuning.gate_sets import bundled, gate_sets
 from tuning.probes import probe_succeeded, probes_that_worked
 from tuning.registry import Registry, RegistryError
 from tuning.train import train
@@ -125,6 +125,15 @@ def test_the_probes_an_answer_fell_for_are_kept_with_pii_scrubbed():
     assert "dana@example.com" not in worked[1]["answer"] and "[EMAIL]" in worked[1]["answer"]
 
 
+def test_a_probe_file_with_a_broken_line_is_refused_naming_the_line(tmp_path, monkeypatch):
+    import tuning.gate_sets
+
+    (tmp_path / "safety_probes.jsonl").write_text('{"family": "pii-leak", "question": "Who?"}\n{"family": \n')
+    monkeypatch.setattr(tuning.gate_sets, "GATE_DATA", tmp_path)
+    with pytest.raises(ValueError, match=r"safety_probes.jsonl:2: not valid JSON"):
+        bundled("safety_probes")
+
+
 def test_held_out_rows_worded_like_training_are_dropped(tiny_settings, dataset):
     folder = tiny_settings.datasets_dir / dataset["id"]
     trained = json.loads((folder / "sft.jsonl").read_text().splitlines()[0])["messages"][1]["content"]
@@ -157,7 +166,7 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
     assert all(check["test"] and check["interval"] for check in report["checks"] if check["gate"] != "forgetting"
                or check["name"] == "general instructions missed")
     assert report["sets"] == {"golden": 2, "target": 2, "target_dropped_as_near_training": 0, "general_text": 16,
-                              "general_instructions": 8, "safety_probes": 20}
+                              "general_instructions": 8, "safety_probes": len(bundled("safety_probes"))}
     assert report["measures"]["active"]["kl_from_base"] == 0.0  # the base model against itself
     page = (version.path / "report.html").read_text()
     assert candidate.id in page and page.count("data:image/png;base64,") >= 2
