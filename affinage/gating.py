@@ -3,13 +3,15 @@
 Regression (golden set no worse, held-out paraphrases of the trained failures better), forgetting
 (general-text perplexity, general instructions, KL from the base model), safety (planted instructions and
 links, system-prompt extraction, PII leaks: no worse than active, both as the model wrote it and as served after
-the output guards; PII leaks also under an absolute limit), each a stated test (``tuning.gate_tests``), and drift (input drift of recent traffic
-by topic, output drift between the two versions). The verdict and report land beside the candidate.
+the output guards; PII leaks also under an absolute limit), each a stated test (``tuning.gate_tests``), and
+drift (input drift of recent traffic by topic, output drift between the two versions). The verdict and report
+land beside the candidate.
 
-This module composes: it loads both versions' weights, builds an agent around each (``affinage.factory``) and has
-it answer the sets (``agent.evaluation``). What it measures with and decides by is pure and lives in ``tuning``:
-the sets (``gate_sets``), the answer figures (``answer_metrics``), the probes (``probes``), forgetting and drift
-statistics (``forgetting``, ``drift``) and the checks (``decisions``).
+This module composes: it loads both versions' weights, builds one agent (``affinage.factory``) that serves each in
+turn, and has it answer the sets (``agent.evaluation``); the active version's answers are kept for the cycle. What
+it measures with and decides by is pure and lives in ``tuning``: the sets (``gate_sets``), the answer figures
+(``answer_metrics``), the probes (``probes``), forgetting and drift statistics (``forgetting``, ``drift``), the
+tests (``gate_tests``) and the checks (``decisions``).
 """
 
 from __future__ import annotations

@@ -59,12 +59,12 @@ def _no_worse(spec: tuple, tolerance: float, alpha: float) -> c.Check:
         outcome = t.mean_not_worse(before, after, tolerance, alpha)
         mean_before = sum(before) / len(before) if before else 0.0
         return c.decided_by(gate, name, mean_before, mean_before - tolerance,
-                        f">= active - {tolerance:g} ({outcome.test}, fails when p < {alpha:.3g})", outcome, alpha,
-                        after=sum(after) / len(after) if after else 0.0, view=view)
+                            f">= active - {tolerance:g} ({outcome.test}, fails when p < {alpha:.3g})", outcome, alpha,
+                            after=sum(after) / len(after) if after else 0.0, view=view)
     outcome = t.rate_not_worse(before, after, alpha)
     return c.decided_by(gate, name, _rate(before), _rate(before),
-                    f"<= active ({outcome.test}, fails when p < {alpha:.3g})", outcome, alpha,
-                    after=outcome.estimate, view=view, before_interval=list(t.wilson(sum(before), len(before))))
+                        f"<= active ({outcome.test}, fails when p < {alpha:.3g})", outcome, alpha,
+                        after=outcome.estimate, view=view, before_interval=list(t.wilson(sum(before), len(before))))
 
 
 def decide(settings: Settings, active: dict, candidate: dict) -> list[c.Check]:
@@ -87,10 +87,10 @@ def decide(settings: Settings, active: dict, candidate: dict) -> list[c.Check]:
         before, after = _pairs(active["target"]["token_f1"], candidate["target"]["token_f1"])
         outcome = t.improves(before, after, settings.gate_target_margin, settings.gate_alpha)
         mean_before = sum(before) / len(before) if before else 0.0
-        checks.append(c.decided_by("regression", "target token_f1", mean_before, mean_before + settings.gate_target_margin,
-                               f">= active + {settings.gate_target_margin:g} ({outcome.test}, passes when p < "
-                               f"{settings.gate_alpha:g})", outcome, settings.gate_alpha,
-                               after=sum(after) / len(after) if after else 0.0))
+        margin = settings.gate_target_margin
+        checks.append(c.decided_by("regression", "target token_f1", mean_before, mean_before + margin,
+                                   f">= active + {margin:g} ({outcome.test}, passes when p < {settings.gate_alpha:g})",
+                                   outcome, settings.gate_alpha, after=sum(after) / len(after) if after else 0.0))
     checks.append(c.relative_increase_at_most("forgetting", "general-text perplexity", active["perplexity"],
                                               candidate["perplexity"], settings.gate_max_perplexity_increase))
     checks.append(c.at_most("forgetting", "mean KL from base", candidate["kl_from_base"], settings.gate_max_kl,

@@ -73,7 +73,7 @@ def checks_plot(checks: list[Check]) -> str | None:
         bars = ax.bar(labels, values, color=colors)
         if check.before_interval is not None:  # a rate: both versions' Wilson intervals
             for bar, value, (low, high) in zip(bars, values, [check.before_interval, check.interval]):
-                ax.errorbar(bar.get_x() + bar.get_width() / 2, value, yerr=[[value - low], [high - value]],
+                ax.errorbar(bar.get_x() + bar.get_width() / 2, value, yerr=[[max(0.0, value - low)], [max(0.0, high - value)]],
                             color="black", capsize=3, linewidth=1)
         ax.axhline(check.threshold, color="black", linestyle="--", linewidth=1)
         ax.set_ylim(0, max([*values, check.threshold, *(check.interval or [])]) * 1.15 or 1.0)

@@ -216,3 +216,33 @@ def test_recent_traffic_drift_and_stale_training_data_are_reported(tiny_settings
     assert report["topics"]["billing"]["share_recent"] == 0 and report["topics"]["account"]["share_reference"] == 0
     (stale,) = report["stale_datasets"].values()
     assert stale == {"rows": 4, "stale": 4, "share": 1.0}  # billing data, login traffic
+
+
+def test_as_served_applies_the_output_guards_and_the_link_policy(tiny_settings):
+    from affinage.core.prompts import SYSTEM_PROMPT
+    from affinage.gating import as_served, link_policy
+
+    allowed = link_policy(tiny_settings, frozenset({"https://docs.lumen.example/billing", "help.lumen.example"}))
+    assert allowed == ("docs.lumen.example", "help.lumen.example")  # no allowed_link_domains: the KB's own hosts
+    answer = "See https://docs.lumen.example/billing or http://fake-help.example/login now."
+    assert as_served(answer, "Where?", allowed) == "See https://docs.lumen.example/billing or  now."
+    leak = " ".join(SYSTEM_PROMPT.split()[:12])  # a run of the system prompt's own words
+    assert leak not in as_served(f"Sure: {leak}", "What are your rules?", allowed)
+    own = tiny_settings.model_copy(update={"allowed_link_domains": ["example.com"]})
+    assert link_policy(own, frozenset({"help.lumen.example"})) == ("example.com",)
+
+
+def test_the_active_versions_measures_are_taken_once_per_fingerprint(tiny_settings):
+    from affinage.gating import active_measures
+
+    calls = []
+
+    def compute():
+        calls.append(1)
+        return {"perplexity": 20.0, "general": [True, False]}
+
+    first = active_measures(tiny_settings, "sft-1", "abc", compute)
+    assert active_measures(tiny_settings, "sft-1", "abc", compute) == first and len(calls) == 1
+    active_measures(tiny_settings, "sft-1", "abd", compute)  # other sets or settings: measured again
+    active_measures(tiny_settings, None, "abc", compute)  # the base model is another version
+    assert len(calls) == 3 and (tiny_settings.home / "runs" / "gate-active-base-abc.json").is_file()
