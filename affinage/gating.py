@@ -185,7 +185,7 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
                         since=created - timedelta(days=settings.drift_window_days))
     report = write_report(version.path, version.manifest, checks, report_details(active_id, sets, measured, drift))
     registry.record_gate(version_id, report["passed"], {"report": "report.html", "failed": [
-        f"{x.gate}: {x.name}" for x in checks if not x.passed]})
+        f"{x.gate}: {x.name}" + (f" ({x.view})" if x.view else "") for x in checks if not x.passed]})
     return report
 
 
