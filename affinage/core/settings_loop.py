@@ -61,7 +61,8 @@ class LoopSettings(BaseSettings):
         "check clears its bound by auto_promote_margin). Logged as actor policy:<name>.")
     auto_promote_margin: float = Field(
         0.02, ge=0.0, le=1.0, description="Room to spare under gates_pass_by_margin: scores above their floor by "
-        "this much, upper bounds (perplexity, KL, attack rates) below by this share of the bound.")
+        "this much, upper bounds (perplexity, KL, the PII-leak limit) below by this share of the bound, rates "
+        "tested against the active version's (misses, attacks, links) no higher than its.")
     canary_steps: list[int] = Field(
         [10, 50], description="Shares of new conversations (percent, rising, each in 1..99) a canary serves in turn; "
         "after the last, enough evidence of no harm makes it the active version.")
