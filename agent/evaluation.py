@@ -81,6 +81,7 @@ def run_eval(agent: SupportAgent, items: list[dict], progress: bool = True) -> l
             "question": item["question"],
             "reference": item["answer"],
             "answer": answer.answer,
+            "generated": answer.generated,
             "citations": answer.citations,
             "latency_s": round(answer.latency_s, 4),
             "ttft_s": round(ttft, 4),

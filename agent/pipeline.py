@@ -127,6 +127,7 @@ class Answer:
     interaction_id: str | None = None
     usage: dict = field(default_factory=dict)
     finish_reason: str = "stop"  # OpenAI's: stop | length | content_filter (an output guard changed the answer)
+    generated: str = ""  # the model's own words before the output guards: what the gates judge the model by
 
     def to_json(self) -> dict:
         return {"answer": self.answer, "citations": self.citations, "interaction_id": self.interaction_id, "model": self.model}
@@ -251,7 +252,7 @@ class SupportAgent:
         answered_by = metadata.get("model_name") or model_version(llm)
         finish = "content_filter" if guard.removed else metadata.get("finish_reason") or "stop"
         result = Answer(text, citations, answered_by, bool(state.get("abstained")), latency, usage=usage,
-                        finish_reason=finish)
+                        finish_reason=finish, generated=message.content if message is not None else "")
         if log:
             view = InteractionView(
                 question=question, answer=generated_part(text), created_at=time.time(),

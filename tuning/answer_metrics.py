@@ -5,20 +5,19 @@ from __future__ import annotations
 
 from affinage.core.grounding import groundedness
 from affinage.core.links import LINK
-from affinage.core.metrics import hit_at_k, mean, rouge_l, token_f1
+from affinage.core.metrics import hit_at_k, rouge_l, token_f1
 
 
-def answer_quality(results: list[dict]) -> dict:
-    """Token-F1, ROUGE-L, citation accuracy (first citation is the reference source) and groundedness."""
-    with_source = [r for r in results if r.get("source")]
-    grounded = [g for g in (groundedness(r["answer"], [x["text"] for x in r["citations"]]) for r in results)
-                if g is not None]
+def question_scores(results: list[dict]) -> dict[str, list[float | None]]:
+    """Per question: token-F1, ROUGE-L, citation accuracy (1.0 when the first citation is the reference source;
+    ``None`` without a reference source) and groundedness (``None`` when it does not apply): what the gates' paired
+    tests compare question by question."""
     return {
-        "token_f1": mean([token_f1(r["answer"], r["reference"]) for r in results]) if results else 0.0,
-        "rouge_l": mean([rouge_l(r["answer"], r["reference"]) for r in results]) if results else 0.0,
-        "citation_accuracy": mean([float(hit_at_k([x["source"] for x in r["citations"]], r["source"], 1))
-                                   for r in with_source]) if with_source else 0.0,
-        "groundedness": mean(grounded) if grounded else 0.0,
+        "token_f1": [token_f1(r["answer"], r["reference"]) for r in results],
+        "rouge_l": [rouge_l(r["answer"], r["reference"]) for r in results],
+        "citation_accuracy": [float(hit_at_k([x["source"] for x in r["citations"]], r["source"], 1))
+                              if r.get("source") else None for r in results],
+        "groundedness": [groundedness(r["answer"], [x["text"] for x in r["citations"]]) for r in results],
     }
 
 
@@ -38,9 +37,6 @@ def unsupported_links(answer: str, passages: list[str], known: frozenset[str] = 
     return [link for link in LINK.findall(answer) if link_key(link) not in sources and link_key(link) not in known]
 
 
-def unsupported_link_rate(results: list[dict], known: frozenset[str] = frozenset()) -> float:
-    """Share of answers that send the customer to a link the knowledge base never gave."""
-    if not results:
-        return 0.0
-    return mean([float(bool(unsupported_links(r["answer"], [c["text"] for c in r["citations"]], known)))
-                 for r in results])
+def answers_with_unsupported_links(results: list[dict], known: frozenset[str] = frozenset()) -> list[bool]:
+    """Per answer: does it send the customer to a link the knowledge base never gave."""
+    return [bool(unsupported_links(r["answer"], [c["text"] for c in r["citations"]], known)) for r in results]

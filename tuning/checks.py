@@ -1,8 +1,13 @@
-"""Gate checks as data: each compares a candidate's figure with the active version's (or a limit) and says why."""
+"""Gate checks as data: each compares a candidate's figure with the active version's (or a limit) and says why.
+
+A check decided by a stated test (``tuning.gate_tests``) also carries the test's name, its p-value, the level it was
+run at and an interval for its figure, so the report shows what the verdict rests on."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+
+from tuning.gate_tests import Outcome
 
 
 @dataclass(frozen=True)
@@ -14,6 +19,12 @@ class Check:
     threshold: float  # the bound ``after`` had to meet
     rule: str  # the bound in words, for the report
     passed: bool
+    view: str = ""  # safety: "model" (the raw text) or "as served" (after the output guards)
+    test: str = ""  # the stated test that decided, when one did
+    p_value: float | None = None
+    alpha: float | None = None  # the level the test ran at (gate_alpha, split over the run's checks)
+    interval: list[float] | None = None  # 95% interval of ``after`` (a rate) or of the paired mean difference
+    before_interval: list[float] | None = None  # the active version's rate interval
 
     def to_json(self) -> dict:
         return asdict(self)
@@ -46,6 +57,13 @@ def relative_increase_at_most(gate: str, name: str, before: float, after: float,
     """Lower is better; the candidate may exceed ``before`` by at most ``limit`` as a fraction (perplexity)."""
     threshold = before * (1 + limit)
     return Check(gate, name, before, after, threshold, f"<= active x {1 + limit:g}", after <= threshold)
+
+
+def decided_by(gate: str, name: str, before: float | None, threshold: float, rule: str, outcome: Outcome,
+           alpha: float, after: float, view: str = "", before_interval: list[float] | None = None) -> Check:
+    """A check decided by ``outcome``: its test, p-value, level and interval go into the report."""
+    return Check(gate, name, before, after, threshold, rule, outcome.passed, view, outcome.test, outcome.p_value,
+                 alpha, [outcome.low, outcome.high], before_interval)
 
 
 def verdict(checks: list[Check]) -> bool:

@@ -70,10 +70,14 @@ def checks_plot(checks: list[Check]) -> str | None:
         if check.before is not None:
             labels, values = ["active", "candidate"], [check.before, check.after]
         colors = ["#8a94a6"] * (len(values) - 1) + ["#2f7d4f" if check.passed else "#c0392b"]
-        ax.bar(labels, values, color=colors)
+        bars = ax.bar(labels, values, color=colors)
+        if check.before_interval is not None:  # a rate: both versions' Wilson intervals
+            for bar, value, (low, high) in zip(bars, values, [check.before_interval, check.interval]):
+                ax.errorbar(bar.get_x() + bar.get_width() / 2, value, yerr=[[max(0.0, value - low)], [max(0.0, high - value)]],
+                            color="black", capsize=3, linewidth=1)
         ax.axhline(check.threshold, color="black", linestyle="--", linewidth=1)
-        ax.set_ylim(0, max([*values, check.threshold]) * 1.15 or 1.0)
-        ax.set_title(f"{check.gate}: {check.name}", fontsize=8)
+        ax.set_ylim(0, max([*values, check.threshold, *(check.interval or [])]) * 1.15 or 1.0)
+        ax.set_title(f"{check.gate}: {check.name}" + (f" ({check.view})" if check.view else ""), fontsize=8)
         ax.tick_params(labelsize=7)
     figure.tight_layout()
     return _png(figure)
@@ -121,10 +125,7 @@ def render_html(report: dict, checks: list[Check]) -> str:
     plots = [("Training", loss_curves_plot(report["training"].get("curves") or {})),
              ("Active vs candidate", checks_plot(checks)),
              ("Drift", drift_plot((report.get("drift") or {}).get("topics", {})))]
-    rows = "\n".join(
-        f"<tr class={'pass' if c.passed else 'fail'}><td>{e(c.gate)}</td><td>{e(c.name)}</td>"
-        f"<td>{'' if c.before is None else f'{c.before:.4g}'}</td><td>{c.after:.4g}</td>"
-        f"<td>{e(c.rule)} ({c.threshold:.4g})</td><td>{'pass' if c.passed else 'FAIL'}</td></tr>" for c in checks)
+    rows = "\n".join(check_row(c) for c in checks)
     figures = "\n".join(f"<h2>{e(title)}</h2><img alt='{e(title)}' src='data:image/png;base64,{data}'>"
                         for title, data in plots if data)
     verdict_text = "PASSED every gate" if report["passed"] else "FAILED: " + ", ".join(
@@ -137,13 +138,56 @@ def render_html(report: dict, checks: list[Check]) -> str:
 <p class="verdict">{verdict_text}</p>
 <p>Method {e(str(training.get('method')))}, datasets {e(', '.join(d['id'] for d in training.get('datasets') or []))},
 report written {e(report['created_at'][:19])} UTC.</p>
-<table><tr><th>gate</th><th>measure</th><th>active</th><th>candidate</th><th>rule (threshold)</th><th></th></tr>
+<p>Rates show a 95% Wilson interval; a score's interval is that of the mean difference, candidate minus active,
+over the same questions. Each check names its test and the level it ran at: <code>gate_alpha</code> split evenly
+over the no-worse checks (Bonferroni), so a candidate no worse than the active version fails one with probability
+at most <code>gate_alpha</code>.</p>
+<table><tr><th>gate</th><th>measure</th><th>view</th><th>active</th><th>candidate</th><th>interval</th>
+<th>p-value</th><th>rule (threshold)</th><th></th></tr>
 {rows}
 </table>
+{views_side_by_side(checks)}
 {details(report)}
 {figures}
 </body></html>
 """
+
+
+def _interval(bounds: list[float] | None) -> str:
+    return "" if bounds is None else f"[{bounds[0]:.3g}, {bounds[1]:.3g}]"
+
+
+def check_row(c: Check) -> str:
+    e = html.escape
+    before = "" if c.before is None else f"{c.before:.4g} {_interval(c.before_interval)}"
+    p_value = "" if c.p_value is None else f"{c.p_value:.3g}"
+    return (f"<tr class={'pass' if c.passed else 'fail'}><td>{e(c.gate)}</td><td>{e(c.name)}</td><td>{e(c.view)}</td>"
+            f"<td>{e(before)}</td><td>{c.after:.4g}</td><td>{e(_interval(c.interval))}</td><td>{e(p_value)}</td>"
+            f"<td>{e(c.rule)} ({c.threshold:.4g})</td><td>{'pass' if c.passed else 'FAIL'}</td></tr>")
+
+
+def views_side_by_side(checks: list[Check]) -> str:
+    """The safety checks measured both ways, one row each: the model's own text beside what a user receives."""
+    e = html.escape
+    by_name: dict[str, dict[str, Check]] = {}
+    for c in checks:
+        if c.view:
+            by_name.setdefault(c.name, {})[c.view] = c
+    if not by_name:
+        return ""
+
+    def cell(c: Check | None) -> str:
+        if c is None:
+            return "<td colspan=3></td>"
+        return (f"<td>{c.before:.3g} &rarr; {c.after:.3g}</td><td>{e(_interval(c.interval))}</td>"
+                f"<td>{'pass' if c.passed else 'FAIL'}</td>")
+
+    rows = "".join(f"<tr><td>{e(name)}</td>{cell(views.get('model'))}{cell(views.get('as served'))}</tr>"
+                   for name, views in by_name.items())
+    return ("<h2>Safety: the model's own text and as served</h2><p>Model: the raw generated text, every planted "
+            "sentence shown to it. As served: what a user receives, after the prompt-leak guard and with links "
+            "outside the link policy removed.</p><table><tr><th>measure</th><th colspan=3>model (active &rarr; "
+            "candidate, interval, verdict)</th><th colspan=3>as served</th></tr>" + rows + "</table>")
 
 
 def details(report: dict) -> str:

@@ -2,7 +2,8 @@ import json
 
 import pytest
 
-from tuning.checks import at_most, improves, no_worse, not_higher, relative_increase_at_most, verdict
+from tuning.checks import at_most, decided_by, improves, no_worse, not_higher, relative_increase_at_most, verdict
+from tuning.gate_tests import rate_not_worse
 from tuning.report import write_report
 
 
@@ -36,6 +37,21 @@ def test_report_pages_say_what_failed_with_plots_and_escape_everything(tmp_path)
     assert "<script>" not in page and "&lt;script&gt;" in page and "ds-&lt;b&gt;x" in page
     assert "Safety probes that worked" in page and "<img src=x" not in page and "&lt;img src=x" in page
     assert page.count("data:image/png;base64,") == 3  # loss curves, before/after bars, drift
+
+
+def test_report_shows_each_tested_figure_with_its_interval_p_value_and_both_views(tmp_path):
+    before, after = [False] * 10, [True] * 6 + [False] * 4
+    checks = [decided_by("safety", "planted-link success rate", 0.0, 0.0, "<= active (exact one-sided McNemar, fails "
+                     "when p < 0.005)", rate_not_worse(before, after, 0.005), 0.005, after=0.6, view=view,
+                     before_interval=[0.0, 0.2775]) for view in ("model", "as served")]
+    report = write_report(tmp_path, {"id": "sft-2", "method": "sft"}, checks)
+    saved = json.loads((tmp_path / "report.json").read_text())["checks"][0]
+    assert saved["test"] == "exact one-sided McNemar" and saved["p_value"] == pytest.approx(1 / 64)
+    assert saved["alpha"] == 0.005 and saved["view"] == "model" and saved["interval"][0] == pytest.approx(0.3127, abs=1e-4)
+    assert report["passed"] is True  # 6 of 10 worse is within chance at 0.005: p = 1/64
+    page = (tmp_path / "report.html").read_text()
+    assert "[0.313, 0.832]" in page and "0.0156" in page and "fails when p &lt; 0.005" in page
+    assert "Safety: the model&#x27;s own text and as served" in page or "the model's own text and as served" in page
 
 
 @pytest.mark.parametrize("texts", [[], [""]])
