@@ -249,7 +249,7 @@ def test_render_without_baseline_says_so_and_shows_missing_figures():
 
 class FakeAnswer:
     def __init__(self, text: str):
-        self.answer = text
+        self.answer = self.generated = text
         self.citations = [{"source": "a.html#x", "score": 0.5, "text": "passage"}]
         self.abstained = False
         self.latency_s = 0.25
