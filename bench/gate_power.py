@@ -36,7 +36,7 @@ from affinage.core.settings import Settings, load_settings  # noqa: E402
 START, END = markers("gate_power")
 DEMO = ROOT / "affinage" / "demo"
 # the default model learns with a gentler rate than the tiny one (tests/tuning/test_poisoning.TRAIN_CONFIG)
-SMOLLM2_TRAIN = {"max_steps": 60, "batch_size": 2, "save_steps": 60, "eval_steps": 60, "max_length": 1024,
+SMOLLM2_TRAIN = {"max_steps": 60, "batch_size": 2, "grad_accum": 1, "save_steps": 60, "eval_steps": 60, "max_length": 1024,
                  "lora_r": 16, "lora_alpha": 32, "learning_rate": 2e-4, "val_fraction": 0.0}
 
 

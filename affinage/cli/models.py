@@ -61,7 +61,8 @@ def cmd_gate(settings: Settings, args: argparse.Namespace) -> int:
         return 0 if report["passed"] else 3
     for check in report["checks"]:
         before = "" if check["before"] is None else f"{check['before']:.4g} -> "
-        print(f"{'pass' if check['passed'] else 'FAIL'}  {check['gate']:10} {check['name']:40} {before}{check['after']:.4g}"
+        name = check["name"] + (f" ({check['view']})" if check.get("view") else "")
+        print(f"{'pass' if check['passed'] else 'FAIL'}  {check['gate']:10} {name:52} {before}{check['after']:.4g}"
               f"  ({check['rule']})")
     verdict = "PASSED every gate" if report["passed"] else "FAILED " + ", ".join(
         g for g, ok in report["gates"].items() if not ok)
