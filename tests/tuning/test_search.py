@@ -219,11 +219,22 @@ def test_field_values_recipes_and_the_held_out_gain():
 
 @pytest.mark.slow
 def test_a_search_on_the_tiny_model_proposes_the_best_passing_candidate(tiny_settings, dataset, quick_config, kb,
-                                                                        embeddings, tmp_path):
+                                                                        embeddings, tmp_path, monkeypatch):
+    import affinage.gating
+    from dataclasses import replace
+
+    def target_waived(settings, active, candidate):
+        """A random model gains nothing on held-out rows, so its gain can never be proved: the test waives that
+        one check (every other is the gates' own) to test the choice among candidates."""
+        return [replace(check, passed=True) if check.name == "target token_f1" else check
+                for check in decide(settings, active, candidate)]
+
+    decide = affinage.gating.decide
+    monkeypatch.setattr(affinage.gating, "decide", target_waived)
     golden = tmp_path / "golden.jsonl"
     golden.write_text(json.dumps({"question": "How long is a password reset link valid?", "answer": "2 hours.",
                                   "source": "account/passwords.md#reset-your-password"}) + "\n")
-    # bounds loose enough that the random model's candidates can pass: what is tested is the choice among them
+    # bounds loose enough that the random model's candidates can pass
     settings = tiny_settings.model_copy(update={
         "golden_set": golden, "drift_permutations": 20, "worker_train_config": quick_config(max_steps=2),
         "search_space": space(tmp_path, "learning_rate = {choices = [1e-2, 3e-3, 1e-3]}\n"), "search_candidates": 3,
