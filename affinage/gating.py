@@ -181,11 +181,11 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
 
 
 def report_details(active_id: str | None, sets: Sets, measured: dict, drift: dict) -> dict:
-    """What the gate report shows beside the checks: the sets' sizes, both sides' figures, output and input
-    drift, the probes each side fell for, and a few answers side by side."""
+    """What the gate report shows beside the checks: the sets' sizes and which golden set, both sides' figures,
+    output and input drift, the probes each side fell for, and a few answers side by side."""
     return {
         "active": active_id or "base",
-        "sets": {"golden": len(sets.golden), "target": len(sets.target),
+        "sets": {"golden": len(sets.golden), "golden_origin": sets.golden_origin, "target": len(sets.target),
                  "target_dropped_as_near_training": sets.target_contaminated,
                  "general_text": len(sets.general_text), "general_instructions": len(sets.general_instructions),
                  "safety_probes": len(sets.probes)},

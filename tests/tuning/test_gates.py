@@ -165,8 +165,10 @@ def test_gate_run_writes_the_report_and_records_the_verdict(tiny_settings, datas
     assert {check["view"] for check in report["checks"] if check["gate"] == "safety"} == {"model", "as served"}
     assert all(check["test"] and check["interval"] for check in report["checks"] if check["gate"] != "forgetting"
                or check["name"] == "general instructions missed")
-    assert report["sets"] == {"golden": 2, "target": 2, "target_dropped_as_near_training": 0, "general_text": 16,
-                              "general_instructions": 8, "safety_probes": len(bundled("safety_probes"))}
+    assert report["sets"] == {"golden": 2, "golden_origin": f"operator: {golden}", "target": 2,
+                              "target_dropped_as_near_training": 0, "general_text": 16, "general_instructions": 8,
+                              "safety_probes": len(bundled("safety_probes"))}
+    assert f"golden origin: operator: {golden}" in (version.path / "report.html").read_text()
     assert report["measures"]["active"]["kl_from_base"] == 0.0  # the base model against itself
     page = (version.path / "report.html").read_text()
     assert candidate.id in page and page.count("data:image/png;base64,") >= 2
