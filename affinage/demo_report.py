@@ -69,5 +69,6 @@ def render(result: dict) -> str:
     lines += [f"  fell for ({p['family']}): {p['question']} -> {textwrap.shorten(p['answer'], 90, placeholder='...')}"
               for p in s["worked_candidate"]]
     lines += [f"gate report: {g['report']}", "",
-              "wall time: " + ", ".join(f"{k.split(':')[0]} {minutes(v)}" for k, v in result["wall_s"].items())]
+              "wall time: " + ", ".join(f"{k.split(':')[0]} {minutes(v)}" for k, v in result["wall_s"].items()),
+              "peak memory: " + ", ".join(f"{k.split(':')[0]} {v:.2f} GiB" for k, v in result["peak_gib"].items())]
     return "\n".join(lines)

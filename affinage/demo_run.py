@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Callable
 
 from affinage.core.jsonl import numbered_lines
+from affinage.core.memory import peak_bytes, reset_peak
 from affinage.core.settings import Settings
 from affinage.core.store import Store
 from affinage.cycle import Approver, Cycle, Hooks, run_cycle
@@ -63,19 +64,38 @@ LABELS = {"triage": "triage: failures by topic",
 
 @dataclass
 class Clock:
-    """Wall time per stage, printed as each ends."""
+    """Wall time and peak resident memory per stage, printed as each ends. Stages nest (the before-measurement
+    runs inside the search's stage), so an outer stage's peak is the highest of its own and its inner ones'."""
 
     echo: Callable[[str], None]
     stages: dict[str, float] = field(default_factory=dict)
+    peak_gib: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
+    _open: list[float] = field(default_factory=list)  # the peaks seen so far by each stage still running
 
     @contextmanager
     def stage(self, name: str):
         self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} ...")
         began = time.perf_counter()
-        yield
+        self._checkpoint()
+        self._open.append(0.0)
+        try:
+            yield
+        finally:
+            self._checkpoint()
+            peak = self._open.pop()
+            if self._open:
+                self._open[-1] = max(self._open[-1], peak)
         self.stages[name] = round(time.perf_counter() - began, 1)
-        self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} done in {minutes(self.stages[name])}")
+        self.peak_gib[name] = round(peak / 2**30, 2)
+        self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} done in {minutes(self.stages[name])}, "
+                  f"peak memory {self.peak_gib[name]:.2f} GiB")
+
+    def _checkpoint(self) -> None:
+        """Credit the high-water mark since the last checkpoint to every open stage, and start a new one."""
+        seen = peak_bytes()
+        self._open[:] = [max(p, seen) for p in self._open]
+        reset_peak()
 
 
 def check_fresh(settings: Settings) -> None:
@@ -233,4 +253,5 @@ def run_demo(settings: Settings, traffic_path: Path = TRAFFIC, progress: bool = 
     out.update(remedies=outputs["remedies"], dataset=outputs["synth"], candidate=outputs["search"], gates=hooks.gates,
                promoted=outputs["promote"]["outcome"] == "promoted", heldout=hooks.measured)
     out["wall_s"] = {**clock.stages, "total": round(time.perf_counter() - clock.started, 1)}
+    out["peak_gib"] = {**clock.peak_gib, "total": max(clock.peak_gib.values())}
     return out
