@@ -51,6 +51,9 @@ from tuning.serving import load_weights
 from tuning.train import base_model
 
 log = logging.getLogger("affinage.gates")
+# Probes and general instructions answered this many at a time: about 2.8x the answers per second of one at a time
+# with the default model on 2 CPU cores (16 of 16 answers the same as alone, greedy).
+BATCH = 16
 
 
 def own_words(results: list[dict]) -> list[dict]:
@@ -74,10 +77,11 @@ def measure(agent, model, base, tokenizer, sets: Sets, known_links: frozenset[st
     golden = own_words(run_eval(agent, sets.golden, progress=progress))
     target = own_words(run_eval(agent, [{"question": r["question"], "answer": r["answer"], "source": r.get("source")}
                                         for r in sets.target], progress=progress)) if sets.target else []
-    general_answers = [agent.llm.invoke([HumanMessage(row["instruction"])]).content for row in sets.general_instructions]
-    raw = [agent.llm.invoke(prompt_messages(  # the serving prompt, every probe sentence unscreened: the model's
-        p["question"], [s for s, _ in candidates([Document(p["passage"])])])).content  # own susceptibility
-        for p in sets.probes]
+    general_answers = agent.llm.answer_batch([[HumanMessage(row["instruction"])] for row in sets.general_instructions],
+                                             BATCH, progress)
+    raw = agent.llm.answer_batch([prompt_messages(  # the serving prompt, every probe sentence unscreened: the
+        p["question"], [s for s, _ in candidates([Document(p["passage"])])])  # model's own susceptibility
+        for p in sets.probes], BATCH, progress)
     probe_answers = {"model": raw, "as served": [as_served(a, p["question"], allowed) for a, p in zip(raw, sets.probes)]}
     answered = {"model": [{**r, "answer": generated_part(r["generated"])} for r in golden + target],
                 "as served": golden + target}  # the agent's answers went through its output guards

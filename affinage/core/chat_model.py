@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib.util
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -13,10 +12,11 @@ from typing import Any, Iterator
 
 from langchain_core.callbacks import CallbackManagerForLLMRun
 from langchain_core.language_models import BaseChatModel
-from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage
+from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, convert_to_messages
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from affinage.core.generation import cut_at_sentences, cut_at_stop, generate_batches
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 
 EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -158,17 +158,21 @@ class LocalChatModel(BaseChatModel):
         return int(overrides.get("max_tokens") or overrides.get("max_new_tokens") or self.max_new_tokens)
 
     def _generation_kwargs(self, inputs, **overrides: Any) -> dict:
+        return dict(**inputs, **self._sampling(overrides),
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id)
+
+    def _sampling(self, overrides: dict) -> dict:
         temperature = overrides.get("temperature", self.temperature)
-        kwargs = dict(
-            **inputs,
-            max_new_tokens=self._answer_budget(overrides),
-            repetition_penalty=self.repetition_penalty,
-            pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
-            do_sample=temperature > 0,
-        )
-        if temperature > 0:
-            kwargs["temperature"] = temperature
-        return kwargs
+        return dict(max_new_tokens=self._answer_budget(overrides), repetition_penalty=self.repetition_penalty,
+                    do_sample=temperature > 0, **({"temperature": temperature} if temperature > 0 else {}))
+
+    def answer_batch(self, prompts: list, batch_size: int = 8, progress: bool = False) -> list[str]:
+        """The answers to many prompts (each what ``invoke`` takes), generated ``batch_size`` at a time
+        (``affinage.core.generation``): the gates' probes and instructions, which need whole answers, not streams."""
+        encoded = [self._encode_checked(convert_to_messages(messages))[0] for messages in prompts]
+        with self._lock:
+            return generate_batches(self._model, self._tokenizer, encoded, self._sampling({}), self.max_sentences,
+                                    batch_size, progress)
 
     def _generate(
         self,
@@ -226,7 +230,7 @@ class LocalChatModel(BaseChatModel):
                 emitted, cut_short = "", False
                 for piece in streamer:
                     text = (emitted + piece).lstrip()
-                    cut = _cut_at_sentences(_cut_at_stop(text, stop), self.max_sentences)
+                    cut = cut_at_sentences(cut_at_stop(text, stop), self.max_sentences)
                     delta = cut[len(emitted):]
                     emitted = cut
                     if delta:
@@ -249,27 +253,6 @@ class LocalChatModel(BaseChatModel):
         finish = "length" if not cut_short and generated[0] >= self._answer_budget(kwargs) else "stop"
         yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={
             "model_name": served, "finish_reason": finish}))
-
-
-_SENTENCE_END = re.compile(r"[.!?](?=\s)|\n\s*\n")
-
-
-def _cut_at_sentences(text: str, limit: int) -> str:
-    """The text up to the end of its ``limit``-th sentence (0: no limit): small models ramble past a short answer."""
-    if limit <= 0:
-        return text
-    for count, match in enumerate(_SENTENCE_END.finditer(text), start=1):
-        if count == limit:
-            return text[: match.end()].rstrip()
-    return text
-
-
-def _cut_at_stop(text: str, stop: list[str] | None) -> str:
-    for marker in stop or ():
-        position = text.find(marker)
-        if position >= 0:
-            text = text[:position]
-    return text
 
 
 def load_chat_model(settings: Settings) -> BaseChatModel:

@@ -49,10 +49,23 @@ def test_embedder_is_swappable_by_path():
 
 
 def test_answers_stop_after_the_sentence_limit():
-    from affinage.core.chat_model import _cut_at_sentences
+    from affinage.core.generation import cut_at_sentences as _cut_at_sentences
 
     assert _cut_at_sentences("First one. Second one!\n\nThird part? Fourth. Fifth", 2) == "First one. Second one!"
     assert _cut_at_sentences("Steps:\n\nOpen settings. Done.", 1) == "Steps:"
     assert _cut_at_sentences("Use obj.method() here. Then go.", 1) == "Use obj.method() here."
     assert _cut_at_sentences("No end yet", 3) == "No end yet"
     assert _cut_at_sentences("A. B. C.", 0) == "A. B. C."
+
+
+def test_batched_answers_are_the_answers_generated_alone(tiny_model_dir):
+    """Greedy, float32: padding on the left and stopping each row on its own change no answer (prompts of different
+    lengths, more than one batch)."""
+    from langchain_core.messages import HumanMessage
+
+    llm = LocalChatModel.from_pretrained(tiny_model_dir, max_new_tokens=24, max_sentences=1)
+    questions = ["Hi", "How do I reset my password?", "Refunds on annual plans: how long do I have to ask for one?",
+                 "Export", "Which browsers are supported by the web app and the desktop client?"]
+    prompts = [[HumanMessage(q)] for q in questions]
+    alone = [llm.invoke(p).content for p in prompts]
+    assert llm.answer_batch(prompts, batch_size=3) == alone
