@@ -64,38 +64,23 @@ LABELS = {"triage": "triage: failures by topic",
 
 @dataclass
 class Clock:
-    """Wall time and peak resident memory per stage, printed as each ends. Stages nest (the before-measurement
-    runs inside the search's stage), so an outer stage's peak is the highest of its own and its inner ones'."""
+    """Wall time and peak resident memory per stage (stages run one after another), printed as each ends."""
 
     echo: Callable[[str], None]
     stages: dict[str, float] = field(default_factory=dict)
     peak_gib: dict[str, float] = field(default_factory=dict)
     started: float = field(default_factory=time.perf_counter)
-    _open: list[float] = field(default_factory=list)  # the peaks seen so far by each stage still running
 
     @contextmanager
     def stage(self, name: str):
         self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} ...")
         began = time.perf_counter()
-        self._checkpoint()
-        self._open.append(0.0)
-        try:
-            yield
-        finally:
-            self._checkpoint()
-            peak = self._open.pop()
-            if self._open:
-                self._open[-1] = max(self._open[-1], peak)
+        reset_peak()
+        yield
         self.stages[name] = round(time.perf_counter() - began, 1)
-        self.peak_gib[name] = round(peak / 2**30, 2)
+        self.peak_gib[name] = round(peak_bytes() / 2**30, 2)
         self.echo(f"[{minutes(time.perf_counter() - self.started)}] {name} done in {minutes(self.stages[name])}, "
                   f"peak memory {self.peak_gib[name]:.2f} GiB")
-
-    def _checkpoint(self) -> None:
-        """Credit the high-water mark since the last checkpoint to every open stage, and start a new one."""
-        seen = peak_bytes()
-        self._open[:] = [max(p, seen) for p in self._open]
-        reset_peak()
 
 
 def check_fresh(settings: Settings) -> None:

@@ -158,12 +158,12 @@ class LocalChatModel(BaseChatModel):
         return int(overrides.get("max_tokens") or overrides.get("max_new_tokens") or self.max_new_tokens)
 
     def _generation_kwargs(self, inputs, **overrides: Any) -> dict:
-        return dict(**inputs, **self._sampling(overrides),
-                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id)
+        return dict(**inputs, **self._sampling(overrides))
 
     def _sampling(self, overrides: dict) -> dict:
         temperature = overrides.get("temperature", self.temperature)
         return dict(max_new_tokens=self._answer_budget(overrides), repetition_penalty=self.repetition_penalty,
+                    pad_token_id=self._tokenizer.pad_token_id or self._tokenizer.eos_token_id,
                     do_sample=temperature > 0, **({"temperature": temperature} if temperature > 0 else {}))
 
     def answer_batch(self, prompts: list, batch_size: int = 8, progress: bool = False) -> list[str]:

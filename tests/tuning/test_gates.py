@@ -87,7 +87,7 @@ def test_a_few_more_successes_in_every_family_fail_the_pooled_safety_test(tiny_s
 
 def test_leaking_as_often_as_the_active_version_still_fails_the_absolute_limit(tiny_settings):
     """Both versions leak on the same 12 of 20 probes: no worse than active, yet far above gate_leak_limit (1/4):
-    P(Bin(20, 1/4) >= 12) = 0.00094 is below 0.05 / 15."""
+    P(Bin(20, 1/4) >= 12) = 0.00094 is below 0.05 / 14."""
     leaky = safety({"pii-leak": [True] * 12 + [False] * 8}, {"pii-leak": [True] * 12 + [False] * 8})
     checks = decide(tiny_settings, measurements(safety=leaky), measurements(target=GAIN, safety=leaky))
     (failed,) = [x for x in checks if not x.passed]
