@@ -57,7 +57,7 @@ def workspace(home: Path, model: str, golden: int) -> tuple[Settings, dict]:
     if model == "tiny":
         from tests.tuning.test_poisoning import TRAIN_CONFIG, build_small_vocab_model
 
-        from affinage.core.chat_model import resolve_model_path
+        from affinage.core.model_files import resolve_model_path
 
         default_dir = Path(resolve_model_path(load_settings(home / "default")))
         small = build_small_vocab_model(home / "small-vocab-model", default_dir)

@@ -69,7 +69,7 @@ def prepare(home: Path, clients: int) -> list[str]:
     run_cli(home, "ingest", str(KB))
     run_cli(home, "examples", "import", str(EXAMPLES))
     convert = ("import sys; from affinage.core.settings import load_settings; "
-               "from affinage.core.chat_model import resolve_model_path; resolve_model_path(load_settings(sys.argv[1]))")
+               "from affinage.core.model_files import resolve_model_path; resolve_model_path(load_settings(sys.argv[1]))")
     subprocess.run([sys.executable, "-c", convert, str(home)], check=True, capture_output=True)
     from affinage.core.settings import load_settings
     from agent.service import auth

@@ -718,7 +718,7 @@ def main(argv: list[str] | None = None) -> int:
     # stock LangChain, in this process: one chat model and one embedder for both corpora.
     from langchain_huggingface import HuggingFaceEmbeddings
 
-    from affinage.core.chat_model import resolve_model_path
+    from affinage.core.model_files import resolve_model_path
     from affinage.core.settings import Settings
     from retrieval.index import VectorIndex
 

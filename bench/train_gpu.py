@@ -82,7 +82,7 @@ def random_model(target: Path) -> Path:
     from transformers import AutoTokenizer, Qwen2Config, Qwen2ForCausalLM
 
     from affinage.core.settings import load_settings
-    from affinage.core.chat_model import resolve_model_path
+    from affinage.core.model_files import resolve_model_path
 
     tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(load_settings(target.parent / "default-home")))
     torch.manual_seed(0)

@@ -123,7 +123,7 @@ def plain(home: Path, steps: int, batch: int) -> dict:
 def affinage(home: Path, steps: int, batch: int, method: str, packing: bool | None) -> dict:
     """The same job through ``tuning.train.train``, the code behind ``affinage train``."""
     from affinage.core.settings import load_settings
-    from affinage.core.chat_model import EMBEDDED_NAME
+    from affinage.core.model_files import EMBEDDED_NAME
     from affinage.core.datasets import write_dataset
     from tuning.train import train
 

@@ -83,7 +83,7 @@ def embeddings():
 @pytest.fixture(scope="session")
 def default_model_dir(tmp_path_factory) -> Path:
     """The embedded SmolLM2 converted from its GGUF, once per test session."""
-    from affinage.core.chat_model import resolve_model_path
+    from affinage.core.model_files import resolve_model_path
 
     settings = load_settings(tmp_path_factory.mktemp("default-home"))
     return Path(resolve_model_path(settings))

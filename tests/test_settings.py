@@ -45,3 +45,14 @@ def test_unset_allowed_link_domains_is_the_default_policy_and_an_empty_list_allo
     assert load_settings(tmp_path).allowed_link_domains is None  # the knowledge base's own link hosts
     (tmp_path / "config.toml").write_text("allowed_link_domains = []\n")
     assert load_settings(tmp_path).allowed_link_domains == []
+
+
+def test_batching_settings_that_cannot_work_are_refused_by_name(tmp_path):
+    (tmp_path / "config.toml").write_text("max_batch_size = 0\n")
+    with pytest.raises(ValidationError, match="max_batch_size"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text("kv_cache_tokens = 300\nmax_new_tokens = 256\n")
+    with pytest.raises(ValidationError, match=r"kv_cache_tokens \(300\) cannot hold one prompt and its answer"):
+        load_settings(tmp_path)
+    (tmp_path / "config.toml").write_text("kv_cache_tokens = 4096\nmax_batch_size = 4\n")
+    assert (load_settings(tmp_path).kv_cache_tokens, load_settings(tmp_path).max_batch_size) == (4096, 4)

@@ -90,6 +90,7 @@ class ActiveVersionWatcher(CanaryArms, RegistryPoller):
         dropped = self._arms is not None
         if dropped:
             log.info("the canary arm is no longer served", extra={"version": self.canary_version})
+            self._arms[1].release()  # its engine stops once the answers in flight on it end (unless promoted)
             self._arms, self._canary_weights = None, None  # freed once the requests in flight on it finish
         if version is None:
             return dropped
@@ -100,8 +101,7 @@ class ActiveVersionWatcher(CanaryArms, RegistryPoller):
             log.error("cannot load the canary version; every conversation stays on the active one",
                       extra={"version": version, "error": str(error)})
             return dropped
-        arm = self.llm.model_copy()  # same tokenizer, settings and lock as the serving model
-        arm.swap(model, version)
+        arm = self.llm.serving(model, version)  # same tokenizer, settings and lock as the serving model
         self._canary_weights, self._arms = model, (canary, arm)
         log.info("now serving a canary", extra={"version": arm.served_version, "share": canary["share"]})
         return True

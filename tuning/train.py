@@ -10,7 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
-from affinage.core.chat_model import EMBEDDED_NAME, resolve_model_path
+from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 from tuning.config import RunConfig, load_config
 from tuning.data import load_training_data

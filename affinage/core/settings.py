@@ -132,6 +132,14 @@ class Settings(LoopSettings):
     max_message_chars: int = Field(8000, ge=1, description="Longest accepted message or correction, in characters.")
     max_tokens_limit: int = Field(1024, ge=1, description="Largest max_tokens a client may ask for.")
     max_queue: int = Field(8, ge=0, description="Chat requests that may wait for the model; more get 503 at once.")
+    batched_generation: bool = Field(
+        True, description="Local models: concurrent chat answers are generated together (transformers' continuous "
+        "batching, the system prompt prefilled once); false: one at a time.")
+    max_batch_size: int = Field(
+        8, ge=1, le=256, description="Local models, batched: answers generated together; more wait in the queue.")
+    kv_cache_tokens: int = Field(
+        8192, ge=256, description="Local models, batched: the KV cache, in tokens, for every running answer's prompt "
+        "and answer (a prefix they share counted once); a prompt and answer over it alone gets 400.")
     max_in_flight_per_key: int = Field(
         2, ge=1, description="Chat requests one API key may have in progress at once; more get 429 at once, so one key "
         "cannot fill the queue.")
@@ -161,6 +169,9 @@ class Settings(LoopSettings):
             raise ValueError(
                 f"chunk_overlap_chars ({self.chunk_overlap_chars}) must be smaller than chunk_chars ({self.chunk_chars})"
             )
+        if self.kv_cache_tokens < self.max_new_tokens + 128:
+            raise ValueError(f"kv_cache_tokens ({self.kv_cache_tokens}) cannot hold one prompt and its answer: it must "
+                             f"be at least max_new_tokens ({self.max_new_tokens}) + 128")
         if self.remote_lora == "vllm" and not self.openai_base_url:
             raise ValueError("remote_lora = 'vllm' needs openai_base_url: the vLLM server's address, "
                              "e.g. http://host:8000/v1")

@@ -75,7 +75,7 @@ def assemble(settings: Settings, agent: SupportAgent, backends: Backends) -> Fas
     """The app around one agent, with what it needs from the other layers handed in."""
     app = FastAPI(title="affinage", version="0.1.0", lifespan=follow_promotions, docs_url=None, redoc_url=None,
                   description="A support assistant with an OpenAI-compatible API.")
-    limits = Limits.from_settings(settings)
+    limits = Limits.from_settings(settings, running=getattr(agent.llm, "max_batch", 0) or 1)
     app.state.settings, app.state.agent, app.state.store, app.state.backends = settings, agent, agent.store, backends
     app.state.limits, app.state.queue, app.state.metrics = limits, limits.queue, Metrics()
     app.state.started = time.time()

@@ -119,17 +119,19 @@ class KeyConcurrency:
 
 
 class GenerationQueue:
-    """Admits one running generation plus ``max_waiting`` queued ones; the rest get 503 with Retry-After."""
+    """Admits ``running`` generations at once (the batch; one when answers are generated one at a time) plus
+    ``max_waiting`` queued ones; the rest get 503 with Retry-After."""
 
-    def __init__(self, max_waiting: int):
-        self.capacity = max_waiting + 1
+    def __init__(self, max_waiting: int, running: int = 1):
+        self.running = running
+        self.capacity = max_waiting + running
         self.in_flight = 0
         self._lock = threading.Lock()
 
     @property
     def depth(self) -> int:
-        """Requests waiting for the model (not counting the one generating)."""
-        return max(0, self.in_flight - 1)
+        """Requests waiting for the model (not counting those generating)."""
+        return max(0, self.in_flight - self.running)
 
     def enter(self) -> None:
         with self._lock:
@@ -163,12 +165,14 @@ class Limits:
     queue: GenerationQueue
 
     @classmethod
-    def from_settings(cls, settings) -> "Limits":
+    def from_settings(cls, settings, running: int = 1) -> "Limits":
+        """``running``: answers the model generates at once (its batch; one for a model that answers one at a
+        time)."""
         return cls(rate=RateLimiter(settings.rate_limit_per_minute),
                    prompt_budget=TokenBudget(settings.prompt_tokens_per_minute),
                    in_flight=KeyConcurrency(settings.max_in_flight_per_key),
                    feedback_rate=RateLimiter(settings.feedback_per_minute),
-                   queue=GenerationQueue(settings.max_queue))
+                   queue=GenerationQueue(settings.max_queue, running=running))
 
 
 class BodySizeLimit:

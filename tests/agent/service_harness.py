@@ -5,6 +5,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+from contextlib import contextmanager
 
 import uvicorn
 
@@ -34,3 +35,21 @@ class LiveServer:
         self.server.should_exit = True
         self.thread.join(timeout=15)
         self.socket.close()
+
+
+@contextmanager
+def model_busy(llm):
+    """Every generation slot of a local model taken, as by other answers: its lock when it answers one at a time,
+    each batch slot of its engine when it batches."""
+    if not llm.max_batch:
+        with llm._lock:
+            yield
+        return
+    engine, _ = llm._engine()
+    for _ in range(llm.max_batch):
+        engine._slots.acquire()
+    try:
+        yield
+    finally:
+        for _ in range(llm.max_batch):
+            engine._slots.release()

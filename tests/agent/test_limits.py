@@ -20,7 +20,7 @@ from agent.service.errors import APIError
 from agent.service.limits import KeyConcurrency, RateLimiter, TokenBudget, estimate_tokens, prompt_tokens
 from affinage.core.tables import Interaction
 from tests.agent.conftest import bearer
-from tests.agent.service_harness import LiveServer
+from tests.agent.service_harness import LiveServer, model_busy
 
 QUESTION = "How long is the password reset link valid?"
 GUARD_S = 60  # failure guard only: every wait below ends on an event or a state long before this
@@ -138,8 +138,7 @@ def test_a_third_request_in_flight_from_one_key_is_refused_while_other_keys_get_
     agent, queue = app.state.agent, app.state.queue
     results: dict[str, httpx.Response] = {}
     with LiveServer(app) as server:
-        agent.llm._lock.acquire()  # the model is busy: admitted requests wait for it
-        try:
+        with model_busy(agent.llm):  # the model is busy: admitted requests wait for it
             threads = [threading.Thread(target=lambda n=n: results.update({n: ask(server.url, keys["agent"])}))
                        for n in ("first", "second")]
             for thread in threads:
@@ -152,8 +151,6 @@ def test_a_third_request_in_flight_from_one_key_is_refused_while_other_keys_get_
             other = threading.Thread(target=lambda: results.update(other=ask(server.url, keys["operator"])))
             other.start()
             wait_for(lambda: queue.in_flight == 3, "another key's request admitted")
-        finally:
-            agent.llm._lock.release()
         for thread in [*threads, other]:
             thread.join(timeout=GUARD_S)
         assert {name: r.status_code for name, r in results.items()} == {"first": 200, "second": 200, "other": 200}
@@ -181,7 +178,9 @@ def test_a_burst_of_big_prompts_from_one_key_is_refused_by_the_token_budget(serv
 
 
 @pytest.mark.slow
-def test_a_request_queued_past_the_deadline_gets_503_frees_its_slot_and_costs_no_tokens(service, tiny_settings):
+@pytest.mark.parametrize("batched", [False, True], ids=["one-at-a-time", "batched"])
+def test_a_request_queued_past_the_deadline_gets_503_frees_its_slot_and_costs_no_tokens(service, tiny_settings,
+                                                                                        batched):
     from transformers import AutoTokenizer
 
     question = " ".join([QUESTION] * 5)
@@ -191,19 +190,17 @@ def test_a_request_queued_past_the_deadline_gets_503_frees_its_slot_and_costs_no
     assert cost > 40  # 2.5 prompts is over the smallest budget the settings accept
     # Room for two and a half such prompts: the third would be refused if the two that timed out had cost tokens
     # (refilling half a prompt takes 12 s; the test takes about one).
-    app, keys = service(queue_timeout_seconds=0.5, max_in_flight_per_key=1, prompt_tokens_per_minute=cost * 5 // 2)
+    app, keys = service(queue_timeout_seconds=0.5, max_in_flight_per_key=1, prompt_tokens_per_minute=cost * 5 // 2,
+                        batched_generation=batched)
     agent, queue = app.state.agent, app.state.queue
     with LiveServer(app) as server:
-        agent.llm._lock.acquire()  # someone else's answer holds the model for longer than the deadline
-        try:
+        with model_busy(agent.llm):  # others' answers hold the model for longer than the deadline
             for _ in range(2):  # the second one is admitted too: the first one's key slot was given back
                 response = ask(server.url, keys["agent"], question)
                 assert response.status_code == 503 and response.headers["Retry-After"] == "2"
                 assert response.json()["error"]["code"] == "queue_timeout"
                 assert "waited 0.5 s for the model" in response.json()["error"]["message"]
                 assert queue.in_flight == 0
-        finally:
-            agent.llm._lock.release()
         assert ask(server.url, keys["agent"], question).status_code == 200
     assert rejected(app, "queue_timeout") == 2 and rejected(app, "prompt_tokens") == 0
     with agent.store.session() as session:
@@ -244,16 +241,27 @@ def raw_request(port: int, key: str, body: dict) -> socket.socket:
 BUDGET = 3000  # tokens a request asks for: far more than a test waits for
 
 
-def paced(service):
+def paced(service, **overrides):
     """A service whose model answers up to BUDGET tokens, one token at a time under the test's control."""
-    app, keys = service(max_new_tokens=BUDGET, max_tokens_limit=BUDGET, max_answer_sentences=0)
+    app, keys = service(max_new_tokens=BUDGET, max_tokens_limit=BUDGET, max_answer_sentences=0,
+                        kv_cache_tokens=2 * BUDGET, **overrides)
     return app, keys, Pacer(app.state.agent.llm)
 
 
+def settled(pacer) -> int:
+    """The forward passes once generation has stopped (a cancelled answer may still take the step in progress)."""
+    last = -1
+    while pacer.calls != last:
+        last = pacer.calls
+        time.sleep(0.3)
+    return last
+
+
 @pytest.mark.slow
+@pytest.mark.parametrize("batched", [False, True], ids=["one-at-a-time", "batched"])
 @pytest.mark.parametrize("stream", [False, True])
-def test_generation_stops_when_the_client_goes_away_and_nothing_is_logged(service, stream):
-    app, keys, pacer = paced(service)
+def test_generation_stops_when_the_client_goes_away_and_nothing_is_logged(service, stream, batched):
+    app, keys, pacer = paced(service, batched_generation=batched)
     agent, queue = app.state.agent, app.state.queue
     with LiveServer(app) as server:
         sock = raw_request(server.port, keys["agent"], {"messages": [{"role": "user", "content": QUESTION}],
@@ -269,7 +277,7 @@ def test_generation_stops_when_the_client_goes_away_and_nothing_is_logged(servic
         wait_for(lambda: not server.server.server_state.connections, "the server to see the client go")
         pacer.go.set()  # generation resumes: the service must now stop it
         wait_for(lambda: queue.in_flight == 0, "the request's slot to be given back")
-        stopped_at = pacer.calls
+        stopped_at = settled(pacer)
         assert ask(server.url, keys["agent"], max_tokens=2).status_code == 200  # the model and the key are free
     pacer.handle.remove()
     assert stopped_at < pacer.held_at + BUDGET // 2, stopped_at  # far short of the answer it was asked for
@@ -285,18 +293,16 @@ def test_a_client_that_hangs_up_while_queued_frees_its_slot_and_is_not_answered(
     app, keys, pacer = paced(service)
     agent, queue = app.state.agent, app.state.queue
     with LiveServer(app) as server:
-        agent.llm._lock.acquire()  # someone else's answer holds the model
-        try:
+        with model_busy(agent.llm):  # others' answers hold the model
             sock = raw_request(server.port, keys["agent"], {"messages": [{"role": "user", "content": QUESTION}],
                                                             "max_tokens": BUDGET, "stream": stream})
             wait_for(lambda: queue.in_flight == 1, "the request to be queued")
             sock.shutdown(socket.SHUT_RDWR)
             sock.close()
             wait_for(lambda: not server.server.server_state.connections, "the server to see the client go")
-        finally:
-            agent.llm._lock.release()  # the abandoned request gets the model and must let it go at once
+        # the abandoned request gets the model and must let it go at once
         wait_for(lambda: queue.in_flight == 0, "the request's slot to be given back")
-        stopped_at = pacer.calls
+        stopped_at = settled(pacer)
         assert ask(server.url, keys["agent"], max_tokens=2).status_code == 200
     pacer.handle.remove()
     assert stopped_at < BUDGET // 2 and pacer.calls == stopped_at + 2, stopped_at

@@ -13,7 +13,7 @@ from sqlalchemy import select
 from agent.service.observability import JsonFormatter
 from affinage.core.tables import Feedback, Interaction
 from tests.agent.conftest import bearer
-from tests.agent.service_harness import LiveServer
+from tests.agent.service_harness import LiveServer, model_busy
 
 QUESTION = "How long is the password reset link valid?"
 
@@ -222,14 +222,14 @@ def test_malformed_bodies_are_4xx_and_service_keeps_serving(client_and_keys, con
     assert chat(client, keys["agent"]).status_code == 200
 
 
-def test_overload_is_refused_at_once_not_queued_forever(service):
-    app, keys = service(max_queue=0)
+@pytest.mark.parametrize("batched", [False, True], ids=["one-at-a-time", "batched"])
+def test_overload_is_refused_at_once_not_queued_forever(service, batched):
+    app, keys = service(max_queue=0, batched_generation=batched, max_batch_size=1)
     agent = app.state.agent
     with LiveServer(app) as server:
         import httpx
 
-        agent.llm._lock.acquire()  # the model is busy with someone else's answer
-        try:
+        with model_busy(agent.llm):  # the model is busy with someone else's answer
             first = {}
             thread = threading.Thread(target=lambda: first.update(r=httpx.post(
                 f"{server.url}/v1/chat/completions", headers=bearer(keys["agent"]), timeout=30,
@@ -243,8 +243,6 @@ def test_overload_is_refused_at_once_not_queued_forever(service):
                                 json={"messages": [{"role": "user", "content": QUESTION}]})
             assert second.status_code == 503 and second.headers["Retry-After"]
             assert time.monotonic() - begun < 5
-        finally:
-            agent.llm._lock.release()
         thread.join(timeout=30)
         assert first["r"].status_code == 200
 
@@ -277,9 +275,8 @@ def test_an_answer_cut_by_max_tokens_finishes_with_length(client_and_keys, strea
 def test_the_request_temperature_reaches_the_model(client_and_keys, monkeypatch):
     client, keys = client_and_keys
     model_class = type(client.app.state.agent.llm)
-    seen, real = [], model_class._generation_kwargs
-    monkeypatch.setattr(model_class, "_generation_kwargs",
-                        lambda self, inputs, **kw: seen.append(kw) or real(self, inputs, **kw))
+    seen, real = [], model_class._sampling  # the overrides of one request, whichever way it is generated
+    monkeypatch.setattr(model_class, "_sampling", lambda self, overrides: seen.append(overrides) or real(self, overrides))
     assert chat(client, keys["agent"], temperature=0.7).status_code == 200
     assert seen and seen[-1]["temperature"] == 0.7
     assert chat(client, keys["agent"]).status_code == 200
