@@ -110,6 +110,8 @@ def test_a_swap_mid_stream_leaves_each_stream_whole_and_later_answers_on_the_new
     messages = [[SystemMessage(SYSTEM), HumanMessage(q)] for q in QUESTIONS[:3]]
     reference = LocalChatModel(old, tokenizer, model_name="tiny", max_new_tokens=12, repetition_penalty=1.3)
     expected_old = [reference.invoke(m).content for m in messages]
+    expected_new = LocalChatModel(new, tokenizer, model_name="tiny", max_new_tokens=12,
+                                  repetition_penalty=1.3).invoke(messages[0]).content
     gate = Gate(old)
     gate.open.clear()
     results: dict[int, object] = {}
@@ -133,8 +135,7 @@ def test_a_swap_mid_stream_leaves_each_stream_whole_and_later_answers_on_the_new
     assert {results[i].response_metadata["model_name"] for i in range(3)} == {"tiny"}
     later = llm.invoke(messages[0])
     assert later.response_metadata["model_name"] == "tiny@v2"
-    assert later.content == LocalChatModel(new, tokenizer, model_name="tiny", max_new_tokens=12,
-                                           repetition_penalty=1.3).invoke(messages[0]).content
+    assert later.content == expected_new
     for model in (old, new):
         model._affinage_engine.stop()
 

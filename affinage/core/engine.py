@@ -45,15 +45,12 @@ class EngineStoppedError(RuntimeError):
 
 def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Causal attention of each request's queries to its own keys (``cu_seq_lens_q``/``_k`` mark where each request's
-    rows lie; its queries are its last keys). Outside the engine (no ``cu_seq_lens_q``) it is plain SDPA."""
+    rows lie; its queries are its last keys)."""
     import torch
     import torch.nn.functional as F
 
-    if "cu_seq_lens_q" not in kwargs:
-        from transformers.integrations.sdpa_attention import sdpa_attention_forward
-
-        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
-                                      **kwargs)
+    if "cu_seq_lens_q" not in kwargs:  # padded batches would be attended wrongly: refuse rather than answer wrongly
+        raise RuntimeError("this model is serving through its batching engine: call it there, or stop the engine")
     starts_q, starts_k = kwargs["cu_seq_lens_q"].tolist(), kwargs["cu_seq_lens_k"].tolist()
     outputs = []
     for row in range(len(starts_q) - 1):
