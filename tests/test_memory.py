@@ -57,3 +57,16 @@ def test_release_hands_freed_heap_back():
     del blocks
     memory.release()
     assert memory.resident_bytes() < resident - 100 * 2**20
+
+
+@linux
+def test_a_bounded_heap_hands_big_freed_blocks_back_at_once():
+    assert memory.bound_heap()
+    big, pins = [], []
+    for _ in range(24):  # 8 MiB blocks between small ones that stay: on a heap, the small ones pin the holes
+        big.append(touch(8 * 2**20))
+        pins.append(bytearray(1024))
+    resident = memory.resident_bytes()
+    del big
+    assert memory.resident_bytes() < resident - 150 * 2**20  # no collection or trim needed
+    assert len(pins) == 24
