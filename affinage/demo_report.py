@@ -71,4 +71,8 @@ def render(result: dict) -> str:
     lines += [f"gate report: {g['report']}", "",
               "wall time: " + ", ".join(f"{k.split(':')[0]} {minutes(v)}" for k, v in result["wall_s"].items()),
               "peak memory: " + ", ".join(f"{k.split(':')[0]} {v:.2f} GiB" for k, v in result["peak_gib"].items())]
+    parts = [c for c in result["candidate"].get("candidates", []) if c.get("peak_gib")]
+    if parts:
+        lines.append("  in the search: " + ", ".join(f"{c['candidate']} training {c['peak_gib']['train']:.2f} GiB, "
+                                                     f"gating {c['peak_gib']['gate']:.2f} GiB" for c in parts))
     return "\n".join(lines)

@@ -28,6 +28,7 @@ from langchain_core.messages import HumanMessage
 from sqlalchemy import select
 
 from affinage.core.atomic import atomic_write_text
+from affinage.core.memory import bound_heap
 from affinage.core.timeutil import as_utc
 from affinage.core.chat_model import LocalChatModel
 from affinage.core.datasets import list_datasets
@@ -152,6 +153,7 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
     if version.state not in ("candidate", "gated-passed", "gated-failed"):
         raise RegistryError(f"version {version_id} is {version.state}; only candidates are gated")
     _, base_path = base_model(settings)
+    bound_heap()  # the gates load two models and grow caches: big blocks in their own mappings, freed when done
     sets = gate_sets(settings, version.manifest)
     active_id = registry.active_id()
 

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from affinage.core.atomic import atomic_write_text
+from affinage.core.memory import gib, measured, release
 from affinage.core.settings import Settings
 from affinage.core.timeutil import utcnow
 from affinage.gating import run_gates
@@ -115,14 +116,21 @@ def run_trial(settings: Settings, registry: Registry, study, trial, values: dict
     """Train the trial's candidate from its config ``values`` (each run of its recipe, adopting one registered by an
     earlier attempt), gate it, and tell the study its held-out gain; a candidate that failed a gate is infeasible."""
     trained: list[str] = []
-    for method, step in recipe({"method": settings.worker_method, **values}):
-        if trained:
-            step = {**step, "start_from": trained[-1]}  # SFT then DPO: DPO continues the SFT adapter
-        path = settings.home / "runs" / f"search-{dataset_id}" / f"trial-{trial.number}-{method}.json"
-        atomic_write_text(path, json.dumps({k: v for k, v in step.items() if k != "method"}, indent=2, sort_keys=True))
-        trained.append(adopt(settings, registry, load_config(path, method), dataset_id, path, note, progress))
+    with measured() as training:
+        for method, step in recipe({"method": settings.worker_method, **values}):
+            if trained:
+                step = {**step, "start_from": trained[-1]}  # SFT then DPO: DPO continues the SFT adapter
+            path = settings.home / "runs" / f"search-{dataset_id}" / f"trial-{trial.number}-{method}.json"
+            atomic_write_text(path, json.dumps({k: v for k, v in step.items() if k != "method"}, indent=2,
+                                               sort_keys=True))
+            trained.append(adopt(settings, registry, load_config(path, method), dataset_id, path, note, progress))
+            release()  # the trainer, its model and optimizer: freed before the gates load theirs
     trial.set_user_attr("trained", trained)
-    report = gate(settings, registry, trained[-1], progress)
+    with measured() as gating:
+        report = gate(settings, registry, trained[-1], progress)
+        release()
+    peaks = {"train": gib(training["peak_bytes"]), "gate": gib(gating["peak_bytes"])}
+    trial.set_user_attr("peak_gib", peaks)
     gain = held_out_gain(report)
     failed = [f"{c['gate']}: {c['name']}" for c in report["checks"] if not c["passed"]]
     trial.set_user_attr("candidate", trained[-1])
@@ -133,7 +141,8 @@ def run_trial(settings: Settings, registry: Registry, study, trial, values: dict
     trial.set_constraint("gates", 0.0 if report["passed"] else 1.0)  # <= 0: feasible
     study.tell(trial, gain if gain is not None else -1.0)
     note(f"trial {trial.number}: {trained[-1]} " + (f"held-out gain {gain:+.3f}, " if gain is not None else "")
-         + ("passed every gate" if report["passed"] else f"failed: {'; '.join(failed)}"))
+         + ("passed every gate" if report["passed"] else f"failed: {'; '.join(failed)}")
+         + f"; peak memory {peaks['train']:.2f} GiB training, {peaks['gate']:.2f} GiB gating")
 
 
 def adopt(settings: Settings, registry: Registry, config: RunConfig, dataset_id: str, path: Path, note: Note,
@@ -167,7 +176,8 @@ def conclude(registry: Registry, trials: list, note: Note) -> dict:
         raise ValueError("the search trained no candidate")
     candidates = [{"trial": t.number, "candidate": t.user_attrs["candidate"], "trained": t.user_attrs["trained"],
                    "config": t.user_attrs["config"], "gain": t.user_attrs["gain"], "passed": t.user_attrs["passed"],
-                   "failed": t.user_attrs["failed"], "seconds": round(t.duration.total_seconds(), 1)} for t in trials]
+                   "failed": t.user_attrs["failed"], "seconds": round(t.duration.total_seconds(), 1),
+                   "peak_gib": t.user_attrs.get("peak_gib")} for t in trials]
     rank = lambda c: -1.0 if c["gain"] is None else c["gain"]  # noqa: E731
     passing = [c for c in candidates if c["passed"]]
     best = max(passing, key=rank) if passing else None

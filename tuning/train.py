@@ -10,6 +10,7 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 
+from affinage.core.memory import bound_heap
 from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 from tuning.config import RunConfig, load_config
@@ -96,6 +97,7 @@ def train(settings: Settings, method: str, dataset_id: str | None = None, config
     registry = Registry.open(settings)
     job, lineage = prepare(settings, config, dataset_id, registry, progress)
     job.run_dir.mkdir(parents=True, exist_ok=True)
+    bound_heap()  # activations in their own mappings: a fragmented heap would hold ~3x what a step needs
     trainer = RECIPES[method](job)
     peak = finish_processes(trainer.accelerator)  # every process has finished training past this
     if not trainer.accelerator.is_main_process:

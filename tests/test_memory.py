@@ -1,0 +1,72 @@
+"""Peak memory per stage and per part of a stage (``affinage.core.memory``)."""
+
+import sys
+
+import pytest
+
+from affinage.core import memory
+
+linux = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="VmHWM and clear_refs are Linux's")
+
+
+def touch(n: int) -> bytearray:
+    block = bytearray(n)
+    for i in range(0, n, 4096):
+        block[i] = 1  # resident, page by page
+    return block
+
+
+@linux
+def test_a_part_measures_its_own_peak_and_the_stage_still_counts_it():
+    memory.reset_peak()
+    outer_before = memory.peak_bytes()
+    block = touch(200 * 2**20)
+    del block
+    memory.release()
+    with memory.measured() as part:
+        small = touch(20 * 2**20)
+        del small
+    # the part's reset erased the kernel's mark of the 200 MiB block; the stage still reads it
+    assert memory.peak_bytes() >= outer_before + 190 * 2**20
+    assert part["peak_bytes"] < memory.peak_bytes()
+    assert part["peak_bytes"] > 0
+
+
+@linux
+def test_a_part_that_peaks_higher_raises_the_stage_peak():
+    memory.reset_peak()
+    with memory.measured() as part:
+        block = touch(150 * 2**20)
+        del block
+    memory.release()
+    assert memory.peak_bytes() >= part["peak_bytes"] >= 140 * 2**20
+
+
+def test_gib_rounds_to_hundredths():
+    assert memory.gib(3 * 2**30 + 2**29) == 3.5
+    assert memory.gib(0) == 0.0
+
+
+@linux
+def test_release_hands_freed_heap_back():
+    memory.release()
+    blocks = [bytearray(64 * 1024) for _ in range(3000)]  # ~190 MiB in heap-sized chunks, under the mmap threshold
+    for block in blocks:
+        block[0] = 1
+    resident = memory.resident_bytes()
+    del blocks
+    memory.release()
+    assert memory.resident_bytes() < resident - 100 * 2**20
+
+
+@linux
+def test_a_bounded_heap_hands_big_freed_blocks_back_at_once():
+    assert memory.bound_heap()
+    big, pins = [], []
+    for _ in range(24):  # 8 MiB blocks between small ones that stay: on a heap, the small ones pin the holes
+        big.append(touch(8 * 2**20))
+        pins.append(bytearray(1024))
+    resident = memory.resident_bytes()
+    del big
+    assert memory.resident_bytes() < resident - 150 * 2**20  # no collection or trim needed
+    assert len(pins) == 24
