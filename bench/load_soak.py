@@ -10,7 +10,8 @@
 2. Starts ``affinage serve`` on a free loopback port (``serve_latency.Server``) and sends one warm-up request.
 3. Every client streams golden-set questions back to back (raw SSE over httpx) for ``--seconds``; a 429 or 503 is
    honoured by sleeping its ``Retry-After`` and trying again.
-4. Counts, per request: complete streams (HTTP 200, ``finish_reason`` "stop", the ``affinage`` field, ``[DONE]``),
+4. Counts, per request: complete streams (HTTP 200, a final ``finish_reason`` of OpenAI's: "stop", "length" or
+   "content_filter" when the output guard changed the answer, the ``affinage`` field, ``[DONE]``),
    truncated streams (HTTP 200 without all of those), refusals (429/503, with or without ``Retry-After``), 5xx and
    other failures. Samples the server's resident memory every 0.5 s from the end of the warm-up and compares the
    median of the first and the last fifth of the run.
@@ -37,7 +38,7 @@ from collections import Counter
 from pathlib import Path
 
 from _common import command_line, cpu_model, load_average, markers, nproc, publish
-from serve_latency import EXAMPLES, KB, MemorySampler, Server, free_port, load_questions, run_cli
+from serve_latency import EXAMPLES, FINISHED, KB, MemorySampler, Server, free_port, load_questions, run_cli
 
 START, END = markers("load_soak")
 RSS_GROWTH_LIMIT = 0.05  # "flat": the last fifth's median within 5% of the first fifth's
@@ -102,7 +103,7 @@ def stream_once(client, url: str, key: str, question: str) -> dict:
         return {"outcome": "error", "status": None, "detail": f"{type(error).__name__}: {error}",
                 "s": time.perf_counter() - begun}
     payloads = [json.loads(e) for e in events[:-1]] if events[-1:] == ["[DONE]"] else []
-    finished = bool(payloads) and payloads[-1]["choices"][0]["finish_reason"] == "stop" and "affinage" in payloads[-1]
+    finished = bool(payloads) and payloads[-1]["choices"][0]["finish_reason"] in FINISHED and "affinage" in payloads[-1]
     return {"outcome": "complete" if finished else "truncated", "status": 200, "s": time.perf_counter() - begun}
 
 

@@ -26,7 +26,8 @@ batched generation on (the default) and off, side by side in one run.
 4. Per request: time to first token (request sent -> first non-empty content
    delta, queueing included), gaps between consecutive content chunks, total
    time, tokens from the final usage, and whether the stream ended normally
-   with finish_reason "stop", the ``affinage`` extra field and ``[DONE]``.
+   with a finish_reason ("stop", "length", or "content_filter" when the output
+   guard changed the answer), the ``affinage`` extra field and ``[DONE]``.
 5. Samples the server's resident memory every 0.5 s (psutil, else
    /proc/PID/status) and reads its high-water mark (VmHWM).
 6. Steps 2-5 run once per mode: ``batched_generation = true`` (concurrent
@@ -78,6 +79,7 @@ QUEUE_TIMEOUT_SECONDS = 3600.0
 MIN_MAX_QUEUE = 32
 
 MODES = {"batched": True, "alone": False}  # mode name -> batched_generation
+FINISHED = ("stop", "length", "content_filter")  # OpenAI's reasons a whole answer ends with (the guard's included)
 
 # The issue's targets (issue 20), judged on the batched mode.
 TTFT_P95_TARGETS_S = {1: 1.2, 4: 3.0}  # clients -> p95 time to first token
@@ -338,10 +340,10 @@ class Result:
 
     @property
     def truncated(self) -> bool:
-        """The stream began but did not end with finish_reason "stop", the affinage field and [DONE]."""
+        """The stream began but did not end with a finish reason, the affinage field and [DONE]."""
         if not self.started:
             return False
-        return not (self.ended_normally and self.finish_reason == "stop" and self.has_affinage and self.saw_done is not False)
+        return not (self.ended_normally and self.finish_reason in FINISHED and self.has_affinage and self.saw_done is not False)
 
     @property
     def abstained(self) -> bool:
@@ -413,11 +415,10 @@ def one_request(client, question: str, max_tokens: int | None) -> Result:
 
 
 def make_client(base_url: str, key: str, timeout_s: float):
-    import httpx
     import openai
 
     return openai.OpenAI(base_url=base_url + "/v1", api_key=key, max_retries=0,
-                         timeout=httpx.Timeout(timeout_s, connect=10.0))
+                         timeout=openai.Timeout(timeout_s, connect=10.0))
 
 
 def run_level(base_url: str, key: str, clients: int, requests: int, questions, max_tokens: int | None,
@@ -624,7 +625,8 @@ def render(runs: dict[str, dict], info: dict) -> str:
         "consecutive content chunks as the client receives them (a chunk can hold more than one token). "
         "tokens/s aggregate: completion tokens of the level over its wall time; vs 1 client: that over the "
         "mode's 1-client figure. Truncated: the stream began but "
-        "did not end with finish_reason \"stop\", the `affinage` field and `[DONE]`.",
+        "did not end with a finish_reason (`stop`, `length`, or `content_filter` when the output guard changed the "
+        "answer), the `affinage` field and `[DONE]`.",
     ]
     if statuses:
         lines.append("- HTTP statuses of failed requests: "

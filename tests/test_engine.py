@@ -143,7 +143,8 @@ def test_a_swap_mid_stream_leaves_each_stream_whole_and_later_answers_on_the_new
 def test_a_prompt_over_the_engine_cache_is_refused_with_both_numbers(tiny_model_dir):
     model, tokenizer = load(tiny_model_dir)
     llm = LocalChatModel(model, tokenizer, model_name="tiny", max_new_tokens=16, max_batch=2, kv_cache_tokens=64)
-    with pytest.raises(ContextOverflowError, match=r"needs \d+ tokens plus 16 .* cache holds 64 tokens"):
+    with pytest.raises(ContextOverflowError,
+                       match=r"needs \d+ tokens plus 16 .* cache \(setting kv_cache_tokens\) holds 64 tokens"):
         llm.invoke([SystemMessage(SYSTEM), HumanMessage("Hi")])
 
 

@@ -32,13 +32,14 @@ def load_weights(base_path: Path, registry: Registry, version_id: str | None):
 class ActiveVersionWatcher(CanaryArms, RegistryPoller):
     """Polls the registry pointer; a change loads the new version beside the serving one, then swaps it in.
 
-    Loading happens outside the model's lock, so requests keep being answered meanwhile; the swap itself waits
-    for the request in flight. A version that fails to load is logged and the old one keeps serving.
+    Loading happens outside the model's lock, so requests keep being answered meanwhile; answers in flight finish
+    on the old version. A version that fails to load is logged and the old one keeps serving.
 
     While a canary runs, its version is loaded into a second model (``route`` sends its share of conversations
-    there): a copy of the serving one, so it shares its tokenizer, its limits and its lock (one generation at a
-    time across both arms, and a wait past ``queue_timeout`` for either is ModelBusyError). Two sets of weights
-    are resident until the canary ends; promoted, the canary's weights are swapped in without loading them again.
+    there): a copy of the serving one, so it shares its tokenizer, its limits and its lock (answering one at a time,
+    one generation across both arms; batched, each arm's model has its own engine; either way a wait past
+    ``queue_timeout`` is ModelBusyError). Two sets of weights are resident until the canary ends; promoted, the
+    canary's weights are swapped in without loading them again.
     """
 
     thread_name = "active-version-watcher"

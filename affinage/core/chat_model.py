@@ -13,7 +13,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, conv
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
-from affinage.core.engine import Engine, EngineBusyError, EngineStoppedError
+from affinage.core.engine import EngineBusyError, EngineStoppedError, engine_for, retire_engine
 from affinage.core.generation import cut_at_sentences, cut_at_stop, generate_batches
 from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
@@ -33,9 +33,8 @@ class LocalChatModel(BaseChatModel):
     """A transformers causal LM behind LangChain's chat-model interface, with token streaming.
 
     With ``max_batch`` set, concurrent answers are generated together by the serving model's batching engine
-    (``affinage.core.engine``); otherwise one at a time under a lock, as two separate generations on a CPU only slow
-    each other down. ``swap`` serves another version from the next request on; answers in flight finish on the old
-    one (its engine stops once idle).
+    (``affinage.core.engine``); otherwise one at a time under a lock (two separate generations on a CPU only slow
+    each other down). ``swap`` serves another version from the next request on.
     """
 
     model_config = ConfigDict(arbitrary_types_allowed=True)
@@ -84,8 +83,7 @@ class LocalChatModel(BaseChatModel):
         return copy
 
     def release(self) -> None:
-        """This model serves no more requests: its engine stops once the answers in flight have ended."""
-        retire_engine(self._model)
+        retire_engine(self._model)  # this one serves no more: its engine stops once the answers in flight end
 
     @classmethod
     def from_pretrained(cls, location: Path | str, name: str | None = None, **kwargs: Any) -> "LocalChatModel":
@@ -117,16 +115,13 @@ class LocalChatModel(BaseChatModel):
         inputs = self._encode(messages)
         prompt_tokens = int(inputs["input_ids"].shape[1])
         wanted = self._answer_budget(overrides)
-        if prompt_tokens + wanted > self.context_length:
-            raise ContextOverflowError(
-                f"the prompt needs {prompt_tokens} tokens plus {wanted} for the answer, "
-                f"but the model's context holds {self.context_length} tokens"
-            )
-        if self.max_batch and prompt_tokens + wanted > self.kv_cache_tokens:
-            raise ContextOverflowError(
-                f"the prompt needs {prompt_tokens} tokens plus {wanted} for the answer, "
-                f"but the batching engine's cache holds {self.kv_cache_tokens} tokens (setting kv_cache_tokens)"
-            )
+        limits = {"the model's context": self.context_length}
+        if self.max_batch:
+            limits["the batching engine's cache (setting kv_cache_tokens)"] = self.kv_cache_tokens
+        for what, limit in limits.items():
+            if prompt_tokens + wanted > limit:
+                raise ContextOverflowError(f"the prompt needs {prompt_tokens} tokens plus {wanted} for the answer, "
+                                           f"but {what} holds {limit} tokens")
         return inputs, prompt_tokens
 
     def _answer_budget(self, overrides: dict) -> int:
@@ -226,18 +221,11 @@ class LocalChatModel(BaseChatModel):
             tokens.close()
 
     def _engine(self):
-        """The serving model's batching engine (started on first use, again after it stopped idle) and its version."""
+        """The serving model's batching engine and the version it serves."""
         with self._lock:
-            model, served = self._model, self.served_version
-            engine = getattr(model, "_affinage_engine", None)
-            if engine is not None and not engine.reopen():
-                engine.wait_stopped()  # one engine per model at a time: each sets the model's attention
-                engine = None
-            if engine is None:
-                eos = model.generation_config.eos_token_id or self._tokenizer.eos_token_id
-                engine = Engine(model, eos, self.max_batch, self.kv_cache_tokens, self.repetition_penalty)
-                model._affinage_engine = engine
-            return engine, served
+            eos = self._model.generation_config.eos_token_id or self._tokenizer.eos_token_id
+            return engine_for(self._model, eos, self.max_batch, self.kv_cache_tokens,
+                              self.repetition_penalty), self.served_version
 
     def _alone(self, inputs, **kwargs: Any) -> Iterator:
         """The served version, then (tokens so far, new text), one generation at a time under the model's lock."""
@@ -281,12 +269,6 @@ class LocalChatModel(BaseChatModel):
         if error:
             raise error[0]
         yield generated[0], ""  # the count after the last piece (generation may end on a token with no text)
-
-
-def retire_engine(model: Any) -> None:
-    engine = getattr(model, "_affinage_engine", None)
-    if engine is not None:
-        engine.retire()
 
 
 def load_chat_model(settings: Settings) -> BaseChatModel:

@@ -240,3 +240,23 @@ class Engine:
         self.manager.stop(block=True)
         self.model.destroy_cached_continuous_batching_manager()
         self.model.set_attn_implementation(self._attention)
+
+
+def engine_for(model: Any, eos_token_id, max_batch: int, cache_tokens: int, repetition_penalty: float) -> Engine:
+    """``model``'s engine, started on first use and again once stopped (idle, or retired and not served again).
+    One engine per model at a time: each sets the model's attention while it runs."""
+    engine = getattr(model, "_affinage_engine", None)
+    if engine is not None and not engine.reopen():
+        engine.wait_stopped()
+        engine = None
+    if engine is None:
+        engine = Engine(model, eos_token_id, max_batch, cache_tokens, repetition_penalty)
+        model._affinage_engine = engine
+    return engine
+
+
+def retire_engine(model: Any) -> None:
+    """``model`` is no longer served: its engine, if any, stops once the answers in flight have ended."""
+    engine = getattr(model, "_affinage_engine", None)
+    if engine is not None:
+        engine.retire()

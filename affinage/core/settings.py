@@ -136,7 +136,7 @@ class Settings(LoopSettings):
         True, description="Local models: concurrent chat answers are generated together (transformers' continuous "
         "batching, the system prompt prefilled once); false: one at a time.")
     max_batch_size: int = Field(
-        8, ge=1, le=256, description="Local models, batched: answers generated together; more wait in the queue.")
+        16, ge=1, le=256, description="Local models, batched: answers generated together; more wait in the queue.")
     kv_cache_tokens: int = Field(
         8192, ge=256, description="Local models, batched: the KV cache, in tokens, for every running answer's prompt "
         "and answer (a prefix they share counted once); a prompt and answer over it alone gets 400.")
