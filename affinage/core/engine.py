@@ -224,7 +224,8 @@ class Engine:
     def reopen(self) -> bool:
         """Take requests again if not stopped yet (a retired model served again); False once stopped."""
         with self._lock:
-            self._retiring = self._retiring and not self._running
+            if self._running:
+                self._retiring = False
             return self._running
 
     def wait_stopped(self, timeout: float | None = None) -> bool:

@@ -39,27 +39,29 @@ def reset_peak() -> bool:
         return False
 
 
-def kernel_peak() -> int:
-    """The kernel's resident high-water mark since its last reset (else since the process began), in bytes."""
+def _status_bytes(field: str) -> int | None:
+    """A size line of /proc/self/status (``VmHWM``, ``VmRSS``), in bytes; None where the kernel does not say."""
     try:
         for line in STATUS.read_text().splitlines():
-            if line.startswith("VmHWM:"):
+            if line.startswith(f"{field}:"):
                 return int(line.split()[1]) * 1024
     except OSError:
         pass
+    return None
+
+
+def kernel_peak() -> int:
+    """The kernel's resident high-water mark since its last reset (else since the process began), in bytes."""
+    peak = _status_bytes("VmHWM")
+    if peak is not None:
+        return peak
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss  # kB on Linux, bytes on macOS
     return peak if sys.platform == "darwin" else peak * 1024
 
 
 def resident_bytes() -> int:
     """The resident size now (VmRSS), in bytes; 0 where the kernel does not say."""
-    try:
-        for line in STATUS.read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return 0
+    return _status_bytes("VmRSS") or 0
 
 
 def peak_bytes() -> int:
