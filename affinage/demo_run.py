@@ -21,6 +21,7 @@ from typing import Callable
 
 from affinage.core.jsonl import numbered_lines
 from affinage.core.memory import peak_bytes, reset_peak
+from affinage.core.model_files import serving_dtype
 from affinage.core.settings import Settings
 from affinage.core.store import Store
 from affinage.cycle import Approver, Cycle, Hooks, run_cycle
@@ -204,7 +205,8 @@ class DemoHooks(Hooks):
             self.echo_note(f"now serving {self.agent.model_version}")  # "promoted by demo": the promote stage said it
         else:
             registry = Registry.open(self.settings, self.agent.store)
-            self.agent.llm.swap(load_weights(base_model(self.settings)[1], registry, candidate), candidate)
+            model = load_weights(base_model(self.settings)[1], registry, candidate, serving_dtype(self.settings.serving_dtype))
+            self.agent.llm.swap(model, candidate)
             self.echo_note(f"{candidate} is NOT promoted (failed: {'; '.join(gate['failed'])}); measured as a "
                            "candidate only")
 

@@ -33,6 +33,7 @@ from affinage.core.timeutil import as_utc
 from affinage.core.chat_model import LocalChatModel
 from affinage.core.datasets import list_datasets
 from affinage.core.metrics import contains_fact
+from affinage.core.model_files import serving_dtype
 from affinage.core.extraction import candidates
 from affinage.core.prompts import SYSTEM_PROMPT, generated_part, prompt_messages
 from affinage.core.settings import Settings
@@ -105,7 +106,8 @@ def fingerprint(settings: Settings, sets: Sets, known_links: frozenset[str]) -> 
     every setting but the decision's own bounds (which do not change an answer)."""
     config = settings.model_dump(mode="json", exclude={name for name in type(settings).model_fields
                                                        if name.startswith("gate_") and name != "gate_golden_limit"})
-    material = json.dumps([config, dataclasses.asdict(sets), sorted(known_links)], sort_keys=True, default=str)
+    dtype = str(serving_dtype(settings.serving_dtype))  # 'auto' resolves by the machine's CPU
+    material = json.dumps([config, dtype, dataclasses.asdict(sets), sorted(known_links)], sort_keys=True, default=str)
     return hashlib.sha256(material.encode()).hexdigest()[:16]
 
 
@@ -158,7 +160,8 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
     active_id = registry.active_id()
 
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
-    base = load_weights(base_path, registry, None)
+    dtype = serving_dtype(settings.serving_dtype)  # the gates measure what users would receive
+    base = load_weights(base_path, registry, None, dtype)
     llm = LocalChatModel(base, tokenizer, version=None, model_name=base_path.name,
                          max_new_tokens=settings.max_new_tokens, temperature=settings.temperature,
                          repetition_penalty=settings.repetition_penalty, max_sentences=settings.max_answer_sentences)
@@ -168,7 +171,7 @@ def run_gates(settings: Settings, version_id: str, progress: bool = True) -> dic
     allowed = agent.link_domains  # the link policy the factory resolved, as the service does
 
     def compute(side: str, version: str | None) -> dict:
-        model = base if version is None else load_weights(base_path, registry, version)
+        model = base if version is None else load_weights(base_path, registry, version, dtype)
         llm.swap(model, version)
         log.info("measuring", extra={"side": side})
         return measure(agent, model, base, tokenizer, sets, known_links, allowed, progress)

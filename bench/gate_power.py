@@ -83,12 +83,13 @@ def false_fails(settings: Settings, repeats: int, temperature: float, seed: int,
     from tuning.decisions import decide
     from tuning.gate_sets import gate_sets
     from tuning.registry import Registry
+    from affinage.core.model_files import serving_dtype
     from tuning.serving import load_weights
     from tuning.train import base_model
 
     _, base_path = base_model(settings)
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
-    base = load_weights(base_path, Registry.open(settings), None)
+    base = load_weights(base_path, Registry.open(settings), None, serving_dtype(settings.serving_dtype))
     llm = LocalChatModel(base, tokenizer, model_name=base_path.name, max_new_tokens=settings.max_new_tokens,
                          temperature=temperature, repetition_penalty=settings.repetition_penalty,
                          max_sentences=settings.max_answer_sentences)

@@ -115,6 +115,7 @@ def run(args) -> dict:
     from affinage.core.jsonl import numbered_lines
     from tuning.gate_sets import bundled
     from tuning.registry import Registry
+    from affinage.core.model_files import serving_dtype
     from tuning.serving import load_weights
     from tuning.train import base_model
 
@@ -152,7 +153,8 @@ def run(args) -> dict:
     embeddings, registry = agent.retriever.embeddings, Registry.open(settings, agent.store)
     _, base_path = base_model(settings)
     tokenizer = AutoTokenizer.from_pretrained(str(base_path))
-    base = load_weights(base_path, registry, None)
+    dtype = serving_dtype(settings.serving_dtype)
+    base = load_weights(base_path, registry, None, dtype)
     general = [row["text"] for row in bundled("general_text")]
     base_ppl = perplexity(base, tokenizer, general)
 
@@ -174,7 +176,7 @@ def run(args) -> dict:
                     "heldout_questions": [r["question"] for r in heldout]}
 
     def measure(name: str, version: str | None) -> None:
-        model = base if version is None else load_weights(base_path, registry, version)
+        model = base if version is None else load_weights(base_path, registry, version, dtype)
         agent.llm.swap(model, version)
         figures = clock(f"eval {name}", lambda: evaluate(agent, sets))
         figures["perplexity"] = perplexity(model, tokenizer, general)

@@ -84,6 +84,41 @@ def test_concurrent_answers_are_each_the_answer_generated_alone(tiny_model_dir):
     assert model.config._attn_implementation == "sdpa"  # stopped, the engine gave the model its attention back
 
 
+@pytest.mark.slow
+def test_a_bfloat16_model_answers_batched_with_its_cache_in_bfloat16(tiny_model_dir):
+    """``serving_dtype = 'auto'`` serves bfloat16 on CPUs that compute it natively: concurrent streams each get the
+    answer generated alone in bfloat16, from a cache of half the float32 size."""
+    model, tokenizer = load(tiny_model_dir)
+    model = model.to(torch.bfloat16)
+    prompts = [prompt_ids(tokenizer, q) for q in QUESTIONS]
+    with torch.inference_mode():
+        alone = [model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, repetition_penalty=1.3,
+                                pad_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist() for ids in prompts]
+    engine = Engine(model, tokenizer.eos_token_id, max_batch=5, cache_tokens=2048, repetition_penalty=1.3)
+    answers: dict[int, list[int]] = {}
+    dtypes = set()
+
+    def ask(i: int) -> None:
+        for tokens in engine.stream(prompts[i], 8, temperature=0.0):
+            answers[i] = tokens
+            dtypes.add(engine.manager.batch_processor.cache.dtype)
+
+    gate = Gate(model)
+    gate.open.clear()  # all queued before the first step: the same batches every run
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    try:
+        for thread in threads:
+            thread.start()
+        gate.open.set()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        gate.handle.remove()
+        engine.stop()
+    assert [answers[i] for i in range(len(prompts))] == alone and len({tuple(a) for a in alone}) > 1
+    assert dtypes == {torch.bfloat16}
+
+
 def test_a_closed_stream_stops_its_generation_and_frees_its_slot(tiny_model_dir):
     model, tokenizer = load(tiny_model_dir)
     engine = Engine(model, -1, max_batch=1, cache_tokens=4096, repetition_penalty=1.0)  # -1: no end of text

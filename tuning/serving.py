@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from affinage.core.chat_model import LocalChatModel
+from affinage.core.model_files import serving_dtype
 from tuning.registry import Registry
 from tuning.registry_poller import CanaryArms, RegistryPoller, served_canary
 from tuning.remote_serving import follow_vllm
@@ -14,19 +16,22 @@ from tuning.train import base_model
 log = logging.getLogger("affinage.serving")
 
 
-def load_weights(base_path: Path, registry: Registry, version_id: str | None):
-    """The model for ``version_id`` (None: the base), LoRA merged in so serving pays nothing for the adapter."""
+def load_weights(base_path: Path, registry: Registry, version_id: str | None, dtype: Any = "auto"):
+    """The model for ``version_id`` (None: the base) in ``dtype`` (``serving_dtype``; "auto": the checkpoint's own),
+    LoRA merged in so serving pays nothing for the adapter. The merge is done in the checkpoint's precision, then
+    cast: the served weights are the trained ones rounded once."""
     from transformers import AutoModelForCausalLM
 
     if version_id is None:
-        return AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
+        return AutoModelForCausalLM.from_pretrained(str(base_path), dtype=dtype)
     folder = registry.verify(version_id)
     if registry.get(version_id).manifest.get("kind") == "full":
-        return AutoModelForCausalLM.from_pretrained(str(folder), dtype="auto")
+        return AutoModelForCausalLM.from_pretrained(str(folder), dtype=dtype)
     from peft import PeftModel
 
     base = AutoModelForCausalLM.from_pretrained(str(base_path), dtype="auto")
-    return PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    merged = PeftModel.from_pretrained(base, str(folder)).merge_and_unload()
+    return merged if dtype == "auto" else merged.to(dtype)
 
 
 class ActiveVersionWatcher(CanaryArms, RegistryPoller):
@@ -44,9 +49,9 @@ class ActiveVersionWatcher(CanaryArms, RegistryPoller):
 
     thread_name = "active-version-watcher"
 
-    def __init__(self, llm, registry: Registry, base_path: Path, interval_s: float = 2.0):
+    def __init__(self, llm, registry: Registry, base_path: Path, interval_s: float = 2.0, dtype: Any = "auto"):
         super().__init__(interval_s)
-        self.llm, self.registry, self.base_path = llm, registry, base_path
+        self.llm, self.registry, self.base_path, self.dtype = llm, registry, base_path, dtype
         self._failed: int | None = None  # the pointer generation whose version failed: retried once the pointer moves
         self._canary_failed: tuple[str, int] | None = None  # the same for the canary: (version, generation)
         self._canary_weights = None  # the canary arm's model, reused if its version is promoted
@@ -69,7 +74,7 @@ class ActiveVersionWatcher(CanaryArms, RegistryPoller):
             model = self._canary_weights  # the canary was promoted: loaded and hash-checked already
         else:
             try:
-                model = load_weights(self.base_path, self.registry, wanted)
+                model = load_weights(self.base_path, self.registry, wanted, self.dtype)
             except Exception as error:  # noqa: BLE001 - keep serving the old version, say why
                 self._failed = pointer["generation"]
                 log.error("cannot load the active version; still serving the previous one",
@@ -96,7 +101,7 @@ class ActiveVersionWatcher(CanaryArms, RegistryPoller):
         if version is None:
             return dropped
         try:
-            model = load_weights(self.base_path, self.registry, version)
+            model = load_weights(self.base_path, self.registry, version, self.dtype)
         except Exception as error:  # noqa: BLE001 - every conversation stays on the active version
             self._canary_failed = (version, pointer["generation"])
             log.error("cannot load the canary version; every conversation stays on the active one",
@@ -119,6 +124,6 @@ def follow_registry(settings, llm) -> RegistryPoller | None:
             return None
         return follow_vllm(settings, llm)
     watcher = ActiveVersionWatcher(llm, Registry.open(settings), base_model(settings)[1],
-                                   settings.registry_poll_seconds)
+                                   settings.registry_poll_seconds, serving_dtype(settings.serving_dtype))
     watcher.check()
     return watcher

@@ -15,7 +15,7 @@ from pydantic import ConfigDict, PrivateAttr
 
 from affinage.core.engine import EngineBusyError, EngineStoppedError, engine_for, retire_engine
 from affinage.core.generation import cut_at_sentences, cut_at_stop, generate_batches
-from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path
+from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path, serving_dtype
 from affinage.core.settings import EMBEDDED_CHAT_MODEL, Settings
 
 _ROLES = {"system": "system", "human": "user", "ai": "assistant", "tool": "tool"}
@@ -86,12 +86,13 @@ class LocalChatModel(BaseChatModel):
         retire_engine(self._model)  # this one serves no more: its engine stops once the answers in flight end
 
     @classmethod
-    def from_pretrained(cls, location: Path | str, name: str | None = None, **kwargs: Any) -> "LocalChatModel":
+    def from_pretrained(cls, location: Path | str, name: str | None = None, dtype: Any = "auto",
+                        **kwargs: Any) -> "LocalChatModel":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         try:
             tokenizer = AutoTokenizer.from_pretrained(str(location))
-            model = AutoModelForCausalLM.from_pretrained(str(location), dtype="auto")
+            model = AutoModelForCausalLM.from_pretrained(str(location), dtype=dtype)
         except OSError as error:
             raise ValueError(f"cannot load chat model {str(location)!r}: {str(error).splitlines()[0]}") from error
         return cls(model, tokenizer, model_name=name or Path(str(location)).name, **kwargs)
@@ -277,19 +278,14 @@ def load_chat_model(settings: Settings) -> BaseChatModel:
         from langchain_openai import ChatOpenAI
 
         key = settings.openai_api_key.get_secret_value() if settings.openai_api_key else "not-needed"
-        return ChatOpenAI(
-            model=settings.chat_model,
-            base_url=settings.openai_base_url,
-            api_key=key,
-            temperature=settings.temperature,
-            max_tokens=settings.max_new_tokens,
-            stream_usage=True,
-        )
+        return ChatOpenAI(model=settings.chat_model, base_url=settings.openai_base_url, api_key=key,
+                          temperature=settings.temperature, max_tokens=settings.max_new_tokens, stream_usage=True)
     location = resolve_model_path(settings)
     name = EMBEDDED_NAME if settings.chat_model == EMBEDDED_CHAT_MODEL else Path(str(location)).name
     return LocalChatModel.from_pretrained(
         location,
         name=name,
+        dtype=serving_dtype(settings.serving_dtype),
         max_new_tokens=settings.max_new_tokens,
         temperature=settings.temperature,
         repetition_penalty=settings.repetition_penalty,

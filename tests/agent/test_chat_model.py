@@ -24,6 +24,21 @@ def test_local_folder_model(tiny_settings, tiny_model_dir):
     assert isinstance(llm, LocalChatModel) and llm.model_name == tiny_model_dir.name
 
 
+def test_the_serving_precision_is_the_setting_or_what_the_cpu_computes_natively(tiny_settings, monkeypatch):
+    import torch
+
+    from affinage.core.model_files import serving_dtype
+
+    assert serving_dtype("float32") is torch.float32 and serving_dtype("bfloat16") is torch.bfloat16
+    for native, expected in ((True, torch.bfloat16), (False, torch.float32)):
+        monkeypatch.setattr(torch.cpu, "_is_avx512_bf16_supported", lambda n=native: n)
+        monkeypatch.setattr(torch.cpu, "_is_amx_tile_supported", lambda: False)
+        assert serving_dtype("auto") is expected
+    llm = load_chat_model(tiny_settings.model_copy(update={"serving_dtype": "bfloat16"}))
+    assert {p.dtype for p in llm._model.parameters()} == {torch.bfloat16}
+    assert load_chat_model(tiny_settings.model_copy(update={"serving_dtype": "float32"}))._model.dtype is torch.float32
+
+
 def test_openai_compatible_endpoint_is_used_through_langchain(service, tiny_settings, embeddings, kb):
     """affinage's own service stands in for any OpenAI-compatible server."""
     app, keys = service()

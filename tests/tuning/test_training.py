@@ -87,6 +87,10 @@ def test_candidate_round_trip_gives_identical_outputs(tiny_settings, tiny_model_
         expected = unmerged.eval()(ids).logits
         assert torch.allclose(served.eval()(ids).logits, expected, atol=1e-5)
         assert not torch.allclose(base.eval()(ids).logits, expected, atol=1e-5)  # the adapter does something
+    # Served in bfloat16: merged in the checkpoint's float32, then rounded once (not merged into rounded weights).
+    rounded = load_weights(tiny_model_dir, registry, version.id, torch.bfloat16).state_dict()
+    for name, weight in served.state_dict().items():
+        assert rounded[name].dtype is torch.bfloat16 and torch.equal(rounded[name], weight.to(torch.bfloat16)), name
 
 
 def test_sft_continues_the_active_adapter_so_a_cycle_builds_on_the_last(tiny_settings, dataset, quick_config):
