@@ -46,8 +46,8 @@ class EngineStoppedError(RuntimeError):
 
 def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Causal attention of each request's queries to its own keys (``cu_seq_lens_q``/``_k`` mark where each request's
-    rows lie; its queries are its last keys). Requests taking one token (decoding) are attended in one call, their
-    keys gathered into a padded batch; a prefilling request has a call of its own."""
+    rows lie; its queries are its last keys). Decoding requests (one query each) are attended in one call; each
+    prefilling request gets SDPA's kernel alone (padding prefills together measured slower)."""
     import torch
     import torch.nn.functional as F
 
@@ -70,22 +70,22 @@ def varlen_attention(module, query, key, value, attention_mask=None, scaling=Non
 
 
 def _decode_attention(query, key, value, starts_q, starts_k, rows, scaling):
-    """One query each for ``rows``, attended together: their keys gathered into a padded batch, each query head
-    grouped with its key head (GQA), the softmax in float32. Returns [heads, rows, dim]."""
+    """One query each for ``rows``, attended together in float32: their keys gathered into a padded batch, each
+    query head with its key head (GQA). Returns [heads, rows, dim]."""
     import torch
 
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
-    begin = torch.tensor([starts_k[row] for row in rows])
     length = torch.tensor([starts_k[row + 1] - starts_k[row] for row in rows])
     offsets = torch.arange(int(length.max()))
-    index = (begin[:, None] + offsets).clamp(max=key.shape[2] - 1).flatten()  # past a row's end: masked below
-    k, v = (t[0].index_select(1, index).view(kv_heads, len(rows), -1, dim) for t in (key, value))
+    index = torch.tensor([starts_k[row] for row in rows])[:, None] + offsets  # past a row's end: masked below
+    k, v = (t[0].index_select(1, index.clamp(max=key.shape[2] - 1).flatten()).view(kv_heads, len(rows), -1, dim)
+            .float() for t in (key, value))  # [kv heads, rows, longest, dim]
     q = query[0].index_select(1, torch.tensor([starts_q[row] for row in rows]))  # [heads, rows, dim]
-    q = q.view(kv_heads, heads // kv_heads, len(rows), dim).transpose(1, 2)  # query head h reads key head h // group
-    scores = (q @ k.transpose(-1, -2)).float() * (scaling if scaling is not None else dim ** -0.5)
-    scores.masked_fill_((offsets[None, :] >= length[:, None])[None, :, None, :], float("-inf"))
-    attended = scores.softmax(-1).to(v.dtype) @ v  # [kv heads, rows, group, dim]
-    return attended.transpose(1, 2).reshape(heads, len(rows), dim)
+    q = q.view(kv_heads, heads // kv_heads, len(rows), dim).transpose(1, 2).float()  # head h reads key head h // group
+    scores = q @ k.transpose(-1, -2) * (scaling if scaling is not None else dim ** -0.5)  # [kv heads, rows, group, keys]
+    scores.masked_fill_((offsets >= length[:, None])[None, :, None, :], float("-inf"))
+    attended = scores.softmax(-1) @ v  # [kv heads, rows, group, dim]
+    return attended.transpose(1, 2).reshape(heads, len(rows), dim).to(query.dtype)
 
 
 def _register_attention() -> None:
