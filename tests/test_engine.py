@@ -119,6 +119,32 @@ def test_a_bfloat16_model_answers_batched_with_its_cache_in_bfloat16(tiny_model_
     assert dtypes == {torch.bfloat16}
 
 
+def test_each_request_keeps_its_own_temperature(tiny_model_dir):
+    """Requests with a temperature draw their tokens; a greedy one beside them still gets the greedy answer."""
+    model, tokenizer = load(tiny_model_dir)
+    ids = prompt_ids(tokenizer, QUESTIONS[2])
+    with torch.inference_mode():
+        greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, repetition_penalty=1.3,
+                                pad_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist()
+    engine = Engine(model, -1, max_batch=4, cache_tokens=2048, repetition_penalty=1.3)
+    answers: dict[int, list[int]] = {}
+
+    def ask(i: int, temperature: float) -> None:
+        for tokens in engine.stream(ids, 8, temperature=temperature):
+            answers[i] = tokens
+
+    threads = [threading.Thread(target=ask, args=(i, 0.0 if i == 0 else 2.0)) for i in range(4)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(timeout=60)
+    finally:
+        engine.stop()
+    assert answers[0] == greedy
+    assert len({tuple(answers[i]) for i in (1, 2, 3)} | {tuple(greedy)}) > 1  # drawn: not all the greedy answer
+
+
 def test_a_closed_stream_stops_its_generation_and_frees_its_slot(tiny_model_dir):
     model, tokenizer = load(tiny_model_dir)
     engine = Engine(model, -1, max_batch=1, cache_tokens=4096, repetition_penalty=1.0)  # -1: no end of text

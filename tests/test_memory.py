@@ -1,5 +1,6 @@
 """Peak memory per stage and per part of a stage (``affinage.core.memory``)."""
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -80,3 +81,14 @@ assert memory.resident_bytes() < resident - 150 * 2**20, (memory.resident_bytes(
 """
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-2000:]
+
+
+def test_the_server_bounds_onednn_kernels_unless_the_administrator_set_it(monkeypatch):
+    from affinage.cli.service import _limit_native_caches
+
+    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    _limit_native_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
+    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    _limit_native_caches()
+    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"

@@ -20,10 +20,15 @@ MAX_HEADER_BYTES = 16 * 1024  # h11's own default, stated: a request line and he
 
 
 
-def _limit_malloc_arenas(arenas: int = 2) -> None:
-    """glibc gives each request thread its own malloc arena; capping them keeps the server's memory flat."""
+def _limit_native_caches(arenas: int = 2, onednn_primitives: int = 32) -> None:
+    """Keep the server's memory flat: glibc gives each request thread its own malloc arena, and oneDNN (bfloat16
+    matmuls) keeps up to 1024 kernels, one per shape, and every batch of answers has a shape of its own: 16 clients
+    for 50 s grew the process by 237 MiB, 87 MiB with 16 kernels kept. An administrator's own
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY is kept."""
     import ctypes
+    import os
 
+    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(onednn_primitives))  # read at its first matmul
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
     except OSError:  # not glibc: nothing to tune
@@ -48,7 +53,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
     from agent.service.observability import configure_logging
 
     configure_logging()
-    _limit_malloc_arenas()
+    _limit_native_caches()
     app = create_app(settings)
     url = f"http://{args.host}:{args.port}/"
     print(f"affinage is serving {app.state.agent.model_version} at {url}")

@@ -9,7 +9,8 @@ Two small pieces are ours, each because the engine has none that fits a CPU:
   43 ms for one). It attends each request to its own keys instead (119 ms for 8), from the engine's ``cu_seq_lens``.
 - ``RequestSampling``: the engine drops the repetition penalty (it needs each request's tokens) and decides greedy or
   sampled for all requests at once. It applies the penalty over each request's prompt and answer, as ``generate``
-  does, then each request's own temperature (0: greedy).
+  does, and draws the token of each request with a temperature above 0; the engine then takes the top token, so a
+  greedy request costs no draw.
 """
 
 from __future__ import annotations
@@ -102,8 +103,8 @@ def sampling_processors(repetition_penalty: float):
         ContinuousBatchingLogitsProcessor, ContinuousBatchingLogitsProcessorList)
 
     class RequestSampling(ContinuousBatchingLogitsProcessor):
-        """Repetition penalty over each request's tokens, then its temperature; 0 keeps only the top token, so the
-        engine's sampling step returns it."""
+        """Repetition penalty over each request's tokens; a request with a temperature above 0 draws its token here
+        and keeps it alone in its row, so the engine's argmax returns it (greedy rows are left as they are)."""
 
         supported_kwargs = {"temperature": float}
         ignored_kwargs = ()
@@ -168,6 +169,10 @@ class Engine:
         self.manager = model.init_continuous_batching(generation_config=generation,
                                                       continuous_batching_config=config)
         self.manager.logit_processor = sampling_processors(repetition_penalty)
+        # The cache is zero pages the system commits as answers first write them: the service's memory would creep up
+        # for minutes (bench/load_soak.py: +21%). Writing it now makes the footprint at full load the one at start.
+        self.manager.batch_processor = self.manager._create_batch_processor()  # the loop takes it over
+        self.manager.batch_processor.cache.cache_tensor.fill_(0)
         self._slots = threading.BoundedSemaphore(max_batch)
         self._streams: dict[str, queue.Queue] = {}
         self._lock = threading.Lock()
