@@ -48,8 +48,8 @@ def convert_gguf(gguf: Path, target: Path) -> Path:
 
 
 def serving_dtype(name: str):
-    """The torch dtype a local model serves in: ``auto`` is bfloat16 where the CPU computes it natively (the default
-    model, 2 cores: twice the tokens/s of float32 and half the memory), float32 where it would be emulated."""
+    """The torch dtype a local model serves in: ``auto`` is bfloat16 where the CPU computes it natively (half the
+    memory of float32, and faster: bench/serving_precision.py), float32 where it would be emulated."""
     import torch
 
     if name != "auto":

@@ -139,8 +139,8 @@ class Settings(LoopSettings):
         16, ge=1, le=256, description="Local models, batched: answers generated together; more wait in the queue.")
     serving_dtype: Literal["auto", "bfloat16", "float32"] = Field(
         "auto", description="Local models: the precision answers (and the gates' measures of them) are computed in. "
-        "auto: bfloat16 on a CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX: half the memory, twice the "
-        "speed), else float32. Training keeps float32.")
+        "auto: bfloat16 on a CPU with native bfloat16 arithmetic (AVX512-BF16 or AMX: half the memory, and faster), "
+        "else float32. Training keeps float32.")
     kv_cache_tokens: int = Field(
         8192, ge=256, description="Local models, batched: the KV cache, in tokens, for every running answer's prompt "
         "and answer (a prefix they share counted once); a prompt and answer over it alone gets 400.")
