@@ -47,28 +47,27 @@ class Gate:
         assert self.open.wait(timeout=30)
 
 
-@pytest.mark.slow
-def test_concurrent_answers_are_each_the_answer_generated_alone(tiny_model_dir):
-    """Five requests of different lengths sharing a system prompt, started together: each gets, token for token, the
-    greedy answer ``generate`` gives it alone (repetition penalty included)."""
-    model, tokenizer = load(tiny_model_dir)
-    prompts = [prompt_ids(tokenizer, q) for q in QUESTIONS]
-    alone = []
+def generated_alone(model, tokenizer, prompts: list[list[int]], max_new_tokens: int) -> list[list[int]]:
+    """Each prompt's greedy answer from ``generate``, alone (repetition penalty 1.3, as the engines below)."""
     with torch.inference_mode():
-        for ids in prompts:
-            out = model.generate(torch.tensor([ids]), max_new_tokens=20, do_sample=False, repetition_penalty=1.3,
-                                 pad_token_id=tokenizer.eos_token_id)
-            alone.append(out[0, len(ids):].tolist())
-    engine = Engine(model, tokenizer.eos_token_id, max_batch=4, cache_tokens=4096, repetition_penalty=1.3)
+        return [model.generate(torch.tensor([ids]), max_new_tokens=max_new_tokens, do_sample=False,
+                               repetition_penalty=1.3, pad_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist()
+                for ids in prompts]
+
+
+def stream_together(engine: Engine, gate: Gate, requests: list[tuple], seen=lambda: None) -> list[list[int]]:
+    """Each (prompt ids, max_new_tokens, temperature) streamed from its own thread, the engine held at its first step
+    by ``gate`` while they are queued, so they are generated together; their answers in order. ``seen`` is called at
+    each piece streamed. Stops the engine."""
     answers: dict[int, list[int]] = {}
-    gate = Gate(model)
-    gate.open.clear()  # every request is queued before the first step, so they are generated together
 
-    def ask(i: int) -> None:
-        for tokens in engine.stream(prompts[i], 20, temperature=0.0):
+    def ask(i: int, ids: list[int], max_new_tokens: int, temperature: float) -> None:
+        for tokens in engine.stream(ids, max_new_tokens, temperature=temperature):
             answers[i] = tokens
+            seen()
 
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
+    threads = [threading.Thread(target=ask, args=(i, *request)) for i, request in enumerate(requests)]
+    gate.open.clear()
     try:
         for thread in threads:
             thread.start()
@@ -78,7 +77,20 @@ def test_concurrent_answers_are_each_the_answer_generated_alone(tiny_model_dir):
     finally:
         gate.handle.remove()
         engine.stop()
-    assert [answers[i] for i in range(len(prompts))] == alone
+    return [answers[i] for i in range(len(requests))]
+
+
+@pytest.mark.slow
+def test_concurrent_answers_are_each_the_answer_generated_alone(tiny_model_dir):
+    """Five requests of different lengths sharing a system prompt, started together: each gets, token for token, the
+    greedy answer ``generate`` gives it alone (repetition penalty included)."""
+    model, tokenizer = load(tiny_model_dir)
+    prompts = [prompt_ids(tokenizer, q) for q in QUESTIONS]
+    alone = generated_alone(model, tokenizer, prompts, 20)
+    engine = Engine(model, tokenizer.eos_token_id, max_batch=4, cache_tokens=4096, repetition_penalty=1.3)
+    gate = Gate(model)
+    answers = stream_together(engine, gate, [(ids, 20, 0.0) for ids in prompts])
+    assert answers == alone
     assert len({tuple(a) for a in alone}) > 1  # the answers differ, so none was handed another's
     assert gate.passes < sum(len(a) for a in alone)  # requests shared forward passes
     assert model.config._attn_implementation == "sdpa"  # stopped, the engine gave the model its attention back
@@ -91,31 +103,12 @@ def test_a_bfloat16_model_answers_batched_with_its_cache_in_bfloat16(tiny_model_
     model, tokenizer = load(tiny_model_dir)
     model = model.to(torch.bfloat16)
     prompts = [prompt_ids(tokenizer, q) for q in QUESTIONS]
-    with torch.inference_mode():
-        alone = [model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, repetition_penalty=1.3,
-                                pad_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist() for ids in prompts]
+    alone = generated_alone(model, tokenizer, prompts, 8)
     engine = Engine(model, tokenizer.eos_token_id, max_batch=5, cache_tokens=2048, repetition_penalty=1.3)
-    answers: dict[int, list[int]] = {}
     dtypes = set()
-
-    def ask(i: int) -> None:
-        for tokens in engine.stream(prompts[i], 8, temperature=0.0):
-            answers[i] = tokens
-            dtypes.add(engine.manager.batch_processor.cache.dtype)
-
-    gate = Gate(model)
-    gate.open.clear()  # all queued before the first step: the same batches every run
-    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(prompts))]
-    try:
-        for thread in threads:
-            thread.start()
-        gate.open.set()
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        gate.handle.remove()
-        engine.stop()
-    assert [answers[i] for i in range(len(prompts))] == alone and len({tuple(a) for a in alone}) > 1
+    answers = stream_together(engine, Gate(model), [(ids, 8, 0.0) for ids in prompts],
+                              seen=lambda: dtypes.add(engine.manager.batch_processor.cache.dtype))
+    assert answers == alone and len({tuple(a) for a in alone}) > 1
     assert dtypes == {torch.bfloat16}
 
 
@@ -123,24 +116,9 @@ def test_each_request_keeps_its_own_temperature(tiny_model_dir):
     """Requests with a temperature draw their tokens; a greedy one beside them still gets the greedy answer."""
     model, tokenizer = load(tiny_model_dir)
     ids = prompt_ids(tokenizer, QUESTIONS[2])
-    with torch.inference_mode():
-        greedy = model.generate(torch.tensor([ids]), max_new_tokens=8, do_sample=False, repetition_penalty=1.3,
-                                pad_token_id=tokenizer.eos_token_id)[0, len(ids):].tolist()
+    greedy = generated_alone(model, tokenizer, [ids], 8)[0]
     engine = Engine(model, -1, max_batch=4, cache_tokens=2048, repetition_penalty=1.3)
-    answers: dict[int, list[int]] = {}
-
-    def ask(i: int, temperature: float) -> None:
-        for tokens in engine.stream(ids, 8, temperature=temperature):
-            answers[i] = tokens
-
-    threads = [threading.Thread(target=ask, args=(i, 0.0 if i == 0 else 2.0)) for i in range(4)]
-    try:
-        for thread in threads:
-            thread.start()
-        for thread in threads:
-            thread.join(timeout=60)
-    finally:
-        engine.stop()
+    answers = stream_together(engine, Gate(model), [(ids, 8, 0.0 if i == 0 else 2.0) for i in range(4)])
     assert answers[0] == greedy
     assert len({tuple(answers[i]) for i in (1, 2, 3)} | {tuple(greedy)}) > 1  # drawn: not all the greedy answer
 
