@@ -8,6 +8,8 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test`'s processes share the cores: one torch thread each, before
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # torch loads (the processes tests spawn inherit it)
 
 import inspect  # noqa: E402
 import uuid  # noqa: E402

@@ -38,9 +38,10 @@ HELDOUT = [{"question": "Is an annual subscription refundable, and for how long?
             "source": "account/passwords.md#reset-your-password"}]
 
 
-# 200 steps of a 64-wide model take seconds and teach it the answers, the fake link included
-TRAIN_CONFIG = {"max_steps": 200, "batch_size": 2, "save_steps": 200, "eval_steps": 200, "max_length": 1024,
-                "lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-2, "val_fraction": 0.0}
+# 100 steps of four rows teach a 64-wide model the answers, the fake link included, in seconds
+TRAIN_CONFIG = {"max_steps": 100, "batch_size": 4, "save_steps": 100, "eval_steps": 100, "max_length": 1024,
+                "lora_r": 16, "lora_alpha": 32, "learning_rate": 1e-2, "val_fraction": 0.0,
+                "activation_checkpointing": False}  # on a CPU it is on by default, for memory this model does not need
 
 
 @pytest.fixture(scope="module")
