@@ -36,6 +36,9 @@ from retrieval.ingest import ingest
 from tests.agent.service_harness import LiveServer
 
 expect = sync_api.expect
+# what a page shows, not how fast: a streamed answer on a busy machine (`make test` runs two processes) can take
+# longer than Playwright's 5 s default, as the pages' own actions may (set_default_timeout below)
+expect.set_options(timeout=30_000)
 HOSTILE = '<script>window.__pwned=1</script> ![x](http://127.0.0.2:9/x.png) <img src=x onerror="window.__pwned=1">'
 
 
