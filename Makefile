@@ -6,7 +6,8 @@ HOME_DIR ?= .affinage
 HOST     ?= 127.0.0.1
 PORT     ?= 8000
 # `make test` runs the suite in this many processes (pytest-xdist), each with one torch thread: most tests are
-# single-threaded Python or wait on a spawned process, so one process left a core idle (19 min against 14 on 2 cores)
+# single-threaded Python or wait on a spawned process, so one process left a core idle (19 min against 10-12 on a
+# 2-core EPYC)
 TEST_WORKERS ?= 2
 
 # Never reach a model hub at run time: models ship inside PyPI packages.
