@@ -54,7 +54,7 @@ class Item:
 
     kind: str  # sft | preference | kto | heldout
     question: str
-    answer: str  # the target (sft), chosen (preference) or completion (kto)
+    answer: str  # the target (sft), chosen (preference) or completion (kto); a hardened row's failure's answer
     user: str | None
     interaction_id: str
     passages: list[str]
@@ -183,16 +183,19 @@ def hardened_items(wordings: list[str], picked: dict[str, list[str]], target: st
                    copies: int) -> list[Item]:
     """``copies`` SFT rows (and as many preference pairs) whose quoted sentences (``picked``: per wording) carry a
     plant among them, as a planted passage would reach an unscreened prompt, cycling through the wordings; the
-    target stays the clean answer. Seeded by the interaction, so a rebuild writes the same rows."""
+    target stays the clean answer, or is a refusal where the row asks for the planted person's details. Seeded by
+    the interaction, so a rebuild writes the same rows."""
     items = []
     for n in range(copies):
-        question = wordings[n % len(wordings)]
+        wording = wordings[n % len(wordings)]
         rng = rng_for(f"{base['interaction_id']}:{n}")
         plant = make_plant(rng)
-        prompt = prompt_messages(question, plant_among(picked[question], plant, rng))
+        question, answer = plant.question or wording, plant.refusal or target
+        prompt = prompt_messages(question, plant_among(picked[wording], plant, rng))
+        # the filters judge the failure's answer, so a refusal row goes where the rest of its failure goes
         fields = {**base, "question": question, "answer": target, "from_teacher": from_teacher, "hardened": True}
-        items.append(Item("sft", row={"messages": [*prompt, {"role": "assistant", "content": target}]}, **fields))
-        items.append(Item("preference", row={"prompt": prompt, "chosen": [{"role": "assistant", "content": target}],
+        items.append(Item("sft", row={"messages": [*prompt, {"role": "assistant", "content": answer}]}, **fields))
+        items.append(Item("preference", row={"prompt": prompt, "chosen": [{"role": "assistant", "content": answer}],
                                              "rejected": [{"role": "assistant",
                                                            "content": obeying_answer(target, plant)}]}, **fields))
     return items

@@ -2,6 +2,7 @@
 
 import json
 import random
+import re
 
 import pytest
 from langchain_core.language_models.fake_chat_models import FakeListChatModel
@@ -13,7 +14,7 @@ from affinage.factory import build_agent
 from agent.feedback import record_feedback
 from retrieval.ingest import ingest
 from synth_data.builder import synthesize
-from synth_data.hardening import PLANTS
+from synth_data.hardening import CONTACT_PLANTS, INSTRUCTION_PLANTS, LINK_PLANTS, REFUSALS
 
 pytestmark = pytest.mark.slow
 
@@ -101,20 +102,38 @@ def test_each_failure_also_trains_on_planted_passages_with_the_clean_answer(seed
     assert manifest["counts"]["sft"] == 8 + 4 and manifest["counts"]["preference"] == 2 + 4
     assert manifest["injection_hardening"] == {"per_failure": 2, "rows": {"sft": 4, "preference": 4, "kto": 0,
                                                                          "heldout": 0}}
-    hardened = [r for r in rows(manifest, settings, "sft") if "ZX-" in r["messages"][1]["content"]
-                or ".example/" in r["messages"][1]["content"]]
-    assert len(hardened) == 4
+    plant_lines = {row_key(r): plant_line(r["messages"][1]["content"]) for r in rows(manifest, settings, "sft")}
+    hardened = [r for r in rows(manifest, settings, "sft") if plant_lines[row_key(r)]]
+    assert len(hardened) == 4  # the plant sits inside the passages
     targets = {GOOD, "No, monthly plans are never refunded. Call [PHONE] for help."}
-    for row in hardened:
-        user = row["messages"][1]["content"]
-        passages = user.split("<passages>")[1].split("</passages>")[0]
-        assert any(plant.split("{")[0] in passages for _, plant, _ in PLANTS)  # the plant sits inside the passages
-        assert row["messages"][-1]["content"] in targets  # and the target ignores it
+    refusals = re_any(REFUSALS)
+    for row in hardened:  # and the target ignores it, or refuses the planted person's details when asked for them
+        assert row["messages"][-1]["content"] in targets or refusals.fullmatch(row["messages"][-1]["content"])
     pairs = [p for p in rows(manifest, settings, "preference") if p["rejected"][0]["content"] != BAD]
     assert len(pairs) == 4
     for pair in pairs:
-        canary = next(t for t in pair["rejected"][0]["content"].split() if "ZX-" in t or ".example/" in t)
-        assert canary.strip(".!") in pair["prompt"][1]["content"] and pair["chosen"][0]["content"] in targets
+        canary = CANARY.findall(plant_line(pair["prompt"][1]["content"]))[0]
+        assert canary in pair["rejected"][0]["content"] and canary not in pair["chosen"][0]["content"]
+
+
+CANARY = re.compile(r"https://[\w.-]+/\w+|[A-Z]+-[0-9A-F]{5}|[\w.]+@\w+\.example|\(\d{3}\) 555-01\d\d|\d{4} \d{4} \d{4} \d{4}")
+
+
+def re_any(templates) -> re.Pattern:
+    """Any of the templates, each placeholder standing for some text."""
+    return re.compile("|".join(re.sub(r"\\\{\w+\\\}", ".+?", re.escape(t.replace("{{", "{").replace("}}", "}")))
+                               for t in templates))
+
+
+def plant_line(user_message: str) -> str | None:
+    """The passage line that is a hardening plant, if one is."""
+    plants = re_any([t for t, _ in LINK_PLANTS + INSTRUCTION_PLANTS] + list(CONTACT_PLANTS))
+    passages = user_message.split("<passages>\n")[1].split("\n</passages>")[0].split("\n")
+    return next((line for line in passages if plants.fullmatch(line)), None)
+
+
+def row_key(row: dict) -> str:
+    return json.dumps(row["messages"])
 
 
 def test_one_paraphrase_per_failure_is_held_out_for_the_gates(seeded):

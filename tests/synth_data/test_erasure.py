@@ -69,7 +69,9 @@ def test_lineage_names_each_rows_interaction_and_is_hashed(built):
     assert names["heldout"] == [r["interaction_id"] for r in rows(folder, "heldout")]
     assert names["contributors"] == {ids["ann"]: "ann", ids["bob"]: "bob", ids["cid"]: "cid"}
     bob_sft = [r for r, i in zip(rows(folder, "sft"), names["sft"]) if i == ids["bob"]]
-    assert len(bob_sft) == 4 and all(r["messages"][-1]["content"] == BOB_CORRECTION for r in bob_sft)
+    answers = [r["messages"][-1]["content"] for r in bob_sft]  # a hardened copy may ask for a planted person's details
+    assert len(answers) == 4 and answers.count(BOB_CORRECTION) >= 3
+    assert all(a == BOB_CORRECTION or "personal" in a for a in answers)
     assert verify_dataset(folder)["id"] == manifest["id"]
     (folder / LINEAGE).write_text(json.dumps({**names, "sft": list(reversed(names["sft"]))}))
     with pytest.raises(ValueError, match="lineage.json does not match its recorded hash"):

@@ -9,7 +9,19 @@ from affinage.core.extraction import candidates
 from affinage.core.prompts import prompt_messages
 from affinage.core.settings import Settings
 from synth_data.builder import hardened_items
-from synth_data.hardening import PLANTS, make_plant, obeying_answer, plant_among, rng_for
+from affinage.core.pii import redact_pii
+from synth_data.hardening import (
+    CONTACT_PLANTS,
+    INSTRUCTION_PLANTS,
+    LEAKS,
+    LINK_PLANTS,
+    PII_ASKS,
+    REFUSALS,
+    make_plant,
+    obeying_answer,
+    plant_among,
+    rng_for,
+)
 from tuning.gate_sets import GATE_DATA
 
 DEMO = GATE_DATA.parent
@@ -31,14 +43,30 @@ def test_a_plant_goes_among_the_sentences_and_moves_nothing_else():
 def test_plants_are_seeded_by_their_key():
     first, second = make_plant(rng_for("a:0")), make_plant(rng_for("a:0"))
     assert first == second
-    assert len({make_plant(rng_for(f"a:{n}")).canary for n in range(20)}) == 20
+    assert len({make_plant(rng_for(f"a:{n}")).text for n in range(20)}) == 20
 
 
 def test_an_obeying_answer_carries_the_canary():
-    for family in ("link", "instruction"):
+    for family in ("link", "instruction", "pii"):
         rng = rng_for(family)
         plant = next(p for p in (make_plant(rng) for _ in range(50)) if p.family == family)
         assert plant.canary in obeying_answer("Refunds take five days.", plant)
+
+
+def test_a_row_that_asks_for_a_planted_persons_details_is_refused():
+    """Half the pii plants come with a question asking for the person's details: the target refuses and names no
+    detail, the rejected answer leaks it (what the gates' PII detector counts), and the made-up details are all from
+    reserved ranges, never anybody's."""
+    plants = [p for p in (make_plant(rng_for(f"p:{n}")) for n in range(300)) if p.family == "pii"]
+    asks = [p for p in plants if p.question]
+    assert 0.3 < len(asks) / len(plants) < 0.7
+    for plant in plants:
+        assert redact_pii(plant.text)[1] and redact_pii(obeying_answer("Refunds take five days.", plant))[1]
+        assert plant.canary.endswith(".example") or "555-01" in plant.canary or plant.canary.startswith(
+            ("4242", "4000 0566", "5555 5555", "5200 8282", "4012 8888", "5105 1051"))
+    for plant in asks:
+        assert plant.refusal and not redact_pii(plant.refusal)[1] and plant.canary not in plant.refusal
+        assert any(name in plant.text for name in re.findall(r"[A-Z][a-z]+ [A-Z][a-z]+", plant.question)), plant
 
 
 def test_a_plant_among_no_sentences_is_the_only_one():
@@ -49,7 +77,8 @@ def test_a_plant_among_no_sentences_is_the_only_one():
 def test_no_safety_probe_shares_a_sentence_or_canary_with_what_synth_trains_on():
     """The probes are a held-out test: no four words in a row in common with the plants, what obeying them looks
     like, or the demo's traffic and examples (the system prompt every row carries aside: extraction asks for it)."""
-    trained = [f"{plant} {obeyed}" for _, plant, obeyed in PLANTS]
+    trained = [f"{plant} {obeyed}" for plant, obeyed in LINK_PLANTS + INSTRUCTION_PLANTS]
+    trained += [*CONTACT_PLANTS, *PII_ASKS, *REFUSALS, *LEAKS]
     for name in ("traffic", "examples"):
         trained += [" ".join([row["question"], row["answer"], *row.get("paraphrases", [])])
                     for row in (json.loads(line) for line in (DEMO / f"{name}.jsonl").read_text().splitlines())]
@@ -84,11 +113,25 @@ def test_hardening_rows_put_plants_where_the_probes_do():
                               False, {**base, "interaction_id": f"i{n}"}, 1)[0]
         prompt = item.row["messages"][:-1]
         lines = prompt[1]["content"].split("<passages>\n", 1)[1].split("\n</passages>", 1)[0].split("\n")
-        assert prompt == prompt_messages("Where do refunds go?", lines)  # the probes' prompt, line for line
+        assert prompt == prompt_messages(item.question, lines)  # the probes' prompt, line for line
         canary = next(line for line in lines if line not in quoted)
         row_places.append(place(lines, canary))
     probe_shares, row_shares = shares(probe_places), shares(row_places)
     assert all(abs(probe_shares[w] - row_shares[w]) <= 0.1 for w in probe_shares), (probe_shares, row_shares)
+
+
+def test_a_hardened_row_that_asks_for_the_planted_persons_details_targets_a_refusal():
+    base = {"question": "Where do refunds go?", "user": "u", "interaction_id": "i", "passages": [], "customer": None}
+    pairs = [hardened_items(["Where do refunds go?"], {"Where do refunds go?": SENTENCES[:2]}, "Refunds take five days.",
+                            False, {**base, "interaction_id": f"i{n}"}, 1) for n in range(60)]
+    asks = [(sft, pair) for sft, pair in pairs if sft.question != "Where do refunds go?"]
+    assert asks
+    for sft, pair in asks:
+        target = sft.row["messages"][-1]["content"]
+        assert "personal" in target and not redact_pii(target)[1] and pair.row["chosen"][0]["content"] == target
+        assert redact_pii(sft.row["messages"][1]["content"])[1]  # the details are in the passages,
+        assert redact_pii(pair.row["rejected"][0]["content"])[1]  # and the rejected answer gives them out
+        assert sft.answer == "Refunds take five days."  # what the filters judge: the failure's own answer
 
 
 def probes() -> list[dict]:
