@@ -153,13 +153,13 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
         retry.append(interaction.id)
         return []
 
-    try:  # one more than trained on: the last is held out to test that the fact, not the wording, was learnt
-        rewordings = [scrub(q) for q in paraphrase(teacher, question, settings.paraphrases + 1)]
+    try:  # more than trained on: the rest are held out to test that the fact, not the wording, was learnt
+        rewordings = [scrub(q) for q in paraphrase(teacher, question, settings.paraphrases + settings.heldout_paraphrases)]
     except TeacherError:
         skipped["paraphrase_failed"] = skipped.get("paraphrase_failed", 0) + 1
         rewordings = []
-    if len(rewordings) > settings.paraphrases:
-        held = rewordings.pop()
+    rewordings, held_out = rewordings[:settings.paraphrases], rewordings[settings.paraphrases:]
+    for held in held_out:
         items.append(Item("heldout", answer=target, from_teacher=from_teacher, row={
             "question": held, "answer": target, "source": docs[0].metadata["source"] if docs else None,
             "interaction_id": interaction.id}, **{**base, "question": held}))

@@ -101,6 +101,9 @@ class Settings(LoopSettings):
     teacher_base_url: str | None = Field(None, description="OpenAI-compatible endpoint for the teacher.")
     teacher_api_key: SecretStr | None = Field(None, description="Key for teacher_base_url.")
     paraphrases: int = Field(3, ge=0, le=20, description="Paraphrases of each failed question in SFT data.")
+    heldout_paraphrases: int = Field(
+        1, ge=0, le=10, description="More paraphrases of each failed question, never trained on: the held-out set the "
+        "gates measure a candidate's gain on (more per failure: more power for the paired test).")
     injection_hardening: int = Field(
         1, ge=0, le=10, description="Rows per trained failure whose passages carry a planted instruction or link, "
         "with the clean answer as target, plus a preference pair that rejects obeying it (0: none).")

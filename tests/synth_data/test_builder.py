@@ -146,6 +146,14 @@ def test_one_paraphrase_per_failure_is_held_out_for_the_gates(seeded):
     assert all(h["source"] and h["interaction_id"] in manifest["source_interaction_ids"] for h in held)
 
 
+def test_more_paraphrases_held_out_give_the_gates_more_pairs(seeded):
+    manifest = run(seeded, paraphrases=1, heldout_paraphrases=2).manifest
+    held = [h["question"] for h in rows(manifest, seeded.settings, "heldout")]
+    trained = {r["messages"][1]["content"].rsplit("Question: ", 1)[1] for r in rows(manifest, seeded.settings, "sft")}
+    assert sorted(held) == sorted(["Could I get my money back for an annual subscription?", "refund annual plan"] * 2)
+    assert "Is a yearly plan refundable?" in trained and not set(held) & trained
+
+
 def test_planted_pii_never_reaches_a_dataset(seeded):
     manifest = run(seeded).manifest
     folder = seeded.settings.datasets_dir / manifest["id"]
