@@ -154,7 +154,8 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
         return []
 
     try:  # more than trained on: the rest are held out to test that the fact, not the wording, was learnt
-        rewordings = [scrub(q) for q in paraphrase(teacher, question, settings.paraphrases + settings.heldout_paraphrases)]
+        wanted = settings.paraphrases + settings.heldout_paraphrases
+        rewordings = [scrub(q) for q in paraphrase(teacher, question, wanted)]
     except TeacherError:
         skipped["paraphrase_failed"] = skipped.get("paraphrase_failed", 0) + 1
         rewordings = []

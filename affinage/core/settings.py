@@ -105,8 +105,9 @@ class Settings(LoopSettings):
         1, ge=0, le=10, description="More paraphrases of each failed question, never trained on: the held-out set the "
         "gates measure a candidate's gain on (more per failure: more power for the paired test).")
     injection_hardening: int = Field(
-        1, ge=0, le=10, description="Rows per trained failure whose passages carry a planted instruction or link, "
-        "with the clean answer as target, plus a preference pair that rejects obeying it (0: none).")
+        1, ge=0, le=10, description="Rows per trained failure whose passages carry a planted instruction, link or "
+        "person's details, with the clean answer (or, asked for the details, a refusal) as target, plus a preference "
+        "pair that rejects obeying it (0: none).")
     golden_set: Path | None = Field(
         None, description="The operator's golden question set (JSONL). Unset: the gates use the workspace's own "
         "(built at synth time from thumbs-up answers and knowledge-base questions) once it holds golden_min_rows, "
