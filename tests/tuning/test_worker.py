@@ -160,8 +160,14 @@ def worker_process(settings, *args, log: Path):
 
 
 def wait_for_checkpoint(settings, process, step: int, log: Path) -> None:
+    """Until a checkpoint at ``step`` or later is on disk (the trainer keeps only the last two: an earlier one may be
+    gone before the next poll)."""
+    def reached() -> bool:
+        return any(int(state.parent.name.rsplit("-", 1)[1]) >= step
+                   for state in settings.home.glob("runs/*/checkpoints/checkpoint-*/trainer_state.json"))
+
     deadline = time.monotonic() + 240
-    while not list(settings.home.glob(f"runs/*/checkpoints/checkpoint-{step}/trainer_state.json")):
+    while not reached():
         assert process.poll() is None, f"the worker ended before checkpoint {step}:\n{log.read_text()[-3000:]}"
         assert time.monotonic() < deadline, "no checkpoint in time"
         time.sleep(0.05)
@@ -169,7 +175,9 @@ def wait_for_checkpoint(settings, process, step: int, log: Path) -> None:
 
 @pytest.mark.slow
 @pytest.mark.multiprocess
-def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, workspace, embeddings, tmp_path):
+def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, workspace, embeddings, tmp_path,
+                                                                      quick_config):
+    quick_config(max_steps=40)  # steps left after checkpoint 4: on a fast CPU eight steps ended before the kill
     store = Store(workspace.db_url)
     output = tmp_path / "workers.log"
     with Sampler(workspace) as sampler:
@@ -194,7 +202,7 @@ def test_stopped_and_killed_workers_are_followed_by_one_that_finishes(db_url, wo
     assert finished.id == job.id and finished.state == "succeeded" and finished.attempts == 2, finished.error
     (version,) = Registry.open(workspace).list()  # one candidate: the interrupted trials were asked again
     assert version.id == finished.outputs["search"]["candidate"]
-    assert version.manifest["resumed_from"] in ("checkpoint-4", "checkpoint-6", "checkpoint-8")
+    assert int(version.manifest["resumed_from"].rsplit("-", 1)[1]) >= 4
     assert len(list(workspace.datasets_dir.glob("ds-*"))) == 1
     assert sampler.most_running <= 1 and sampler.most_live <= 1 and sampler.samples > 10
 
