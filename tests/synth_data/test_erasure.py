@@ -96,7 +96,8 @@ def test_an_erasure_removes_every_row_of_one_interaction_and_keeps_the_others(bu
     assert ids["bob"] not in json.dumps(lineage(new)) and "bob" not in json.dumps(lineage(new))
     text = "".join((new / f"{kind}.jsonl").read_text() for kind in KINDS)
     assert BOB_CORRECTION not in text and "are monthly plans refunded" not in text.lower()
-    assert {r["messages"][-1]["content"] for r in rows(new, "sft")} == {GOOD}  # ann's rows all stay
+    kept = [r["messages"][-1]["content"] for r in rows(new, "sft")]  # ann's rows all stay
+    assert GOOD in kept and all(a == GOOD or "personal" in a for a in kept)  # a hardened copy may refuse PII
     assert leftover_rows(root, {ids["bob"]}, None) == {}
 
     # the tombstone: its manifest alone, with nothing that names or quotes the erased (or anyone)
