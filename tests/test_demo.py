@@ -26,7 +26,8 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     home = tmp_path / "home"
     home.mkdir()
     (home / "config.toml").write_text(f'chat_model = "{tiny_model_dir}"\nmax_new_tokens = 8\ngate_golden_limit = 2\n'
-                                      f'drift_permutations = 20\nworker_train_config = "{run}"\n')
+                                      f'drift_permutations = 20\nworker_train_config = "{run}"\n'
+                                      'search_candidates = 2\n')  # the demo trains one; the search is tested here
 
     assert main(["demo", "--home", str(home), "--traffic", str(traffic)]) == 0
     out = capsys.readouterr().out
@@ -50,7 +51,7 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     recorded = {q for line in traffic.read_text().splitlines() for q in json.loads(line)["paraphrases"][2:]}
     assert {json.loads(line)["question"] for line in heldout} == recorded  # the last two, never trained on
 
-    versions = {v.id: v for v in Registry(home / "registry", store).list()}  # the demo's search: two candidates
+    versions = {v.id: v for v in Registry(home / "registry", store).list()}  # the search: two candidates
     states = sorted(v.state for v in versions.values())
     assert len(versions) == 2 and states in (["gated-failed", "gated-failed"], ["active", "superseded"]), states
     assert all((v.path / "report.html").is_file() for v in versions.values())
