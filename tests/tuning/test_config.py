@@ -63,3 +63,23 @@ def test_a_bad_config_file_is_refused_by_name(tmp_path, text, message):
 def test_every_field_is_documented():
     for line in describe().splitlines():
         assert line.split("#", 1)[1].strip(), line
+
+
+@pytest.mark.parametrize("cuda, gpu_bf16, cpu_bf16, expected", [
+    (False, False, True, True),  # AVX512-BF16 or AMX: bfloat16 runs in hardware, about twice float32's speed
+    (False, False, False, False),  # emulated on the CPU: slower than float32
+    (True, True, False, True),
+    (True, False, True, False),  # the GPU trains: the CPU's support does not count
+])
+def test_bf16_defaults_to_where_the_hardware_computes_it(monkeypatch, cuda, gpu_bf16, cpu_bf16, expected):
+    import torch
+
+    import tuning.recipes as recipes
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu_bf16)
+    monkeypatch.setattr(recipes, "cpu_computes_bf16", lambda: cpu_bf16)
+    assert recipes.use_bf16(RunConfig(method="sft")) is expected
+    assert recipes.use_bf16(RunConfig(method="sft", bf16=False)) is False  # the run config's word wins
+    problem = recipes.hardware_problem(RunConfig(method="sft", bf16=True))
+    assert problem is None if expected else "bf16=true needs a GPU that supports bfloat16 or a CPU" in problem
