@@ -41,19 +41,19 @@ from tuning.train import base_model
 DEMO = Path(__file__).resolve().parent / "demo"
 TRAFFIC = DEMO / "traffic.jsonl"
 ACTOR = "demo"
-# Sized so the whole demo stays near its 25-minute target on 2 CPU cores with the default model: two trained
+# Sized so the whole demo stays near 30 minutes on 2 CPU cores with the default model: two trained
 # paraphrases per failure (plus two held out: ten failures give the gain test twenty pairs, where ten left a
 # +0.16 token-F1 gain at p = 0.08), two hardened copies of each failure (the default is one: with so few
 # rows, one did not outweigh the copying that training teaches), five golden questions per gate run, from the bundled
 # golden set (the demo product is the demo knowledge base: no workspace set is built), and one candidate, the run
-# config below (trained and gated, it took 20 minutes of a 23-minute demo on 2 AVX512-BF16 cores: a second would
-# break the 25-minute target; set search_candidates to see the search vary it over the default space). A config.toml
+# config below (trained and gated in float32, it took about 28 minutes of a 31-minute demo on 2 cores: a second
+# would double that; set search_candidates to see the search vary it over the default space). A config.toml
 # that sets any of these keys wins.
 DEMO_SETTINGS = {"paraphrases": 2, "heldout_paraphrases": 2, "gate_golden_limit": 5, "drift_permutations": 100,
                  "injection_hardening": 2, "golden_set": DEMO / "golden.jsonl", "search_candidates": 1}
 # Sixty steps of two packed rows, twelve epochs over the 43 training conversations (each failure's correction on
 # the question and two paraphrases, and two hardened copies), 105k tokens: with answer-only loss on 2 CPU cores, LoRA
-# ran at 116 tokens/s in bfloat16 (AVX512-BF16; 72 in float32), 15 minutes of training. Forty steps with one
+# ran at 72 tokens/s in float32, about 24 minutes of training (116 tokens/s with bf16 = true on AVX512-BF16). Forty steps with one
 # hardened copy per failure fell short of the target-F1 margin and repeated a planted link.
 DEMO_RUN_CONFIG = {"max_steps": 60, "batch_size": 2, "grad_accum": 1, "learning_rate": 2e-4, "eval_steps": 60,
                    "save_steps": 60, "early_stopping_patience": 0}

@@ -59,8 +59,8 @@ class RunConfig:
         default=True, metadata={"doc": "dpo/kto: compute reference log-probs once before training, "
                                         "so no reference forward pass (or reference copy) is kept during it."})
     # hardware
-    bf16: bool | None = field(default=None, metadata={"doc": "bf16 mixed precision (default: where the GPU, or without one "
-                                                         "the CPU, computes bfloat16 in hardware)."})
+    bf16: bool | None = field(default=None, metadata={"doc": "bf16 mixed precision (default: when a GPU supports it; true is "
+                                                         "also taken on a CPU with AVX512-BF16 or AMX)."})
     activation_checkpointing: bool | None = field(
         default=None, metadata={"doc": "Recompute activations in the backward pass instead of keeping them: about a "
                                        "third more compute for a fraction of the memory (default: on without a GPU, "

@@ -65,13 +65,14 @@ def test_every_field_is_documented():
         assert line.split("#", 1)[1].strip(), line
 
 
-@pytest.mark.parametrize("cuda, gpu_bf16, cpu_bf16, expected", [
-    (False, False, True, True),  # AVX512-BF16 or AMX: bfloat16 runs in hardware, about twice float32's speed
-    (False, False, False, False),  # emulated on the CPU: slower than float32
-    (True, True, False, True),
-    (True, False, True, False),  # the GPU trains: the CPU's support does not count
+@pytest.mark.parametrize("cuda, gpu_bf16, cpu_bf16, default, allowed", [
+    (False, False, True, False, True),  # AVX512-BF16 or AMX: on request only (its candidates fell for more attacks)
+    (False, False, False, False, False),  # emulated on the CPU: slower than float32
+    (True, True, False, True, True),
+    (True, False, True, False, False),  # the GPU trains: the CPU's support does not count
 ])
-def test_bf16_defaults_to_where_the_hardware_computes_it(monkeypatch, cuda, gpu_bf16, cpu_bf16, expected):
+def test_bf16_is_the_default_on_a_gpu_and_allowed_where_the_hardware_computes_it(monkeypatch, cuda, gpu_bf16,
+                                                                                  cpu_bf16, default, allowed):
     import torch
 
     import tuning.recipes as recipes
@@ -79,7 +80,7 @@ def test_bf16_defaults_to_where_the_hardware_computes_it(monkeypatch, cuda, gpu_
     monkeypatch.setattr(torch.cuda, "is_available", lambda: cuda)
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: gpu_bf16)
     monkeypatch.setattr(recipes, "cpu_computes_bf16", lambda: cpu_bf16)
-    assert recipes.use_bf16(RunConfig(method="sft")) is expected
+    assert recipes.use_bf16(RunConfig(method="sft")) is default
     assert recipes.use_bf16(RunConfig(method="sft", bf16=False)) is False  # the run config's word wins
     problem = recipes.hardware_problem(RunConfig(method="sft", bf16=True))
-    assert problem is None if expected else "bf16=true needs a GPU that supports bfloat16 or a CPU" in problem
+    assert problem is None if allowed else "bf16=true needs a GPU that supports bfloat16 or a CPU" in problem
