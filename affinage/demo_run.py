@@ -53,8 +53,8 @@ DEMO_SETTINGS = {"paraphrases": 2, "heldout_paraphrases": 2, "gate_golden_limit"
                  "injection_hardening": 2, "golden_set": DEMO / "golden.jsonl", "search_candidates": 1}
 # Sixty steps of two packed rows, twelve epochs over the 43 training conversations (each failure's correction on
 # the question and two paraphrases, and two hardened copies), 105k tokens: with answer-only loss on 2 CPU cores, LoRA
-# ran at 72 tokens/s in float32, about 24 minutes of training (116 tokens/s with bf16 = true on AVX512-BF16). Forty steps with one
-# hardened copy per failure fell short of the target-F1 margin and repeated a planted link.
+# ran at 72 tokens/s in float32, about 24 minutes of training (116 tokens/s with bf16 = true on AVX512-BF16).
+# Forty steps with one hardened copy per failure fell short of the target-F1 margin and repeated a planted link.
 DEMO_RUN_CONFIG = {"max_steps": 60, "batch_size": 2, "grad_accum": 1, "learning_rate": 2e-4, "eval_steps": 60,
                    "save_steps": 60, "early_stopping_patience": 0}
 # What the clock prints for each stage of the cycle
