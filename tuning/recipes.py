@@ -62,9 +62,7 @@ def use_bf16(config: RunConfig) -> bool:
     candidate fell for 16 of 160 attack probes against float32's 8 (the base model: 4) and was refused."""
     import torch
 
-    if config.bf16 is not None:
-        return config.bf16
-    return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    return torch.cuda.is_available() and bf16_native() if config.bf16 is None else config.bf16
 
 
 # -- shared steps ----------------------------------------------------------------------------------------------------
