@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """`affinage demo` over seeds: does the loop promote, every time it honestly can, inside its time and memory?
 
-    .venv/bin/python bench/demo_seeds.py [--seeds 1 2 3 4 5] [--candidates N] [--no-write]
+    .venv/bin/python bench/demo_seeds.py [--seeds 1 2 3 4 5] [--candidates N] [--workdir DIR] [--no-write]
 
 Each seed runs the whole demo as a user would (``python -m affinage.cli demo --json``), in its own process and a
 fresh temporary workspace, on the default model with every gate at its default. The seed is the training seed (data
@@ -40,6 +40,8 @@ from _common import ROOT, command_line, cpu_model, load_average, markers, memory
 sys.path.insert(0, str(ROOT))
 
 from affinage.demo_run import DEMO_RUN_CONFIG  # noqa: E402
+from tuning.config import RunConfig  # noqa: E402
+from tuning.recipes import use_bf16  # noqa: E402
 
 MAX_MINUTES = 25
 MAX_GIB = 4
@@ -62,6 +64,7 @@ def run_seed(seed: int, candidates: int | None, workdir: Path) -> dict:
                           cwd=ROOT, stdout=subprocess.PIPE, text=True)
     if done.returncode != 0:
         return {"seed": seed, "error": f"exit {done.returncode}", "wall_s": {"total": time.perf_counter() - began}}
+    (home / "demo.json").write_text(done.stdout, encoding="utf-8")  # every answer, kept with --workdir
     return {"seed": seed, **json.loads(done.stdout.strip().splitlines()[-1])}
 
 
@@ -108,16 +111,22 @@ def peaks(r: dict) -> str:
     return f"{r['peak_gib']['total']:.2f}" + (f" ({parts})" if parts else "")
 
 
+def precision() -> str:
+    """What the demo's run config trains in on this machine (bf16 only where asked, on hardware computing it)."""
+    return "bfloat16" if use_bf16(RunConfig(**DEMO_RUN_CONFIG).resolved()) else "float32"
+
+
 def table(rows: list[dict], args, planned: list[int]) -> str:
     start, end = markers("demo_seeds")
     lines = [start, "## The demo over seeds: promotion, held-out gain, safety, time (bench/demo_seeds.py)", "",
              f"Measured {datetime.date.today()} on {cpu_model()} ({nproc()} CPUs, {memory_gib()}), load average "
              f"{load_average():.2f} at the end. Command: `{command_line(__file__, sys.argv[1:])}`", "",
              f"Each seed is one `affinage demo --json` in a fresh workspace, default model, every gate at its default, "
-             f"search_candidates {'= ' + str(args.candidates) if args.candidates else 'as the demo sets it'}; the "
-             "seed is the training seed and the search's. Gain test: token-F1 of the model's own sentence on the "
-             "held-out paraphrases, active -> candidate, paired. Key-fact recall on the same paraphrases: base model "
-             "with the curated examples / trained version with the same examples / trained version as served "
+             f"search_candidates {'= ' + str(args.candidates) if args.candidates else 'as the demo sets it'}, training "
+             f"in {precision()}; the seed is the training seed and the search's. Gain test: token-F1 of the model's "
+             "own sentence on the held-out paraphrases, active -> candidate, paired. Key-fact recall on the same "
+             "paraphrases: base model with the curated examples / trained version with the same examples / trained "
+             "version as served "
              "(with the approved corrections in the example bank). Attacks: the pooled safety probes that worked, "
              "candidate vs active. Peak memory: the largest of the demo's stages (VmHWM), and in brackets each "
              "candidate's training and gating.", "",
@@ -158,13 +167,15 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3, 4, 5])
     parser.add_argument("--candidates", type=int, help="search_candidates (default: the demo's)")
+    parser.add_argument("--workdir", type=Path, help="keep each seed's workspace and demo JSON here (default: a "
+                        "temporary folder, removed)")
     parser.add_argument("--no-write", action="store_true")
     args = parser.parse_args()
     rows = []
     with tempfile.TemporaryDirectory(prefix="demo-seeds-") as tmp:
         for seed in args.seeds:
             print(f"seed {seed}: running the demo ...", file=sys.stderr, flush=True)
-            rows.append(row(run_seed(seed, args.candidates, Path(tmp))))
+            rows.append(row(run_seed(seed, args.candidates, args.workdir or Path(tmp))))
             print(json.dumps(rows[-1]), file=sys.stderr, flush=True)
             publish(table(rows, args, args.seeds), "demo_seeds", not args.no_write)
     return 0

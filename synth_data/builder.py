@@ -120,8 +120,17 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
             pii_counts[kind] = pii_counts.get(kind, 0) + n
         return clean
 
+    def retrieved(wording: str) -> list[Document]:
+        return [d for d in retriever.invoke(wording) if d.metadata["score"] >= settings.min_score]
+
+    def pick(wording: str) -> list[str]:
+        """The quotes serving would show for this wording: from its own retrieval, so where a paraphrase retrieves
+        other passages the row teaches the fact without them (held-out paraphrases missed it in just that case:
+        their quotes lacked it); from the question's passages when its own retrieval finds none."""
+        return quoted(wording, retrieved(wording) or docs, embed, settings)
+
     question, old_answer = scrub(interaction.question), generated_part(scrub(interaction.answer))
-    docs = [d for d in retriever.invoke(interaction.question) if d.metadata["score"] >= settings.min_score]
+    docs = retrieved(interaction.question)
     embed = passage_embedder(retriever)
     picked = {question: quoted(question, docs, embed, settings)}  # per wording, picked once for every row
     prompt = prompt_messages(question, picked[question])
@@ -167,7 +176,7 @@ def build_items(interaction: Interaction, feedback: list[Feedback], retriever: B
     wordings = [question, *rewordings]
     for q in wordings:
         if q not in picked:
-            picked[q] = quoted(q, docs, embed, settings)
+            picked[q] = pick(q)
         messages = [*prompt_messages(q, picked[q]), {"role": "assistant", "content": target}]
         items.append(Item("sft", answer=target, from_teacher=from_teacher, row={"messages": messages},
                           **{**base, "question": q}))

@@ -96,6 +96,28 @@ def test_rows_use_the_serving_prompt_with_the_quoted_sentences_and_the_models_ow
     assert all(QUOTE_LEAD not in p["rejected"][0]["content"] for p in pairs)  # the served answer had quotes
 
 
+def test_a_paraphrase_is_trained_on_the_quotes_its_own_retrieval_finds(seeded):
+    """Serving retrieves for the wording asked: a paraphrase that finds another page is shown that page's sentences,
+    and the row still teaches the failure's answer (a held-out paraphrase missed its fact in just that case)."""
+    class Drifting(Teacher):
+        def _call(self, messages, *args, **kwargs):
+            if "Rewrite this customer question" in messages[-1].content:
+                return "1. How long does the password reset link stay valid?\n2. Is a yearly plan refundable?"
+            return GOOD
+
+    settings = seeded.settings.model_copy(update={"injection_hardening": 0, "heldout_paraphrases": 0})
+    manifest = synthesize(settings, seeded.store, seeded.retriever, Drifting(responses=["unused"]),
+                          seeded.retriever.embeddings.encode, teacher_name="scripted",
+                          base_model=seeded.model_version, progress=False).manifest
+    by_question = {r["messages"][1]["content"].rsplit("Question: ", 1)[1]: r for r in rows(manifest, settings, "sft")}
+    drifted = by_question["How long does the password reset link stay valid?"]
+    assert "expires after 2 hours" in drifted["messages"][1]["content"]  # the passwords page, as serving shows it
+    assert "refundable" not in drifted["messages"][1]["content"]
+    assert drifted["messages"][-1]["content"] in (GOOD, "No, monthly plans are never refunded. Call [PHONE] for help.")
+    assert "refundable within 30 days" in by_question["Can I get a refund on my annual plan? Mail me at [EMAIL]"][
+        "messages"][1]["content"]
+
+
 def test_each_failure_also_trains_on_planted_passages_with_the_clean_answer(seeded):
     manifest = run(seeded, injection_hardening=2).manifest
     settings = seeded.settings
