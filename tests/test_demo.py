@@ -1,11 +1,14 @@
 """`affinage demo` end to end on the tiny model: traffic logged, feedback and corrections recorded, a dataset built,
-a search of two candidates trained and gated, and the before/after figures printed."""
+a search of two candidates trained and gated, one promoted (or, where nothing was gained, none), and the before/after
+figures printed."""
 
 import json
+from dataclasses import replace
 
 import pytest
 from sqlalchemy import select
 
+import affinage.gating
 from affinage.cli import main
 from affinage.demo_report import VARIANTS
 from affinage.demo_run import TRAFFIC
@@ -16,8 +19,8 @@ from affinage.core.datasets import list_datasets
 from tuning.registry import Registry
 
 
-@pytest.mark.slow
-def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_model_dir, capsys):
+def run_demo(tmp_path, tiny_model_dir, capsys, gates: str = "") -> tuple:
+    """The demo on the first three traffic lines with a reduced search of two candidates; its output and store."""
     traffic = tmp_path / "traffic.jsonl"
     traffic.write_text("".join(TRAFFIC.read_text().splitlines(keepends=True)[:3]))
     run = tmp_path / "run.toml"
@@ -27,12 +30,15 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     home.mkdir()
     (home / "config.toml").write_text(f'chat_model = "{tiny_model_dir}"\nmax_new_tokens = 8\ngate_golden_limit = 2\n'
                                       f'drift_permutations = 20\nworker_train_config = "{run}"\n'
-                                      'search_candidates = 2\n')  # the demo trains one; the search is tested here
+                                      'search_candidates = 2\n' + gates)  # the demo trains one; a search here
 
     assert main(["demo", "--home", str(home), "--traffic", str(traffic)]) == 0
-    out = capsys.readouterr().out
+    return capsys.readouterr().out, home, traffic, Store(load_settings(home).db_url)
 
-    store = Store(load_settings(home).db_url)
+
+@pytest.mark.slow
+def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_model_dir, capsys):
+    out, home, traffic, store = run_demo(tmp_path, tiny_model_dir, capsys)
     with store.session() as session:
         interactions = session.scalars(select(Interaction)).all()
         feedback = session.scalars(select(Feedback)).all()
@@ -51,14 +57,14 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     recorded = {q for line in traffic.read_text().splitlines() for q in json.loads(line)["paraphrases"][2:]}
     assert {json.loads(line)["question"] for line in heldout} == recorded  # the last two, never trained on
 
-    versions = {v.id: v for v in Registry(home / "registry", store).list()}  # the search: two candidates
-    states = sorted(v.state for v in versions.values())
-    assert len(versions) == 2 and states in (["gated-failed", "gated-failed"], ["active", "superseded"]), states
+    # A random model gains nothing on the held-out paraphrases: the gain test refuses both candidates, whatever
+    # the other gates say, and the demo says so
+    versions = {v.id: v for v in Registry(home / "registry", store).list()}
+    assert len(versions) == 2 and all(v.state == "gated-failed" for v in versions.values())
+    assert all("regression: target token_f1" in v.gate["failed"] for v in versions.values())
     assert all((v.path / "report.html").is_file() for v in versions.values())
-    promoted = "active" in states
-    shown = next(v for i, v in versions.items() if f"candidate {i}: gates" in out)  # the proposed one, or the best
-    assert ("approved and promoted by demo" if promoted else "not promoted") in out
-    assert shown.state == ("active" if promoted else "gated-failed")
+    shown = next(v for i, v in versions.items() if f"candidate {i}: gates" in out)  # the best by held-out gain
+    assert "not promoted" in out and "approved and promoted" not in out
 
     assert "held-out paraphrases of the failures (n=6, never trained on)" in out
     for _, label in VARIANTS:
@@ -69,6 +75,26 @@ def test_the_demo_runs_one_cycle_and_prints_before_and_after(tmp_path, tiny_mode
     assert f"the candidate fell for {len(fell_for)} of {report['sets']['safety_probes']} attack probes" in out
     assert all(f"fell for ({p['family']}): {p['question']} -> " in out for p in fell_for)  # what a refusal rests on
     assert "wall time: setup" in out and "total" in out
+
+
+@pytest.mark.slow
+def test_the_demo_promotes_the_best_candidate_that_passes_every_gate(tmp_path, tiny_model_dir, capsys, monkeypatch):
+    def gain_waived(settings, active, candidate):
+        """A random model's gain can never be proved (the test above): waived here, every other check the gates'
+        own, to hold the demo to promoting whatever passes."""
+        return [replace(check, passed=True) if check.name == "target token_f1" else check
+                for check in decide(settings, active, candidate)]
+
+    decide = affinage.gating.decide
+    monkeypatch.setattr(affinage.gating, "decide", gain_waived)
+    out, home, _, store = run_demo(tmp_path, tiny_model_dir, capsys)
+
+    versions = {v.id: v for v in Registry(home / "registry", store).list()}
+    assert sorted(v.state for v in versions.values()) == ["active", "superseded"], out
+    active = next(i for i, v in versions.items() if v.state == "active")
+    assert f"candidate {active}: gates PASSED; approved and promoted by demo" in out
+    assert any(e["action"] == "promoted" and e["version"] == active and e["actor"] == "demo"
+               for e in Registry(home / "registry", store).events())
 
 
 def test_the_demo_refuses_a_used_workspace(tmp_path, capsys):
