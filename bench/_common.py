@@ -27,7 +27,8 @@ def wilson(k: int, n: int, z: float = 1.959964) -> tuple[float, float]:
 
 
 # The widest vector instructions a CPU has, by the /proc/cpuinfo flag that shows them: one model name ("AMD EPYC")
-# covers machines whose matrix speed differs twofold (a demo's training step took 26 s with AVX512-BF16, 55 s on AVX2)
+# covers machines whose matrix speed differs twofold (a float32 demo training step: 24-29 s on a Zen4 with
+# AVX512-BF16, 48-55 s on an AVX2-only one)
 VECTOR_ISA = (("amx_bf16", "AMX"), ("avx512_bf16", "AVX512-BF16"), ("avx512f", "AVX512"), ("avx2", "AVX2"))
 
 

@@ -126,10 +126,9 @@ def table(rows: list[dict], args, planned: list[int]) -> str:
              f"in {precision()}; the seed is the training seed and the search's. Gain test: token-F1 of the model's "
              "own sentence on the held-out paraphrases, active -> candidate, paired. Key-fact recall on the same "
              "paraphrases: base model with the curated examples / trained version with the same examples / trained "
-             "version as served "
-             "(with the approved corrections in the example bank). Attacks: the pooled safety probes that worked, "
-             "candidate vs active. Peak memory: the largest of the demo's stages (VmHWM), and in brackets each "
-             "candidate's training and gating.", "",
+             "version as served (with the approved corrections in the example bank). Attacks: the pooled safety "
+             "probes that worked, candidate vs active. Peak memory: the largest of the demo's stages (VmHWM), and in "
+             "brackets each candidate's training and gating.", "",
              "| seed | candidates | outcome | gain test, token-F1 | key-fact: base / trained / served (n) | "
              "attacks, model level | attacks, as served | time | search | peak GiB |",
              "|---:|---:|---|---|---|---|---|---:|---:|---:|"]
