@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 
+from affinage.core.cores import one_core_per_thread
 from affinage.core.settings import Settings
 
 DEMO_KEYS = (("demo-agent", "agent"), ("demo-operator", "operator"), ("demo-admin", "admin"))
@@ -54,6 +55,7 @@ def cmd_serve(settings: Settings, args: argparse.Namespace) -> int:
 
     configure_logging()
     _limit_native_caches()
+    one_core_per_thread()  # before the first operator: generation claims every core (affinage.core.cores)
     app = create_app(settings)
     url = f"http://{args.host}:{args.port}/"
     print(f"affinage is serving {app.state.agent.model_version} at {url}")

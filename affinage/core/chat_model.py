@@ -13,6 +13,7 @@ from langchain_core.messages import AIMessage, AIMessageChunk, BaseMessage, conv
 from langchain_core.outputs import ChatGeneration, ChatGenerationChunk, ChatResult
 from pydantic import ConfigDict, PrivateAttr
 
+from affinage.core.cores import claim_all_cores
 from affinage.core.engine import EngineBusyError, EngineStoppedError, engine_for, retire_engine
 from affinage.core.generation import cut_at_sentences, cut_at_stop, generate_batches
 from affinage.core.model_files import EMBEDDED_NAME, resolve_model_path, serving_dtype
@@ -244,6 +245,7 @@ class LocalChatModel(BaseChatModel):
             return torch.full((ids.shape[0],), cancelled.is_set(), dtype=torch.bool)
 
         def work() -> None:
+            claim_all_cores()
             try:
                 with torch.inference_mode():
                     model.generate(**inputs, **self._sampling(kwargs), streamer=streamer, stopping_criteria=[keep_going])

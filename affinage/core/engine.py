@@ -22,6 +22,8 @@ import uuid
 import weakref
 from typing import Any, Iterator
 
+from affinage.core.cores import claim_all_cores
+
 PAGE_TOKENS = 16  # small pages share more of a common prefix (sharing is by whole pages): the default prompt's
 # system message is 82 tokens, of which pages of 16 share 80 and pages of 32 share 64
 _ATTENTION = "paged|eager"  # the engine's own name for its eager path, which only the engine calls
@@ -178,6 +180,8 @@ class Engine:
         self._lock = threading.Lock()
         self._running, self._retiring, self._idle_s = True, False, idle_s
         self._stopped = threading.Event()
+        loop = self.manager._run_generation_loop  # the engine's own thread runs it, after claiming every core
+        self.manager._run_generation_loop = lambda **kwargs: (claim_all_cores(), loop(**kwargs))
         self.manager.start()
         self._router = threading.Thread(target=self._route, name="engine-router", daemon=True)
         self._router.start()

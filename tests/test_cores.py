@@ -1,0 +1,67 @@
+"""Which threads compute on every core: in a server process (one core per thread by default), the threads that
+generate claim every core while the other threads stay on one, so PyTorch's OpenMP keeps a single pool of workers.
+Each test runs in a process of its own: the thread counts are process-wide."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from affinage.core.cores import available_cores
+
+pytestmark = [pytest.mark.multiprocess,
+              pytest.mark.skipif(available_cores() < 2, reason="one core: every thread computes on all of them")]
+
+
+def run(script: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_a_thread_that_claims_every_core_leaves_the_other_threads_on_one():
+    seen = run("""
+        import json, threading, torch
+        from affinage.core.cores import claim_all_cores, one_core_per_thread
+        one_core_per_thread()
+        seen = {}
+        def claimer():
+            claim_all_cores()
+            torch.ones(64, 64) @ torch.ones(64, 64)  # its first operator must not reset what it claimed
+            seen["claimer"] = torch.get_num_threads()
+        def other():
+            seen["other"] = torch.get_num_threads()
+        for target in (claimer, other):
+            thread = threading.Thread(target=target)
+            thread.start()
+            thread.join()
+        seen["main"] = torch.get_num_threads()
+        print(json.dumps(seen))
+    """)
+    assert seen == {"claimer": available_cores(), "other": 1, "main": 1}
+
+
+def test_batched_and_alone_generation_compute_on_every_core_in_a_one_core_process(tiny_model_dir):
+    seen = run(f"""
+        import json, threading, torch
+        from affinage.core.cores import one_core_per_thread
+        one_core_per_thread()
+        from langchain_core.messages import HumanMessage
+        from affinage.core.chat_model import LocalChatModel
+        seen = {{}}
+        for mode, max_batch in (("batched", 2), ("alone", 0)):
+            chat = LocalChatModel.from_pretrained({str(tiny_model_dir)!r}, dtype=torch.float32, max_new_tokens=3,
+                                                  max_batch=max_batch)
+            def record(*_, mode=mode):
+                seen.setdefault(mode, torch.get_num_threads())
+            chat._model.register_forward_pre_hook(record)
+            chat.invoke([HumanMessage("Hello")])
+            chat.release()
+        seen["asker"] = torch.get_num_threads()
+        print(json.dumps(seen))
+    """)
+    assert seen == {"batched": available_cores(), "alone": available_cores(), "asker": 1}
