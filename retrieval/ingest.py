@@ -25,6 +25,7 @@ class IngestReport:
     failed: list[tuple[str, str]] = field(default_factory=list)
     chunks: int = 0
     embedded: int = 0
+    sentences_embedded: int = 0  # quotable sentences new to the index, embedded at this ingest
 
     def to_dict(self) -> dict:
         return {
@@ -36,6 +37,7 @@ class IngestReport:
             "failed": [{"path": p, "reason": r} for p, r in self.failed],
             "chunks": self.chunks,
             "embedded": self.embedded,
+            "sentences_embedded": self.sentences_embedded,
         }
 
 def file_sha256(path: Path) -> str:
@@ -134,7 +136,8 @@ def ingest(
     report = IngestReport()
     files, fresh = _scan(targets, old_files, same_embedder, max_chars, overlap_chars, report)
 
-    if current is not None and same_embedder and not fresh and files == old_files:
+    # A snapshot written before sentences were embedded at ingest (no "sentences" in its meta) is written anew.
+    if current is not None and same_embedder and not fresh and files == old_files and "sentences" in current.meta:
         live = (index_dir / "CURRENT").read_text().strip()
         earlier = sorted(p.name for p in index_dir.iterdir() if VERSION_DIR.match(p.name) and p.name < live)
         prune(index_dir, keep={live, *earlier[-1:]})  # nothing to write, but a killed ingest may have left litter
@@ -158,9 +161,34 @@ def ingest(
     new_vectors = embeddings.encode([c.text for c in new_chunks], progress=progress)
     old_vectors = current.vectors[kept_rows] if current is not None and kept_rows else np.zeros((0, embeddings.dim), np.float32)
     vectors = np.concatenate([old_vectors, new_vectors]).astype(np.float32)
-    meta = {"format": FORMAT_VERSION, "embedder": embeddings.name, "dim": embeddings.dim, "chunks": len(vectors)}
-    snapshot = VectorIndex(kept_chunks + new_chunks, vectors, files, meta)
+    chunks = kept_chunks + new_chunks
+    sentences, sentence_vectors, report.sentences_embedded = _sentence_vectors(
+        chunks, current if same_embedder else None, embeddings, progress)
+    meta = {"format": FORMAT_VERSION, "embedder": embeddings.name, "dim": embeddings.dim, "chunks": len(vectors),
+            "sentences": len(sentences)}
+    snapshot = VectorIndex(chunks, vectors, files, meta, sentences=sentences, sentence_vectors=sentence_vectors)
     snapshot.save(index_dir)
     report.chunks = len(snapshot)
     report.embedded = len(new_chunks)
     return report
+
+
+def quotable_sentences(chunk: Chunk) -> list[str]:
+    """The sentences an answer may quote from ``chunk``, exactly as quote selection cuts them from a retrieved passage."""
+    from langchain_core.documents import Document
+
+    from affinage.core.extraction import candidates
+
+    return [sentence for sentence, _ in candidates([Document(chunk.text, metadata={"heading": chunk.heading})])]
+
+
+def _sentence_vectors(chunks: list[Chunk], current: VectorIndex | None, embeddings: SentenceEmbeddings,
+                      progress: bool) -> tuple[list[str], np.ndarray, int]:
+    """Every quotable sentence of ``chunks``, its vector (the earlier snapshot's where it has one, else embedded now),
+    and how many were embedded now."""
+    sentences = list(dict.fromkeys(sentence for chunk in chunks for sentence in quotable_sentences(chunk)))
+    known = current.sentences if current is not None else {}
+    missing = [sentence for sentence in sentences if sentence not in known]
+    fresh = dict(zip(missing, embeddings.encode(missing, progress=progress)))
+    rows = [fresh[s] if s in fresh else current.sentence_vectors[known[s]] for s in sentences]
+    return sentences, np.array(rows, dtype=np.float32).reshape(len(sentences), embeddings.dim), len(missing)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+import numpy as np
 from langchain_core.callbacks import CallbackManagerForRetrieverRun
 from langchain_core.documents import Document
 from langchain_core.retrievers import BaseRetriever
@@ -34,3 +35,13 @@ class IndexRetriever(BaseRetriever):
             )
             for chunk, score in index.search(query_vector, self.k)[0]
         ]
+
+    def encode_passage_sentences(self, texts: list[str]) -> np.ndarray:
+        """Normalised vectors of ``texts``: a passage sentence's as the index embedded it at ingest, any other text
+        (the question, a sentence of an index written before sentences were) embedded now."""
+        index = self.index  # one snapshot throughout, though an ingest may swap it meanwhile
+        known = index.sentences if index is not None else {}
+        missing = [text for text in texts if text not in known]
+        fresh = dict(zip(missing, self.embeddings.encode(missing))) if missing else {}
+        rows = [fresh[text] if text in fresh else index.sentence_vectors[known[text]] for text in texts]
+        return np.array(rows, dtype=np.float32).reshape(len(texts), self.embeddings.dim)

@@ -32,7 +32,8 @@ def cmd_ingest(settings: Settings, args: argparse.Namespace) -> int:
             print(f"failed    {item} ({reason})", file=sys.stderr)
         print(f"{len(report.added)} added, {len(report.updated)} updated, {len(report.removed)} removed, "
               f"{len(report.unchanged)} unchanged, {len(report.skipped)} skipped, {len(report.failed)} failed; "
-              f"{report.chunks} chunks in the index ({report.embedded} embedded now)")
+              f"{report.chunks} chunks in the index ({report.embedded} embedded now, "
+              f"{report.sentences_embedded} quotable sentences)")
     return 1 if report.failed else 0
 
 

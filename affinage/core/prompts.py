@@ -26,8 +26,9 @@ QUOTE_LEAD = "From the knowledge base:"  # starts the quoted sentences appended 
 
 
 def passage_embedder(retriever: object) -> Embed:
-    """The retriever's own sentence embedder (``IndexRetriever.embeddings``), else hashed bags of words."""
-    return getattr(getattr(retriever, "embeddings", None), "encode", None) or lexical_embed
+    """The retriever's own sentence embedder (``IndexRetriever.encode_passage_sentences``: a passage's sentences were
+    embedded at ingest), else hashed bags of words."""
+    return getattr(retriever, "encode_passage_sentences", None) or lexical_embed
 
 
 def quote_context(sentences: list[str]) -> str:

@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 
 from retrieval.index import VectorIndex
@@ -81,3 +82,53 @@ def test_changing_the_embedder_reembeds_everything(tmp_path, kb, embeddings):
     index.save(tmp_path / "index")
     report = run(tmp_path, [kb], embeddings)
     assert report.embedded == len(VectorIndex.open(tmp_path / "index").chunks)
+
+
+def test_ingest_embeds_every_quotable_sentence_once_and_quoting_reads_them_from_the_index(tmp_path, kb, embeddings,
+                                                                                          monkeypatch):
+    from affinage.core.extraction import select_quotes
+    from affinage.core.prompts import passage_embedder
+    from retrieval.ingest import quotable_sentences
+
+    report = run(tmp_path, [kb], embeddings)
+    index = VectorIndex.open(tmp_path / "index")
+    sentences = list(dict.fromkeys(s for chunk in index.chunks for s in quotable_sentences(chunk)))
+    assert "Monthly plans are not refunded." in sentences
+    assert list(index.sentences) == sentences and report.sentences_embedded == len(sentences)
+    assert np.allclose(index.sentence_vectors, embeddings.encode(sentences), atol=1e-5)
+
+    retriever = IndexRetriever(index=index, embeddings=embeddings, k=2)
+    question = "How long does the password reset email link stay valid?"
+    docs = retriever.invoke(question)
+    asked: list[str] = []
+    encode = embeddings.encode
+    monkeypatch.setattr(embeddings, "encode", lambda texts, progress=False: asked.extend(texts) or encode(texts))
+    quotes = select_quotes(question, docs, passage_embedder(retriever), n=1, min_similarity=0.3)
+    assert [q.sentence for q in quotes] == ["Click Forgot password on the sign-in page; the reset link expires after "
+                                            "2 hours."]
+    assert asked == [question]  # the passages' sentences came from the index
+
+
+def test_reingest_embeds_only_new_sentences_and_upgrades_an_index_without_them(tmp_path, kb, embeddings):
+    import json
+
+    run(tmp_path, [kb], embeddings)
+    (kb / "billing" / "refunds.md").write_text("# Refunds\n\n## Annual plan refunds\n\nAnnual plans are refundable "
+                                               "within 60 days of purchase.\n")
+    report = run(tmp_path, [kb], embeddings)
+    index = VectorIndex.open(tmp_path / "index")
+    assert report.sentences_embedded == 1
+    assert "Annual plans are refundable within 60 days of purchase." in index.sentences
+    assert "Monthly plans are not refunded." not in index.sentences  # its page changed: gone with it
+
+    live = tmp_path / "index" / (tmp_path / "index" / "CURRENT").read_text().strip()
+    for name in ("sentences.json", "sentences.npy"):  # as an index written before sentences were
+        (live / name).unlink()
+    meta = json.loads((live / "meta.json").read_text())
+    del meta["sentences"]
+    (live / "meta.json").write_text(json.dumps(meta))
+    old = VectorIndex.open(tmp_path / "index")
+    assert old.sentences == {} and len(old.chunks) == len(index.chunks)
+    upgraded = run(tmp_path, [kb], embeddings)
+    assert upgraded.embedded == 0 and upgraded.sentences_embedded == len(index.sentences)
+    assert set(VectorIndex.open(tmp_path / "index").sentences) == set(index.sentences)
