@@ -174,7 +174,7 @@ def ingest(
 
 
 def quotable_sentences(chunk: Chunk) -> list[str]:
-    """The sentences an answer may quote from ``chunk``, exactly as quote selection cuts them from a retrieved passage."""
+    """The sentences an answer may quote from ``chunk``, cut as quote selection cuts them from a retrieved passage."""
     from langchain_core.documents import Document
 
     from affinage.core.extraction import candidates

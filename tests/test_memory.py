@@ -92,3 +92,27 @@ def test_the_server_bounds_onednn_kernels_unless_the_administrator_set_it(monkey
     monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
     _limit_native_caches()
     assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+
+
+@linux
+def test_the_server_hands_what_answers_freed_back_within_seconds():
+    """In a fresh process: small pinned blocks between the freed ones keep the heap from shrinking by itself."""
+    code = """
+import time
+from affinage.cli.service import _limit_native_caches
+from affinage.core import memory
+from tests.test_memory import touch
+_limit_native_caches(trim_every_s=0.2)
+blocks, pins = [], []
+for _ in range(3000):  # ~190 MiB in heap-sized chunks, a small block kept after each
+    blocks.append(touch(64 * 1024))
+    pins.append(bytearray(1024))
+resident = memory.resident_bytes()
+del blocks
+deadline = time.monotonic() + 10
+while memory.resident_bytes() > resident - 100 * 2**20 and time.monotonic() < deadline:
+    time.sleep(0.1)
+assert memory.resident_bytes() < resident - 100 * 2**20, (memory.resident_bytes(), resident)
+"""
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0, done.stderr[-2000:]

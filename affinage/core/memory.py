@@ -105,6 +105,11 @@ def release() -> None:
     freed resident (and counted in its RSS) until it is trimmed, so a model freed after training would otherwise
     still weigh on every stage after it."""
     gc.collect()
+    trim_heap()
+
+
+def trim_heap() -> None:
+    """Hand the pages glibc's heaps hold free back to the system (nothing elsewhere)."""
     if sys.platform.startswith("linux"):
         try:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
