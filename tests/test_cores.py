@@ -10,11 +10,10 @@ import sys
 import textwrap
 
 import pytest
-
-from affinage.core.cores import available_cores
+import torch
 
 pytestmark = [pytest.mark.multiprocess,
-              pytest.mark.skipif(available_cores() < 2, reason="one core: every thread computes on all of them")]
+              pytest.mark.skipif(torch.get_num_threads() < 2, reason="one core: every thread computes on all of it")]
 
 
 def run(script: str) -> dict:
@@ -27,8 +26,14 @@ def test_a_thread_that_claims_every_core_leaves_the_other_threads_on_one():
     seen = run("""
         import json, threading, torch
         from affinage.core.cores import claim_all_cores, one_core_per_thread
+        seen = {"default": torch.get_num_threads()}
+        def unchanged():  # a process that keeps PyTorch's default: claiming changes nothing
+            claim_all_cores()
+            seen["unchanged"] = torch.get_num_threads()
+        thread = threading.Thread(target=unchanged)
+        thread.start()
+        thread.join()
         one_core_per_thread()
-        seen = {}
         def claimer():
             claim_all_cores()
             torch.ones(64, 64) @ torch.ones(64, 64)  # its first operator must not reset what it claimed
@@ -42,17 +47,20 @@ def test_a_thread_that_claims_every_core_leaves_the_other_threads_on_one():
         seen["main"] = torch.get_num_threads()
         print(json.dumps(seen))
     """)
-    assert seen == {"claimer": available_cores(), "other": 1, "main": 1}
+    assert seen == {"default": seen["default"], "unchanged": seen["default"], "claimer": seen["default"], "other": 1,
+                    "main": 1}
+    assert seen["default"] > 1
 
 
 def test_batched_and_alone_generation_compute_on_every_core_in_a_one_core_process(tiny_model_dir):
     seen = run(f"""
         import json, threading, torch
         from affinage.core.cores import one_core_per_thread
+        default = torch.get_num_threads()
         one_core_per_thread()
         from langchain_core.messages import HumanMessage
         from affinage.core.chat_model import LocalChatModel
-        seen = {{}}
+        seen = {{"default": default}}
         for mode, max_batch in (("batched", 2), ("alone", 0)):
             chat = LocalChatModel.from_pretrained({str(tiny_model_dir)!r}, dtype=torch.float32, max_new_tokens=3,
                                                   max_batch=max_batch)
@@ -64,4 +72,5 @@ def test_batched_and_alone_generation_compute_on_every_core_in_a_one_core_proces
         seen["asker"] = torch.get_num_threads()
         print(json.dumps(seen))
     """)
-    assert seen == {"batched": available_cores(), "alone": available_cores(), "asker": 1}
+    assert seen == {"default": seen["default"], "batched": seen["default"], "alone": seen["default"], "asker": 1}
+    assert seen["default"] > 1

@@ -10,33 +10,31 @@ therefore computes on one core per thread (``one_core_per_thread``) and hands ev
 
 from __future__ import annotations
 
-import os
 import threading
 
-
-def available_cores() -> int:
-    """Cores this process may run on (its CPU affinity, as OpenMP counts them)."""
-    return len(os.sched_getaffinity(0))
+_cores: int | None = None  # the process's threads per operator before one_core_per_thread; None: not called
 
 
 def one_core_per_thread() -> None:
     """Every thread that has not computed yet computes on one core: call it before the process's first operator."""
     import torch
 
+    global _cores
+    _cores = _cores or torch.get_num_threads()  # PyTorch's own default: its count of the cores
     torch.set_num_threads(1)
 
 
 def claim_all_cores() -> None:
-    """The calling thread computes on every core; the process default for other threads stays as it was.
+    """The calling thread computes on the cores PyTorch would give every thread, where ``one_core_per_thread`` took
+    them away; the default for other threads stays one. Elsewhere (the CLI, the tests) every thread has them already.
 
     ``torch.set_num_threads`` sets both the calling thread's count and the default that threads take at their first
     operator, so the default is set back from a thread that computes nothing."""
     import torch
 
     default = torch.get_num_threads()  # also this thread's first use, which would otherwise reset it later
-    cores = available_cores()
-    if default != cores:
-        torch.set_num_threads(cores)
+    if _cores is not None and default != _cores:
+        torch.set_num_threads(_cores)
         restore = threading.Thread(target=torch.set_num_threads, args=(default,), name="cores-restore")
         restore.start()
         restore.join()
