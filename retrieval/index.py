@@ -18,6 +18,7 @@ import re
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -120,6 +121,16 @@ class VectorIndex:
         atomic_write_text(pointer, name + "\n")
         prune(index_dir, keep={name, previous} - {None})
         return index_dir / name
+
+
+def sentence_vectors(index: VectorIndex | None, texts: list[str], encode: Callable[[list[str]], np.ndarray],
+                     dim: int) -> np.ndarray:
+    """Each text's vector: ``index``'s, embedded at its ingest, where it has one; the rest from one ``encode`` call."""
+    known = index.sentences if index is not None else {}
+    missing = [text for text in texts if text not in known]
+    fresh = dict(zip(missing, encode(missing))) if missing else {}
+    rows = [fresh[text] if text in fresh else index.sentence_vectors[known[text]] for text in texts]
+    return np.array(rows, dtype=np.float32).reshape(len(texts), dim)
 
 
 def build_faiss(vectors: np.ndarray):

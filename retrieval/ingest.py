@@ -11,7 +11,7 @@ import numpy as np
 
 from retrieval.chunking import Chunk, chunk_document
 from retrieval.embeddings import SentenceEmbeddings
-from retrieval.index import VERSION_DIR, FORMAT_VERSION, VectorIndex, prune
+from retrieval.index import VERSION_DIR, FORMAT_VERSION, VectorIndex, prune, sentence_vectors
 from retrieval.loaders import SUPPORTED_SUFFIXES, UnsupportedFileError, load_document
 
 
@@ -188,7 +188,6 @@ def _sentence_vectors(chunks: list[Chunk], current: VectorIndex | None, embeddin
     and how many were embedded now."""
     sentences = list(dict.fromkeys(sentence for chunk in chunks for sentence in quotable_sentences(chunk)))
     known = current.sentences if current is not None else {}
-    missing = [sentence for sentence in sentences if sentence not in known]
-    fresh = dict(zip(missing, embeddings.encode(missing, progress=progress)))
-    rows = [fresh[s] if s in fresh else current.sentence_vectors[known[s]] for s in sentences]
-    return sentences, np.array(rows, dtype=np.float32).reshape(len(sentences), embeddings.dim), len(missing)
+    vectors = sentence_vectors(current, sentences, lambda texts: embeddings.encode(texts, progress=progress),
+                               embeddings.dim)
+    return sentences, vectors, sum(sentence not in known for sentence in sentences)

@@ -11,7 +11,7 @@ from langchain_core.retrievers import BaseRetriever
 from pydantic import ConfigDict
 
 from retrieval.embeddings import SentenceEmbeddings
-from retrieval.index import VectorIndex
+from retrieval.index import VectorIndex, sentence_vectors
 
 
 class IndexRetriever(BaseRetriever):
@@ -39,9 +39,4 @@ class IndexRetriever(BaseRetriever):
     def encode_passage_sentences(self, texts: list[str]) -> np.ndarray:
         """Normalised vectors of ``texts``: a passage sentence's as the index embedded it at ingest, any other text
         (the question, a sentence of an index written before sentences were) embedded now."""
-        index = self.index  # one snapshot throughout, though an ingest may swap it meanwhile
-        known = index.sentences if index is not None else {}
-        missing = [text for text in texts if text not in known]
-        fresh = dict(zip(missing, self.embeddings.encode(missing))) if missing else {}
-        rows = [fresh[text] if text in fresh else index.sentence_vectors[known[text]] for text in texts]
-        return np.array(rows, dtype=np.float32).reshape(len(texts), self.embeddings.dim)
+        return sentence_vectors(self.index, texts, self.embeddings.encode, self.embeddings.dim)
