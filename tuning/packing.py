@@ -5,6 +5,13 @@ boundaries and pay nothing for that; SDPA (the CPU path) builds one dense mask o
 attention costs (rows x length)^2 instead of rows x length^2. Keeping the rows, each with position ids that restart
 at every conversation and no attention mask, lets transformers build a block-diagonal mask per row: the same loss
 for a fraction of the attention work.
+
+SDPA's CPU kernel still computes every block of that masked row-by-row square, though only the causal triangles of
+the conversations on its diagonal count: for a 1024-token row of four or five conversations, about a twentieth of
+it. ``per_conversation_attention`` attends each conversation alone instead (causal, so the kernel skips the upper
+triangle): the same gradients, and a default-model training step of two packed rows took 22 s instead of 30 on 2
+CPU cores (the masked square was a quarter of the step: its forward twice under activation checkpointing, and its
+backward).
 """
 
 from __future__ import annotations
@@ -15,6 +22,7 @@ from trl.trainer.sft_trainer import DataCollatorForLanguageModeling
 
 FLASH_KERNELS = ("flash_attention_2", "flash_attention_3", "kernels-community/flash-attn",
                  "kernels-community/vllm-flash-attn3")
+PER_CONVERSATION = "affinage_per_conversation"  # the attention implementation's name in transformers' registry
 
 
 class PackedRowsCollator(DataCollatorForLanguageModeling):
@@ -40,3 +48,46 @@ def rows_collator(model, tokenizer) -> PackedRowsCollator | None:
     if getattr(model.config, "_attn_implementation", None) in FLASH_KERNELS:
         return None  # TRL's flattened padding-free batches are what varlen kernels want
     return PackedRowsCollator(pad_token_id=tokenizer.pad_token_id, padding_free=True)
+
+
+def conversation_spans(positions: list[int]) -> list[tuple[int, int]]:
+    """(start, end) of each conversation of a packed row, whose position ids restart at 0 with each one; the right
+    padding (position 0 repeated) is one span of its own."""
+    end = max((i + 1 for i, p in enumerate(positions) if p != 0), default=0)  # past the last real token
+    if end == 0:
+        return [(0, len(positions))] if positions else []
+    starts = [0] + [i for i in range(1, end) if positions[i] == 0]
+    spans = list(zip(starts, starts[1:] + [end]))
+    return spans + [(end, len(positions))] if end < len(positions) else spans
+
+
+def per_conversation_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
+                               scaling: float | None = None, **kwargs):
+    """Causal attention within each conversation of a packed row (``position_ids`` mark them), one SDPA call a
+    conversation; anything else (a cache, a single query, no position ids) takes transformers' SDPA path."""
+    import torch
+    import torch.nn.functional as F
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    positions = kwargs.get("position_ids")
+    if positions is None or query.shape[2] == 1 or query.shape[2] != key.shape[2]:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                      **kwargs)
+    rows = []
+    for row in range(query.shape[0]):
+        spans = conversation_spans(positions[row if positions.shape[0] > 1 else 0].tolist())
+        rows.append(torch.cat([F.scaled_dot_product_attention(
+            query[row:row + 1, :, a:b], key[row:row + 1, :, a:b], value[row:row + 1, :, a:b], is_causal=True,
+            dropout_p=dropout, scale=scaling, enable_gqa=True) for a, b in spans], dim=2))
+    return torch.cat(rows).transpose(1, 2).contiguous(), None
+
+
+def attend_per_conversation(model) -> None:
+    """``model`` attends as ``per_conversation_attention`` does, for the packed rows of ``PackedRowsCollator``
+    (registered once; transformers' SDPA mask stays for the calls it passes on)."""
+    from transformers import AttentionInterface, AttentionMaskInterface
+    from transformers.masking_utils import sdpa_mask
+
+    AttentionInterface.register(PER_CONVERSATION, per_conversation_attention)
+    AttentionMaskInterface.register(PER_CONVERSATION, sdpa_mask)
+    model.set_attn_implementation(PER_CONVERSATION)

@@ -183,15 +183,17 @@ def sft_trainer(job: Job, model, tokenizer, peft_config=None):
 
     # these two import torch and trl at their top: every importer of tuning.train (serving, the cycle) would pay
     from tuning.answer_loss import AnswerLossSFTTrainer
-    from tuning.packing import rows_collator
+    from tuning.packing import attend_per_conversation, rows_collator
 
     args = arguments(SFTConfig, job, max_length=job.config.max_length, packing=job.config.packing,
                      packing_strategy="bfd", completion_only_loss=True)
     train, validation = datasets(job, args)
     trainer = AnswerLossSFTTrainer(model=model, args=args, train_dataset=train, eval_dataset=validation,
                                    processing_class=tokenizer, peft_config=peft_config, callbacks=callbacks(job))
-    if trainer.padding_free:  # TRL refuses a custom collator with packing at construction; swap it in after
-        trainer.data_collator = rows_collator(model, trainer.processing_class) or trainer.data_collator
+    collator = rows_collator(model, trainer.processing_class) if trainer.padding_free else None
+    if collator is not None:  # TRL refuses a custom collator with packing at construction; swap it in after
+        trainer.data_collator = collator
+        attend_per_conversation(trainer.model)
     return trainer
 
 

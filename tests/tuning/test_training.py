@@ -12,6 +12,7 @@ import torch
 from safetensors.torch import load_file
 
 from tuning.config import load_config
+from tuning.packing import PER_CONVERSATION
 from tuning.recipes import RECIPES
 from tuning.registry import Registry
 from tuning.train import final_metrics, prepare, train
@@ -180,6 +181,7 @@ def test_packed_conversations_do_not_see_each_other(tiny_settings, dataset, quic
     batch = next(iter(trainer.get_train_dataloader()))
     ids, positions, labels = batch["input_ids"], batch["position_ids"], batch["labels"]
     assert "attention_mask" not in batch and ids.shape[0] > 1
+    assert trainer.model.config._attn_implementation == PER_CONVERSATION  # each conversation attended alone
     with torch.no_grad():
         packed = trainer.model(input_ids=ids, position_ids=positions).logits
     conversations = []
