@@ -65,7 +65,9 @@ def conversation_spans(positions: list[int]) -> list[tuple[int, int]]:
 def per_conversation_attention(module, query, key, value, attention_mask, dropout: float = 0.0,
                                scaling: float | None = None, **kwargs):
     """Causal attention within each conversation of a packed row (``position_ids`` mark them), one SDPA call a
-    conversation; anything else (a cache, a single query, no position ids) takes transformers' SDPA path."""
+    conversation; anything else (no position ids, a single query, keys beyond the queries from a filled cache) takes
+    transformers' SDPA path. Only the SFT recipe's model attends this way (``attend_per_conversation``), for the
+    packed rows of ``PackedRowsCollator``."""
     import torch
     import torch.nn.functional as F
     from transformers.integrations.sdpa_attention import sdpa_attention_forward
@@ -85,7 +87,7 @@ def per_conversation_attention(module, query, key, value, attention_mask, dropou
 
 def attend_per_conversation(model) -> None:
     """``model`` attends as ``per_conversation_attention`` does, for the packed rows of ``PackedRowsCollator``
-    (registered once; transformers' SDPA mask stays for the calls it passes on)."""
+    (registered under ``PER_CONVERSATION``, with transformers' SDPA mask, still built for the calls it passes on)."""
     from transformers import AttentionInterface, AttentionMaskInterface
     from transformers.masking_utils import sdpa_mask
 

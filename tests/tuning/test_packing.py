@@ -50,7 +50,7 @@ def test_each_conversation_attended_alone_gives_the_masked_rows_loss_and_gradien
 
 
 def test_what_is_not_a_packed_row_takes_the_sdpa_path():
-    """Generation (a cache, one query at a time) still works, and gives SDPA's tokens."""
+    """Generation gives SDPA's tokens: its prompt is one conversation, each step after it a single query."""
     model = tiny_llama().eval()
     prompt = torch.randint(1, 64, (1, 6), generator=torch.Generator().manual_seed(2))
     expected = model.generate(prompt, max_new_tokens=5, do_sample=False, pad_token_id=0)
