@@ -6,7 +6,9 @@ Two small pieces are ours, each because the engine has none that fits a CPU:
 
 - ``varlen_attention``: the engine's eager and SDPA paths attend every query to every request's keys under a mask,
   so a decode step costs the square of the batch (the default model, one core: 351 ms a step for 8 requests against
-  43 ms for one). It attends each request to its own keys instead (119 ms for 8), from the engine's ``cu_seq_lens``.
+  43 ms for one). It attends each request to its own keys instead (119 ms for 8), from the engine's ``cu_seq_lens``,
+  with three small float32 operators a request rather than SDPA's CPU kernel, whose fixed cost dominated a decode
+  step's attention.
 - ``RequestSampling``: the engine drops the repetition penalty (it needs each request's tokens) and decides greedy or
   sampled for all requests at once. It applies the penalty over each request's prompt and answer, as ``generate``
   does, and draws the token of each request with a temperature above 0; the engine then takes the top token, so a
@@ -28,6 +30,9 @@ PAGE_TOKENS = 16  # small pages share more of a common prefix (sharing is by who
 # system message is 82 tokens, of which pages of 16 share 80 and pages of 32 share 64
 _ATTENTION = "paged|eager"  # the engine's own name for its eager path, which only the engine calls
 _LIVE: "weakref.WeakSet[Engine]" = weakref.WeakSet()
+MANUAL_SCORES = 1 << 17  # a request's queries x keys above which attention takes SDPA's tiled kernel (2^17 scores of
+# 9 heads: 4.5 MiB of float32)
+_masks = threading.local()  # each engine thread's causal masks of its forward pass in flight
 
 
 def _stop_all() -> None:
@@ -47,26 +52,52 @@ class EngineStoppedError(RuntimeError):
     """The engine stopped (idle, or its model was swapped out): start a new one."""
 
 
+def _causal_mask(n_q: int, n_k: int, starts: tuple) -> Any:
+    """Where a request's ``n_q`` queries (its last ``n_k`` keys) must not look: made once per forward pass (``starts``:
+    its rows) and shared by every layer."""
+    import torch
+
+    if getattr(_masks, "starts", None) != starts:
+        _masks.starts, _masks.by_shape = starts, {}
+    if (n_q, n_k) not in _masks.by_shape:
+        _masks.by_shape[n_q, n_k] = torch.ones(n_q, n_k, dtype=torch.bool).triu(diagonal=n_k - n_q + 1)
+    return _masks.by_shape[n_q, n_k]
+
+
 def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
     """Causal attention of each request's queries to its own keys (``cu_seq_lens_q``/``_k`` mark where each request's
-    rows lie; its queries are its last keys), one SDPA call a request, as ``generate`` attends. (One padded call
-    for all the decoding requests, which first gathers their keys, generated no faster: 1 to 16 requests, bfloat16,
-    2 cores.)"""
+    rows lie; its queries are its last keys), as ``generate`` attends.
+
+    Per request, in float32, a batched product over the key heads (each holding its group of query heads), a softmax
+    and a second product: three operators where SDPA's CPU kernel spent 130-160 us a decoding request and layer,
+    bfloat16, 2 cores, so 16 decoding requests took 114 ms a step instead of 150-180. Requests with more than
+    ``MANUAL_SCORES`` scores (long prompts) take SDPA's tiled kernel, which never holds them all. One padded product
+    for all the decoding requests, or one over every request's keys under a mask, generated no faster."""
     import torch
     import torch.nn.functional as F
 
     if "cu_seq_lens_q" not in kwargs:  # padded batches would be attended wrongly: refuse rather than answer wrongly
         raise RuntimeError("this model is serving through its batching engine: call it there, or stop the engine")
     starts_q, starts_k = kwargs["cu_seq_lens_q"].tolist(), kwargs["cu_seq_lens_k"].tolist()
-    out = torch.empty_like(query)
+    heads, kv_heads, total_q, dim = query.shape[1], key.shape[1], query.shape[2], query.shape[3]
+    group = heads // kv_heads  # query head h reads key head h // group
+    q = (query[0].float() * (dim ** -0.5 if scaling is None else scaling)).view(kv_heads, group, total_q, dim)
+    k, v = key[0].float(), value[0].float()
+    out = torch.empty(kv_heads, group, total_q, dim)
     for row in range(len(starts_q) - 1):
-        q = query[:, :, starts_q[row]:starts_q[row + 1]]
-        k, v = (t[:, :, starts_k[row]:starts_k[row + 1]] for t in (key, value))
-        n_q, n_k = q.shape[2], k.shape[2]  # a query sees the keys up to its own position, the last n_q of n_k
-        mask = None if n_q == 1 else torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q)
-        out[:, :, starts_q[row]:starts_q[row + 1]] = F.scaled_dot_product_attention(
-            q, k, v, attn_mask=mask, scale=scaling, enable_gqa=True)
-    return out.transpose(1, 2).contiguous(), None
+        q0, q1, k0, k1 = starts_q[row], starts_q[row + 1], starts_k[row], starts_k[row + 1]
+        n_q, n_k = q1 - q0, k1 - k0
+        mask = None if n_q == 1 else _causal_mask(n_q, n_k, (*starts_q, *starts_k))
+        if n_q * n_k > MANUAL_SCORES:
+            out[:, :, q0:q1] = F.scaled_dot_product_attention(
+                q[:, :, q0:q1].reshape(1, heads, n_q, dim), k[None, :, k0:k1], v[None, :, k0:k1], attn_mask=~mask,
+                scale=1.0, enable_gqa=True).view(kv_heads, group, n_q, dim)
+            continue
+        scores = torch.bmm(q[:, :, q0:q1].reshape(kv_heads, group * n_q, dim), k[:, k0:k1].transpose(1, 2))
+        if mask is not None:
+            scores.view(kv_heads, group, n_q, n_k).masked_fill_(mask, float("-inf"))
+        out[:, :, q0:q1] = torch.bmm(scores.softmax(dim=-1), v[:, k0:k1]).view(kv_heads, group, n_q, dim)
+    return out.view(heads, total_q, dim).transpose(0, 1).unsqueeze(0).to(query.dtype), None
 
 
 def _register_attention() -> None:
