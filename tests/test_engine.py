@@ -11,7 +11,6 @@ import torch
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from affinage.core.chat_model import ContextOverflowError, LocalChatModel
-from affinage.core import engine as engine_module
 from affinage.core.engine import PAGE_TOKENS, Engine, varlen_attention
 
 SYSTEM = "You are the support assistant of Acme. Answer from the passages, in one short paragraph. " * 4
@@ -82,19 +81,20 @@ def stream_together(engine: Engine, gate: Gate, requests: list[tuple], seen=lamb
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("decoding", [[(1, 7), (1, 30), (1, 19)], [(1, 7)]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_each_request_attends_causally_to_its_own_keys_alone(monkeypatch, dtype):
-    """A step mixing decoding requests, a prompt chunk after a cached prefix, a whole prompt and one request above
-    ``MANUAL_SCORES`` (SDPA's path): each request's output is SDPA over its own keys alone, query i of n_q seeing the
-    keys up to position n_k - n_q + i, with 2 query heads reading each key head."""
-    monkeypatch.setattr(engine_module, "MANUAL_SCORES", 100)
+def test_each_request_attends_causally_to_its_own_keys_alone(dtype, decoding):
+    """A step mixing decoding requests (attended together, their keys padded to the longest, or one alone), a prompt
+    chunk after a cached prefix and a whole prompt: each request's output is SDPA over its own keys alone, query i of
+    n_q seeing the keys up to position n_k - n_q + i, with 2 query heads reading each key head."""
     torch.manual_seed(0)
-    rows = [(1, 7), (5, 12), (1, 30), (6, 6), (9, 20)]  # (queries, keys); the last has 180 scores
-    cu_q, cu_k = torch.tensor([0, 1, 6, 7, 13, 22]), torch.tensor([0, 7, 19, 49, 55, 75])
-    query = torch.randn(1, 4, 22, 8, dtype=dtype)
-    key, value = torch.randn(2, 1, 2, 75, 8, dtype=dtype)
+    rows = [decoding[0], (5, 12), *decoding[1:], (6, 6)]  # (queries, keys), in the engine's order
+    cu_q, cu_k = (torch.tensor([0, *torch.tensor(sizes).cumsum(0).tolist()]) for sizes in zip(*rows))
+    tokens, keys = int(cu_q[-1]), int(cu_k[-1])
+    query = torch.randn(1, tokens, 4, 8, dtype=dtype).transpose(1, 2)  # the engine's layouts
+    key, value = torch.randn(2, keys, 2, 8, dtype=dtype).transpose(1, 2)[:, None]
     out, _ = varlen_attention(None, query, key, value, scaling=0.3, cu_seq_lens_q=cu_q, cu_seq_lens_k=cu_k)
-    assert out.shape == (1, 22, 4, 8) and out.dtype == dtype
+    assert out.shape == (1, tokens, 4, 8) and out.dtype == dtype
     for (n_q, n_k), q0, k0 in zip(rows, cu_q.tolist(), cu_k.tolist()):
         sees = torch.arange(n_k)[None, :] <= torch.arange(n_k - n_q, n_k)[:, None]
         expected = torch.nn.functional.scaled_dot_product_attention(
