@@ -83,15 +83,16 @@ assert memory.resident_bytes() < resident - 150 * 2**20, (memory.resident_bytes(
     assert done.returncode == 0, done.stderr[-2000:]
 
 
-def test_the_server_bounds_onednn_kernels_unless_the_administrator_set_it(monkeypatch):
+@pytest.mark.parametrize("cache", ["ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"])
+def test_the_server_bounds_onednn_kernels_unless_the_administrator_set_it(monkeypatch, cache):
     from affinage.cli.service import _limit_native_caches
 
-    monkeypatch.delenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", raising=False)
+    monkeypatch.delenv(cache, raising=False)
     _limit_native_caches()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "32"
-    monkeypatch.setenv("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "256")
+    assert os.environ[cache] == "32"
+    monkeypatch.setenv(cache, "256")
     _limit_native_caches()
-    assert os.environ["ONEDNN_PRIMITIVE_CACHE_CAPACITY"] == "256"
+    assert os.environ[cache] == "256"
 
 
 @linux

@@ -24,9 +24,12 @@ MAX_HEADER_BYTES = 16 * 1024  # h11's own default, stated: a request line and he
 def _limit_native_caches(arenas: int = 2, onednn_primitives: int = 32, trim_every_s: float = 5.0) -> None:
     """Keep the server's memory flat: glibc gives each request thread its own malloc arena, and oneDNN (bfloat16
     matmuls) keeps up to 1024 kernels, one per shape, and every batch of answers has a shape of its own: 16 clients
-    for 50 s grew the process by 237 MiB, 87 MiB with 16 kernels kept. What answers free stays resident in glibc's
-    heaps until trimmed, so they are trimmed every ``trim_every_s`` (bench/load_soak.py, 60 s of 16 clients: +6.5%
-    instead of +10.2%). An administrator's own ONEDNN_PRIMITIVE_CACHE_CAPACITY is kept."""
+    for 50 s grew the process by 237 MiB, 87 MiB with 16 kernels kept. PyTorch's ideep layer over oneDNN keeps a
+    cache of its own (LRU_CACHE_CAPACITY, also 1024), which the engine's batched attention fills with a shape per
+    batch size and key length: 16 clients for 60 s grew the engine by 200 MiB, nothing with 32 kept. What answers
+    free stays resident in glibc's heaps until trimmed, so they are trimmed every ``trim_every_s``
+    (bench/load_soak.py, 60 s of 16 clients: +6.5% instead of +10.2%). An administrator's own
+    ONEDNN_PRIMITIVE_CACHE_CAPACITY and LRU_CACHE_CAPACITY are kept."""
     import ctypes
     import os
     import threading
@@ -34,7 +37,8 @@ def _limit_native_caches(arenas: int = 2, onednn_primitives: int = 32, trim_ever
 
     from affinage.core.memory import trim_heap
 
-    os.environ.setdefault("ONEDNN_PRIMITIVE_CACHE_CAPACITY", str(onednn_primitives))  # read at its first matmul
+    for cache in ("ONEDNN_PRIMITIVE_CACHE_CAPACITY", "LRU_CACHE_CAPACITY"):  # each read at its first matmul
+        os.environ.setdefault(cache, str(onednn_primitives))
     try:
         ctypes.CDLL("libc.so.6").mallopt(-8, arenas)  # -8 is M_ARENA_MAX
     except OSError:  # not glibc: nothing to tune
