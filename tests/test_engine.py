@@ -80,7 +80,6 @@ def stream_together(engine: Engine, gate: Gate, requests: list[tuple], seen=lamb
     return [answers[i] for i in range(len(requests))]
 
 
-@pytest.mark.slow
 @pytest.mark.parametrize("decoding", [[(1, 7), (1, 30), (1, 19)], [(1, 7)]])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_each_request_attends_causally_to_its_own_keys_alone(dtype, decoding):
@@ -104,6 +103,7 @@ def test_each_request_attends_causally_to_its_own_keys_alone(dtype, decoding):
                                    **({} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}))
 
 
+@pytest.mark.slow
 def test_concurrent_answers_are_each_the_answer_generated_alone(tiny_model_dir):
     """Five requests of different lengths sharing a system prompt, started together: each gets, token for token, the
     greedy answer ``generate`` gives it alone (repetition penalty included)."""
