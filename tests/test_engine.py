@@ -11,7 +11,8 @@ import torch
 from langchain_core.messages import HumanMessage, SystemMessage
 
 from affinage.core.chat_model import ContextOverflowError, LocalChatModel
-from affinage.core.engine import PAGE_TOKENS, Engine, varlen_attention
+from affinage.core.engine import PAGE_TOKENS, Engine
+from affinage.core.varlen_attention import varlen_attention
 
 SYSTEM = "You are the support assistant of Acme. Answer from the passages, in one short paragraph. " * 4
 QUESTIONS = ["Hi", "How do I reset my password?", "Refunds on annual plans: how long do I have to ask for one?",

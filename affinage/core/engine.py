@@ -4,10 +4,10 @@ the next step, and blocks shared between requests whose prompts begin alike, so 
 
 Two small pieces are ours, each because the engine has none that fits a CPU:
 
-- ``varlen_attention``: the engine's eager and SDPA paths attend every query to every request's keys under a mask,
-  so a decode step costs the square of the batch (the default model, one core: 351 ms a step for 8 requests against
-  43 ms for one). It attends each request to its own keys instead (119 ms for 8), from the engine's ``cu_seq_lens``,
-  and the decoding requests together.
+- ``varlen_attention`` (``affinage.core.varlen_attention``): the engine's eager and SDPA paths attend every query to
+  every request's keys under a mask, so a decode step costs the square of the batch (the default model, one core:
+  351 ms a step for 8 requests against 43 ms for one). It attends each request to its own keys instead (119 ms for 8),
+  from the engine's ``cu_seq_lens``, and the decoding requests together.
 - ``RequestSampling``: the engine drops the repetition penalty (it needs each request's tokens) and decides greedy or
   sampled for all requests at once. It applies the penalty over each request's prompt and answer, as ``generate``
   does, and draws the token of each request with a temperature above 0; the engine then takes the top token, so a
@@ -24,12 +24,12 @@ import weakref
 from typing import Any, Iterator
 
 from affinage.core.cores import claim_all_cores
+from affinage.core.varlen_attention import varlen_attention
 
 PAGE_TOKENS = 16  # small pages share more of a common prefix (sharing is by whole pages): the default prompt's
 # system message is 82 tokens, of which pages of 16 share 80 and pages of 32 share 64
 _ATTENTION = "paged|eager"  # the engine's own name for its eager path, which only the engine calls
 _LIVE: "weakref.WeakSet[Engine]" = weakref.WeakSet()
-_step = threading.local()  # what the layers of each engine thread's forward pass in flight share
 
 
 def _stop_all() -> None:
@@ -47,84 +47,6 @@ class EngineBusyError(TimeoutError):
 
 class EngineStoppedError(RuntimeError):
     """The engine stopped (idle, or its model was swapped out): start a new one."""
-
-
-def _per_step(starts: tuple) -> Any:
-    """What the layers of one forward pass share (its rows: ``starts``): causal masks, the decoding requests' plan."""
-    if getattr(_step, "starts", None) != starts:
-        _step.starts, _step.masks, _step.decoding = starts, {}, None
-    return _step
-
-
-def _causal_mask(step: Any, n_q: int, n_k: int) -> Any:
-    """What a request's ``n_q`` queries (its last ``n_k`` keys) may see."""
-    import torch
-
-    if (n_q, n_k) not in step.masks:
-        step.masks[n_q, n_k] = torch.ones(n_q, n_k, dtype=torch.bool).tril(diagonal=n_k - n_q)
-    return step.masks[n_q, n_k]
-
-
-def _decoding_plan(step: Any, spans: list[tuple[int, int]]) -> tuple:
-    """Each decoding request's keys gathered into a row of the longest one's width: the rows (flat) and, for the
-    padding, a bias of minus infinity."""
-    import torch
-
-    if step.decoding is None:
-        starts, ends = torch.tensor(spans).T
-        width = int((ends - starts).max())
-        columns = torch.arange(width)
-        real = columns[None, :] < (ends - starts)[:, None]
-        rows = torch.where(real, starts[:, None] + columns[None, :], starts[:, None]).flatten()
-        step.decoding = rows, width, torch.zeros(len(spans), 1, 1, width).masked_fill_(~real[:, None, None, :],
-                                                                                      float("-inf"))
-    return step.decoding
-
-
-def _attend_decoding(out, query, key, value, scale: float, at: list[int], spans: list[tuple[int, int]], step) -> None:
-    """The requests with one query each (decoding), together: their keys gathered and padded, two batched products
-    in the model's precision and a float32 softmax, as transformers' eager attention computes."""
-    import torch
-
-    heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
-    rows, width, padding = _decoding_plan(step, spans)
-    n, at = len(at), torch.tensor(at)
-    q = query[0].index_select(1, at).view(kv_heads, heads // kv_heads, n, dim).permute(2, 0, 1, 3)
-    k, v = (t[0].transpose(0, 1).index_select(0, rows).view(n, width, kv_heads, dim) for t in (key, value))
-    scores = torch.matmul(q, k.permute(0, 2, 3, 1)).float().mul_(scale).add_(padding)  # [n, kv heads, group, width]
-    attended = torch.matmul(scores.softmax(dim=-1).to(v.dtype), v.permute(0, 2, 1, 3))
-    out.index_copy_(0, at, attended.reshape(n, heads, dim))
-
-
-def varlen_attention(module, query, key, value, attention_mask=None, scaling=None, dropout=0.0, **kwargs):
-    """Causal attention of each request's queries to its own keys (``cu_seq_lens_q``/``_k`` mark where each request's
-    rows lie; its queries are its last keys), as ``generate`` attends.
-
-    The decoding requests (one query each) are attended together, the others (prompt chunks) one SDPA call each. One
-    SDPA call per decoding request cost 130-160 us a layer (bfloat16, 2 cores), most of a decode step's attention.
-    Medians of 6 runs interleaved in one process (default model, bfloat16, AMD EPYC, 2 cores), against one SDPA call
-    a request: 16 requests of 40 tokens 3.4 s instead of 5.1, 4 requests 2.4 s instead of 2.7, one alike (1.8, 1.6:
-    within the runs' spread)."""
-    import torch.nn.functional as F
-
-    if "cu_seq_lens_q" not in kwargs:  # padded batches would be attended wrongly: refuse rather than answer wrongly
-        raise RuntimeError("this model is serving through its batching engine: call it there, or stop the engine")
-    starts_q, starts_k = kwargs["cu_seq_lens_q"].tolist(), kwargs["cu_seq_lens_k"].tolist()
-    step = _per_step((*starts_q, *starts_k))
-    scale = query.shape[3] ** -0.5 if scaling is None else scaling
-    out = query.new_empty(query.shape[2], query.shape[1], query.shape[3])  # [tokens, heads, dim]: the caller's layout
-    spans = [(starts_q[row], starts_q[row + 1], starts_k[row], starts_k[row + 1]) for row in range(len(starts_q) - 1)]
-    decoding = [span for span in spans if span[1] - span[0] == 1]
-    if len(decoding) > 1:
-        _attend_decoding(out, query, key, value, scale, [q0 for q0, _, _, _ in decoding],
-                         [(k0, k1) for _, _, k0, k1 in decoding], step)
-        spans = [span for span in spans if span[1] - span[0] > 1]
-    for q0, q1, k0, k1 in spans:
-        n_q, n_k = q1 - q0, k1 - k0
-        out[q0:q1] = F.scaled_dot_product_attention(
-            query[:, :, q0:q1], key[:, :, k0:k1], value[:, :, k0:k1], scale=scale, enable_gqa=True,
-            attn_mask=None if n_q == 1 else _causal_mask(step, n_q, n_k))[0].transpose(0, 1)
-    return out.unsqueeze(0), None
 
 
 def _register_attention() -> None:
