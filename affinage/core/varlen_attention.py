@@ -29,30 +29,30 @@ def _causal_mask(step: Any, n_q: int, n_k: int) -> Any:
     return step.masks[n_q, n_k]
 
 
-def _decoding_plan(step: Any, spans: list[tuple[int, int]]) -> tuple:
-    """Each decoding request's keys gathered into a row of the longest one's width: the rows (flat) and, for the
-    padding, a bias of minus infinity."""
+def _decoding_plan(step: Any, decoding: list[tuple[int, int, int, int]]) -> tuple:
+    """Where the decoding requests' queries lie, and each one's keys gathered into a row of the longest one's width:
+    the rows (flat) and, for the padding, a bias of minus infinity. Made once a forward pass, for every layer."""
     import torch
 
     if step.decoding is None:
-        starts, ends = torch.tensor(spans).T
+        at, _, starts, ends = torch.tensor(decoding).T
         width = int((ends - starts).max())
         columns = torch.arange(width)
         real = columns[None, :] < (ends - starts)[:, None]
         rows = torch.where(real, starts[:, None] + columns[None, :], starts[:, None]).flatten()
-        step.decoding = rows, width, torch.zeros(len(spans), 1, 1, width).masked_fill_(~real[:, None, None, :],
-                                                                                      float("-inf"))
+        step.decoding = at, rows, width, torch.zeros(len(decoding), 1, 1, width).masked_fill_(
+            ~real[:, None, None, :], float("-inf"))
     return step.decoding
 
 
-def _attend_decoding(out, query, key, value, scale: float, at: list[int], spans: list[tuple[int, int]], step) -> None:
+def _attend_decoding(out, query, key, value, scale: float, decoding: list[tuple[int, int, int, int]], step) -> None:
     """The requests with one query each (decoding), together: their keys gathered and padded, two batched products
     in the model's precision and a float32 softmax, as transformers' eager attention computes."""
     import torch
 
     heads, kv_heads, dim = query.shape[1], key.shape[1], query.shape[3]
-    rows, width, padding = _decoding_plan(step, spans)
-    n, at = len(at), torch.tensor(at)
+    at, rows, width, padding = _decoding_plan(step, decoding)
+    n = len(decoding)
     q = query[0].index_select(1, at).view(kv_heads, heads // kv_heads, n, dim).permute(2, 0, 1, 3)
     k, v = (t[0].transpose(0, 1).index_select(0, rows).view(n, width, kv_heads, dim) for t in (key, value))
     scores = torch.matmul(q, k.permute(0, 2, 3, 1)).float().mul_(scale).add_(padding)  # [n, kv heads, group, width]
@@ -80,8 +80,7 @@ def varlen_attention(module, query, key, value, attention_mask=None, scaling=Non
     spans = [(starts_q[row], starts_q[row + 1], starts_k[row], starts_k[row + 1]) for row in range(len(starts_q) - 1)]
     decoding = [span for span in spans if span[1] - span[0] == 1]
     if len(decoding) > 1:
-        _attend_decoding(out, query, key, value, scale, [q0 for q0, _, _, _ in decoding],
-                         [(k0, k1) for _, _, k0, k1 in decoding], step)
+        _attend_decoding(out, query, key, value, scale, decoding, step)
         spans = [span for span in spans if span[1] - span[0] > 1]
     for q0, q1, k0, k1 in spans:
         n_q, n_k = q1 - q0, k1 - k0
